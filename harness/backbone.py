@@ -1,0 +1,173 @@
+"""CLIP backbones: open_clip models by name + pretrained tag or local checkpoint, and small
+configurations of this project's own for the embedded default and tests.
+
+Why a module of its own: the identity of the backbone (resolved open_clip name, tag, weights
+hash) is part of every result and every checkpoint, and the OpenAI-weights/QuickGELU trap must
+be handled in exactly one place.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+#: Small CLIPs of this project's own (random init). `harness-tiny` is the embedded default:
+#: 4 layers of width 128 at 64 px (about 8 M parameters, most of them the token embedding).
+TINY_CONFIGS: dict[str, dict[str, Any]] = {
+    "harness-tiny": dict(
+        embed_dim=64,
+        vision_cfg=dict(image_size=64, layers=4, width=128, head_width=32, patch_size=16),
+        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=4),
+    ),
+    "harness-small": dict(
+        embed_dim=128,
+        vision_cfg=dict(image_size=96, layers=6, width=192, head_width=32, patch_size=16),
+        text_cfg=dict(context_length=48, vocab_size=49408, width=192, heads=6, layers=6),
+    ),
+    # Same shapes as ViT-B/16 with fewer layers: exercises the real widths cheaply in tests.
+    "harness-b16-2l": dict(
+        embed_dim=512,
+        vision_cfg=dict(image_size=224, layers=2, width=768, head_width=64, patch_size=16),
+        text_cfg=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=2),
+    ),
+}
+
+#: open_clip tags whose weights were trained with QuickGELU (the OpenAI releases).
+QUICKGELU_TAGS = {"openai"}
+
+
+@dataclass
+class BackboneSpec:
+    """What a result or checkpoint records about the backbone it was made with."""
+
+    name: str
+    pretrained: str | None
+    resolved_name: str
+    weights_sha256: str | None = None
+    quick_gelu: bool = True
+    image_size: int = 224
+    context_length: int = 77
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_model_name(name: str, pretrained: str | None) -> tuple[str, list[str]]:
+    """Map a user-facing name to the open_clip config to build.
+
+    OpenAI weights need QuickGELU: `ViT-B-16` + `openai` resolves to `ViT-B-16-quickgelu` (running
+    them with exact GELU silently costs accuracy), and the substitution is recorded.
+    """
+    notes: list[str] = []
+    if name in TINY_CONFIGS:
+        return name, notes
+    if pretrained in QUICKGELU_TAGS and not name.endswith("-quickgelu"):
+        notes.append(f"{name} + pretrained={pretrained!r} resolved to {name}-quickgelu (OpenAI weights use QuickGELU)")
+        return f"{name}-quickgelu", notes
+    return name, notes
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _known_names() -> list[str]:
+    import open_clip
+
+    return sorted(set(open_clip.list_models()) | set(TINY_CONFIGS))
+
+
+def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed: int | None = 0) -> tuple[nn.Module, BackboneSpec]:
+    """Build an open_clip CLIP and describe it.
+
+    `pretrained` is an open_clip tag (e.g. ``openai``), a path to a local checkpoint, or None
+    (random init, seeded with `seed` so that two jobs of one run share the same random backbone).
+    """
+    import open_clip
+
+    resolved, notes = resolve_model_name(name, pretrained)
+    if seed is not None:
+        torch.manual_seed(seed)
+    if resolved in TINY_CONFIGS:
+        if pretrained is not None and not Path(pretrained).is_file():
+            raise HarnessError(
+                f"--pretrained {pretrained!r}: the small config {name!r} has no published weights; "
+                "pass a local checkpoint file or leave --pretrained unset"
+            )
+        cfg = TINY_CONFIGS[resolved]
+        model = open_clip.CLIP(**cfg, quick_gelu=True)
+        spec = BackboneSpec(
+            name=name, pretrained=pretrained, resolved_name=resolved, quick_gelu=True,
+            image_size=cfg["vision_cfg"]["image_size"], context_length=cfg["text_cfg"]["context_length"],
+            notes=notes,
+        )
+        if pretrained is not None:
+            _load_local_state(model, Path(pretrained))
+            spec.weights_sha256 = _sha256_file(Path(pretrained))
+        return model, spec
+
+    if resolved not in open_clip.list_models():
+        from harness.errors import unknown_name_error
+
+        raise unknown_name_error("backbone", name, _known_names())
+    local = pretrained is not None and Path(pretrained).expanduser().is_file()
+    if pretrained is not None and not local and pretrained not in open_clip.list_pretrained_tags_by_model(resolved):
+        if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+            raise HarnessError(f"--pretrained {pretrained!r}: no such file")
+        tags = open_clip.list_pretrained_tags_by_model(resolved)
+        raise HarnessError(
+            f"--pretrained {pretrained!r} is not a tag of {resolved} (tags: {', '.join(tags) or 'none'}) "
+            "and not an existing checkpoint file"
+        )
+    try:
+        model = open_clip.create_model(
+            resolved, pretrained=str(Path(pretrained).expanduser()) if local else pretrained,
+            force_quick_gelu=bool(resolved.endswith("-quickgelu")),
+        )
+    except Exception as err:  # open_clip / huggingface_hub / urllib raise many kinds when offline
+        raise HarnessError(
+            f"could not load weights {pretrained!r} for {resolved}: {type(err).__name__}: {err}. "
+            "If this machine is offline (or HF_HUB_OFFLINE=1), download the checkpoint elsewhere "
+            f"(open_clip: {resolved} / {pretrained}) and pass its path: --pretrained /path/to/file.pt"
+        ) from None
+    vcfg = open_clip.get_model_config(resolved) or {}
+    spec = BackboneSpec(
+        name=name, pretrained=pretrained, resolved_name=resolved,
+        quick_gelu=bool(vcfg.get("quick_gelu", False) or resolved.endswith("-quickgelu")),
+        image_size=int(model.visual.image_size[0]), context_length=int(model.context_length), notes=notes,
+    )
+    if local:
+        spec.weights_sha256 = _sha256_file(Path(pretrained).expanduser())
+    return model, spec
+
+
+def _load_local_state(model: nn.Module, path: Path) -> None:
+    """Load a plain state dict (optionally under 'state_dict') into a small CLIP."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise HarnessError(
+            f"{path}: checkpoint does not match the backbone (missing {len(missing)} keys, e.g. "
+            f"{missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
+        )
+
+
+def get_tokenizer(spec: BackboneSpec):
+    """A tokenizer whose context length matches the backbone's text tower (the BPE vocab ships with open_clip)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=spec.context_length)

@@ -1,0 +1,250 @@
+"""The video-text model every method builds on, and the method configuration base class.
+
+`VideoTextModel` turns an open_clip CLIP into a video classifier by text matching: each of the T
+frames goes through the image tower (CLS -> ln_post -> proj), frame features are averaged, and
+classes are scored by cosine similarity with the text features of a prompt per class times
+`logit_scale.exp()`. Methods subclass it and override the narrow hooks below instead of copying
+the encoder: `visual_tokens` (after the positional embedding), `visual_pool`, `text_embeddings`,
+`class_text_features`, `extra_losses`, and `declare_trainable`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse/PEFT wording
+    """A config field with help text (shown by `harness ls`)."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class MethodConfig:
+    """Options every method has. Subclasses add their own; optimiser defaults come from each
+    method's official recipe and are recorded in every result."""
+
+    prompt: str = option("a photo of a {}.", "text template, {} is replaced by the class name")
+    lr: float = option(1e-3, "AdamW learning rate (per the method's official recipe)")
+    weight_decay: float = option(0.001, "AdamW weight decay (per the method's official recipe)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def options_help(cls) -> list[tuple[str, Any, str]]:
+        """(name, default, help) for every option, in declaration order."""
+        rows = []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            rows.append((f.name, default, f.metadata.get("help", "")))
+        return rows
+
+
+class VideoTextModel(nn.Module):
+    """CLIP as an open-vocabulary video classifier; methods specialise the hooks.
+
+    Construction wraps every block of both towers in `AdaptedBlock` (fused attention, frame
+    awareness), lets the subclass insert its modules (`build`), then freezes everything except
+    what `declare_trainable` returns.
+    """
+
+    method_name: ClassVar[str] = "base"
+    #: True when no parameter of the text path is trained, so class text features can be
+    #: computed once per class set (also while training) instead of once per step.
+    text_is_frozen: ClassVar[bool] = True
+
+    def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
+                 classnames: Optional[Sequence[str]] = None) -> None:
+        super().__init__()
+        self.clip = clip
+        self.config = config
+        self.num_frames = num_frames
+        self.tokenizer = tokenizer
+        self.train_classnames = tuple(classnames) if classnames is not None else None
+        self.ctx = BlockContext(num_frames)
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self.wrap_visual(lambda block, i: AdaptedBlock(block, self.ctx, i, "visual"))
+        self.wrap_text(lambda block, i: AdaptedBlock(block, self.ctx, i, "text"))
+        self.build()
+        self.targeted: list[str] = []
+        self._apply_trainable()
+
+    # -- construction ------------------------------------------------------------------------
+    def build(self) -> None:
+        """Insert the method's modules. Default: nothing (frozen CLIP)."""
+
+    def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs to train. Default: none."""
+        return []
+
+    def _apply_trainable(self) -> None:
+        self.requires_grad_(False)
+        names = []
+        for name, param in self.declare_trainable():
+            param.requires_grad_(True)
+            names.append(name)
+        self.targeted = names
+
+    def wrap_visual(self, factory, layers: Optional[Iterable[int]] = None) -> list[int]:
+        return wrap_blocks(self.clip.visual.transformer, factory, layers)
+
+    def wrap_text(self, factory, layers: Optional[Iterable[int]] = None) -> list[int]:
+        return wrap_blocks(self.clip.transformer, factory, layers)
+
+    def named_parameters_matching(self, *fragments: str) -> list[tuple[str, nn.Parameter]]:
+        """Parameters whose qualified name contains any of `fragments` (official freezing rules
+        are written this way, e.g. AIM's 'Adapter' / 'temporal_embedding')."""
+        return [(n, p) for n, p in self.named_parameters() if any(f in n for f in fragments)]
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def visual_width(self) -> int:
+        return self.clip.visual.transformer.width
+
+    @property
+    def text_width(self) -> int:
+        return self.clip.transformer.width
+
+    @property
+    def visual_depth(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def text_depth(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def visual_blocks(self) -> nn.ModuleList:
+        return self.clip.visual.transformer.resblocks
+
+    @property
+    def text_blocks(self) -> nn.ModuleList:
+        return self.clip.transformer.resblocks
+
+    def parameter_counts(self) -> dict[str, Any]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable": trainable, "total": total,
+                "trainable_pct": round(100.0 * trainable / total, 4) if total else 0.0}
+
+    # -- video tower -------------------------------------------------------------------------
+    def patch_embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 1 + HW, D): conv1, class token, positional embedding."""
+        visual = self.clip.visual
+        x = visual.conv1(frames.to(visual.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)
+        return x + visual.positional_embedding.to(x.dtype)
+
+    def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Hook between the positional embedding and `ln_pre`; (B*T, L, D) -> (B*T, L', D)."""
+        return x
+
+    def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """Tokens after the last block -> clip feature (B, E): per-frame CLS -> ln_post -> proj,
+        mean over frames."""
+        visual = self.clip.visual
+        feats = visual.ln_post(x[:, 0])
+        if visual.proj is not None:
+            feats = feats @ visual.proj
+        return feats.view(batch, frames, -1).mean(dim=1)
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> (B, E) clip features."""
+        if video.dim() != 5:
+            raise ValueError(f"expected a (B, T, 3, H, W) video batch, got shape {tuple(video.shape)}")
+        batch, frames = video.shape[:2]
+        self.ctx.num_frames = frames
+        visual = self.clip.visual
+        x = self.patch_embed(video.flatten(0, 1))
+        x = self.visual_tokens(x)
+        x = visual.ln_pre(x)
+        x = visual.transformer(x)
+        feats = self.visual_pool(x, batch, frames)
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    # -- text tower --------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.clip.token_embedding.weight.device)
+
+    def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hook: tokens (N, L) -> input embeddings (N, L, D), positional embedding included."""
+        x = self.clip.token_embedding(tokens)
+        return x + self.clip.positional_embedding.to(x.dtype)
+
+    def encode_text_embeddings(self, x: torch.Tensor, eot_index: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Run embedded text (N, L, D) through the text transformer and pool at `eot_index`."""
+        clip = self.clip
+        x = clip.transformer(x, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        if clip.text_projection is not None:
+            x = clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        tokens = self.tokenize(texts)
+        return self.encode_text_embeddings(self.text_embeddings(tokens), tokens.argmax(dim=-1), normalize)
+
+    def class_prompts(self, classnames: Sequence[str]) -> list[str]:
+        return [self.config.prompt.format(name) for name in classnames]
+
+    def class_text_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        """(C, E) normalised text features of the class set. Methods with learned text context
+        override this."""
+        return self.encode_text(self.class_prompts(classnames))
+
+    def text_features(self, classnames: Sequence[str]) -> torch.Tensor:
+        """Class text features, cached per class set whenever they cannot change: in eval mode,
+        and during training when the text path has nothing to train."""
+        key = tuple(classnames)
+        cacheable = (not self.training) or self.text_is_frozen
+        if cacheable and key in self._text_cache:
+            return self._text_cache[key]
+        if cacheable:
+            with torch.no_grad():
+                feats = self.class_text_features(classnames).detach()
+            self._text_cache[key] = feats
+            return feats
+        return self.class_text_features(classnames)
+
+    def train(self, mode: bool = True) -> "VideoTextModel":
+        # Parameters may change between a train() and the next eval(): drop cached text features.
+        self._text_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half(): cached tensors would be stale
+        self._text_cache.clear()
+        return super()._apply(fn, *args, **kwargs)
+
+    # -- scoring and losses ------------------------------------------------------------------
+    def logits(self, video_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.clip.logit_scale.exp() * video_features @ text_features.t().to(video_features.dtype)
+
+    def forward(self, video: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, C) logits over `classnames`."""
+        return self.logits(self.encode_video(video), self.text_features(classnames))
+
+    def losses(self, logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Training losses (summed by the engine). Cross-entropy plus the method's extras."""
+        out = {"loss_cls": F.cross_entropy(logits.float(), labels)}
+        out.update(self.extra_losses(classnames))
+        return out
+
+    def extra_losses(self, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def check_protocol(self, protocol_name: str, closed_set: bool) -> None:
+        """Raise a HarnessError when this configuration cannot run under the protocol
+        (e.g. a closed-set linear head where test classes differ from training classes)."""

@@ -1,0 +1,139 @@
+"""Method registry: names -> (config class, model class), with loud errors.
+
+Mirrors PEFT's `register_peft_method` and timm's `register_model`: a method file registers
+itself on import; unknown or duplicate names raise, and option overrides are checked against
+the config dataclass so that a typo is an error listing the valid options, not a silent default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from harness.errors import HarnessError, unknown_name_error
+from methods.base import MethodConfig, VideoTextModel
+
+#: Method modules, imported on first registry access (each registers itself).
+METHOD_MODULES = ("zeroshot", "vificlip", "vificlip_prompt", "st_adapter", "aim", "vitaclip", "msta")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    config_cls: type[MethodConfig]
+    model_cls: type[VideoTextModel]
+    summary: str
+
+
+_REGISTRY: dict[str, MethodInfo] = {}
+_loaded = False
+
+
+def register_method(name: str, config_cls: type[MethodConfig], summary: str):
+    """Class decorator registering a `VideoTextModel` subclass under `name`."""
+
+    def decorator(model_cls: type[VideoTextModel]) -> type[VideoTextModel]:
+        if name in _REGISTRY and _REGISTRY[name].model_cls is not model_cls:
+            raise ValueError(f"method {name!r} registered twice")
+        model_cls.method_name = name
+        _REGISTRY[name] = MethodInfo(name, config_cls, model_cls, summary)
+        return model_cls
+
+    return decorator
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    for module in METHOD_MODULES:
+        try:
+            importlib.import_module(f"methods.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"methods.{module}":
+                raise
+    _loaded = True
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> MethodInfo:
+    _load_all()
+    if name not in _REGISTRY:
+        raise unknown_name_error("method", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def parse_method_list(text: str) -> list[str]:
+    """'msta,aim' or 'all' -> validated names (order kept, duplicates dropped)."""
+    names = list_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise HarnessError("--methods: give at least one method, e.g. --methods zeroshot,vificlip (or 'all')")
+    for n in names:
+        get_method(n)
+    return list(dict.fromkeys(names))
+
+
+def _coerce(method: str, field: dataclasses.Field, value: Any) -> Any:
+    """Check an override's type against the field's default (YAML already parsed it)."""
+    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int) and not isinstance(value, bool):
+        if isinstance(value, int):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        return str(value)
+    elif default is None or isinstance(default, (list, tuple)):
+        return value
+    choices = field.metadata.get("choices")
+    raise HarnessError(
+        f"--set {method}.{field.name}={value!r}: expected {type(default).__name__} (default {default!r})"
+        + (f", one of {choices}" if choices else "")
+    )
+
+
+def make_config(name: str, options: Optional[Mapping[str, Any]] = None) -> MethodConfig:
+    """The method's config with `options` applied; unknown options or bad values raise."""
+    info = get_method(name)
+    fields = {f.name: f for f in dataclasses.fields(info.config_cls)}
+    values: dict[str, Any] = {}
+    for key, value in (options or {}).items():
+        if key not in fields:
+            raise unknown_name_error(f"option of method {name!r}", key, fields)
+        value = _coerce(name, fields[key], value)
+        choices = fields[key].metadata.get("choices")
+        if choices and value not in choices:
+            raise HarnessError(f"--set {name}.{key}={value!r}: must be one of {', '.join(map(str, choices))}")
+        values[key] = value
+    config = info.config_cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def build_method(
+    name: str,
+    clip: Any,
+    tokenizer: Any,
+    num_frames: int = 8,
+    options: Optional[Mapping[str, Any]] = None,
+    classnames: Optional[Sequence[str]] = None,
+) -> VideoTextModel:
+    """Apply method `name` to an open_clip CLIP (modified in place) and return the video model.
+
+    `classnames` are the training classes, needed only by methods with per-class parameters
+    (class-specific prompt contexts, linear heads)."""
+    info = get_method(name)
+    config = make_config(name, options)
+    return info.model_cls(clip, config, num_frames=num_frames, tokenizer=tokenizer, classnames=classnames)
