@@ -1,0 +1,311 @@
+"""`harness` command line. Heavy imports (torch, open_clip, mmengine) happen inside the command
+that needs them, so `harness ls` and `--help` are instant and errors are shown as one line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.errors import HarnessError
+
+DEFAULT_SEED = 2048  # MSTA's logged seed
+EMBEDDED_BACKBONE = "harness-tiny"
+REAL_BACKBONE = "ViT-B-16"
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HarnessError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+
+
+def _shard(text: Optional[str]) -> tuple[int, int]:
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise HarnessError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise HarnessError(f"--shard {text!r}: need 0 <= i < n")
+    return i, n
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run methods under a protocol and print the comparison table")
+    run.add_argument("--methods", required=True, help="comma-separated method names, or 'all'")
+    run.add_argument("--protocol", required=True, help="base2novel | few_shot | zero_shot | fully_supervised")
+    run.add_argument("--dataset", default="embedded", help="embedded (generated, default) | hmdb51 | ucf101 | k400 | k600 | ssv2")
+    run.add_argument("--backbone", default=None, help=f"open_clip model name (default {EMBEDDED_BACKBONE} on the "
+                     f"embedded dataset, else {REAL_BACKBONE})")
+    run.add_argument("--pretrained", default=None, help="open_clip tag (e.g. openai) or a local checkpoint path")
+    run.add_argument("--frames", type=int, default=None, help="frames per clip (overrides the schedule)")
+    run.add_argument("--splits", default=None, help="upstream split indices, e.g. 1,2,3")
+    run.add_argument("--shots", default=None, help="few_shot: K values, e.g. 2,4,8,16")
+    run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (independent of the split index)")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                     help="<method>.<option>=v, schedule.<key>=v or data.<key>=v (repeatable)")
+    run.add_argument("--profile", default=None, help="named short schedule (embedded | tiny | short); "
+                     "default: embedded on the embedded dataset, none elsewhere")
+    run.add_argument("--schedule", default="shared", choices=("shared", "paper"),
+                     help="shared: one schedule for all methods; paper: each method's published schedule")
+    run.add_argument("--out", default=None, help="results directory (default results/<protocol>-<dataset>[-<profile>])")
+    run.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
+    run.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
+    run.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+    run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
+    run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
+    ls.add_argument("what", nargs="?", default="all", choices=("all", "methods", "protocols", "datasets", "profiles", "settings"))
+
+    params = sub.add_parser("params", help="trainable / total parameters (and GFLOPs) per method")
+    params.add_argument("--methods", default="all")
+    params.add_argument("--backbone", default=REAL_BACKBONE)
+    params.add_argument("--pretrained", default=None)
+    params.add_argument("--frames", type=int, default=8)
+    params.add_argument("--classes", type=int, default=400, help="number of classes (per-class parameters)")
+    params.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    params.add_argument("--flops", action="store_true", help="also count GFLOPs per view (slower)")
+    params.add_argument("--format", default="table", choices=("table", "json"))
+
+    bench = sub.add_parser("bench", help="training/inference throughput, MFU and memory (or --data: decoding)")
+    bench.add_argument("--methods", default="zeroshot")
+    bench.add_argument("--backbone", default=REAL_BACKBONE)
+    bench.add_argument("--batch", type=int, default=32)
+    bench.add_argument("--frames", type=int, default=8)
+    bench.add_argument("--amp", default="bf16", choices=("bf16", "none"))
+    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--iters", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    bench.add_argument("--data", action="store_true", help="measure the MMAction2 decode+augment pipeline instead")
+    bench.add_argument("--dataset", default="embedded")
+    bench.add_argument("--data-root", default=None)
+    bench.add_argument("--format", default="table", choices=("table", "json"))
+
+    data = sub.add_parser("data", help="check videos on disk / fetch the pinned upstream split files")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    check = dsub.add_parser("check", help="how many listed videos exist, are readable, and decode time")
+    check.add_argument("--dataset", required=True)
+    check.add_argument("--data-root", default=None)
+    check.add_argument("--splits-root", default=None)
+    check.add_argument("--role", default=None, help="list role to check (default: every list of the dataset)")
+    check.add_argument("--sample", type=int, default=20, help="decode this many videos per list for timing")
+    fetch = dsub.add_parser("fetch", help="download + verify the split/label/description files (or copy from --splits-root)")
+    fetch.add_argument("--splits-root", default=None)
+    fetch.add_argument("--cache", default=None)
+    fetch.add_argument("--only", action="append", default=None, help="path, folder prefix or glob (repeatable)")
+
+    report = sub.add_parser("report", help="(re)write the summary tables of a results directory")
+    report.add_argument("run_dir")
+    return parser
+
+
+def _parse_sets_for_params(sets: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    from harness.settings import parse_set_args
+
+    method_opts, schedule, data = parse_set_args(sets, methods)
+    if schedule or data:
+        raise HarnessError("harness params takes only <method>.<option>=value overrides")
+    return method_opts
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.jobs import RunRequest, default_profile, expand_jobs
+    from harness.settings import parse_set_args
+    from methods.registry import parse_method_list
+
+    methods = parse_method_list(args.methods)
+    method_opts, schedule, data = parse_set_args(args.sets, methods)
+    from harness.data.datasets import get_dataset
+
+    spec = get_dataset(args.dataset)
+    backbone = args.backbone or (EMBEDDED_BACKBONE if spec.generated else REAL_BACKBONE)
+    profile = args.profile or default_profile(args.dataset)
+    req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
+                     pretrained=args.pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
+                     seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,
+                     profile=profile, schedule_kind=args.schedule, data_root=args.data_root,
+                     splits_root=args.splits_root, cache_dir=args.cache, frames=args.frames,
+                     shots=_int_list(args.shots, "--shots") if args.shots else None)
+    jobs = expand_jobs(req)
+    index, count = _shard(args.shard)
+    jobs = jobs[index::count]
+    if args.dry_run:
+        return _print_dry_run(jobs)
+    from harness.store import RunStore, default_run_dir
+
+    run_dir = Path(args.out) if args.out else default_run_dir(Path("results"), args.protocol, args.dataset, profile)
+    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+
+
+def _print_dry_run(jobs: list) -> int:
+    import json
+
+    for job in jobs:
+        print(f"# job {job.job_id}")
+        print(json.dumps(job.to_dict(), indent=2, sort_keys=True, default=str))
+    print(f"{len(jobs)} job(s)")
+    return 0
+
+
+def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
+    """Run every unfinished job; one failing job is recorded and does not stop the others."""
+    import dataclasses
+
+    from harness.engine.runner import run_job
+    from harness.provenance import provenance
+    from harness.report import write_summary
+
+    prov = provenance()
+    rank0 = _rank() == 0
+    if rank0:
+        store.write_run(dataclasses.asdict(req), prov)
+    failures = 0
+    for number, job in enumerate(jobs, 1):
+        if store.is_finished(job):
+            print(f"[{number}/{len(jobs)}] {job.job_id}: finished earlier, skipped", file=sys.stderr)
+            continue
+        print(f"[{number}/{len(jobs)}] {job.job_id} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
+        job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
+        try:
+            metrics = run_job(job, job_dir, progress=progress and rank0)
+        except HarnessError:
+            raise
+        except Exception:  # a crash in one job must not lose the others' results
+            failures += 1
+            if rank0:
+                store.fail_job(job, traceback.format_exc())
+            print(f"  job {job.job_id} failed; traceback in {store.job_dir(job) / 'error.txt'}", file=sys.stderr)
+            continue
+        if rank0:
+            store.finish_job(job, metrics, prov)
+            line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
+            print(f"  {line}", file=sys.stderr)
+    if rank0:
+        text, path = write_summary(store.root, store.finished_records())
+        print(text)
+        print(f"results: {store.root} (table: {path})")
+    return 1 if failures else 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    what = args.what
+    if what in ("all", "methods"):
+        from methods.registry import get_method, list_methods
+
+        print("Methods (options: default — help):")
+        for name in list_methods():
+            info = get_method(name)
+            print(f"  {name}: {info.summary}")
+            for opt, default, text in info.config_cls.options_help():
+                print(f"      {name}.{opt} = {default!r} — {text}")
+    if what in ("all", "protocols"):
+        from protocols import list_protocols, load_protocol
+
+        print("Protocols:")
+        for name in list_protocols():
+            p = load_protocol(name)
+            print(f"  {name} (v{p['version']}): datasets {', '.join(p['datasets'])}; splits {p['splits']}")
+    if what in ("all", "datasets"):
+        from harness.data.datasets import DATASETS
+
+        print("Datasets:")
+        for name, spec in DATASETS.items():
+            print(f"  {name}: {spec.title} (roles: {', '.join(sorted(spec.files))})")
+    if what in ("all", "profiles"):
+        from protocols import load_profiles
+
+        print("Profiles:")
+        for name, prof in load_profiles().items():
+            print(f"  {name}: {prof.get('description', '')} {prof.get('schedule', {})}")
+    if what in ("all", "settings"):
+        from harness.settings import settings_help
+
+        print("Settings (--set key=value):")
+        for key, default, text in settings_help():
+            print(f"  {key} = {default!r} — {text}")
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from harness.measure.params import format_params_table, params_rows
+    from methods.registry import parse_method_list
+
+    methods = parse_method_list(args.methods)
+    overrides = _parse_sets_for_params(args.sets, methods)
+    rows = params_rows(methods, args.backbone, args.pretrained, args.frames, args.classes, overrides, with_flops=args.flops)
+    print(format_params_table(rows, args.format))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.data:
+        from harness.measure.data_bench import bench_data_command
+
+        return bench_data_command(args)
+    from harness.measure.bench import format_bench, run_bench
+    from methods.registry import parse_method_list
+
+    methods = parse_method_list(args.methods)
+    overrides = _parse_sets_for_params(args.sets, methods)
+    rows = run_bench(methods, backbone=args.backbone, batch=args.batch, frames=args.frames, amp=args.amp,
+                     compile=args.compile, iters=args.iters, warmup=args.warmup, overrides=overrides)
+    print(format_bench(rows, args.format))
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "fetch":
+        from harness.data.upstream import fetch_command
+
+        return fetch_command(args.splits_root, args.cache, args.only)
+    from harness.data.check import check_command
+
+    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_summary
+    from harness.store import RunStore
+
+    store = RunStore(Path(args.run_dir))
+    if not (store.root / "jobs").is_dir():
+        raise HarnessError(f"{store.root}: not a results directory (no jobs/ folder)")
+    text, path = write_summary(store.root, store.finished_records())
+    print(text)
+    print(f"table: {path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
+            "report": cmd_report}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HarnessError as err:
+        print(f"harness: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted (finished jobs are kept; rerun the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

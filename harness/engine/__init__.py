@@ -1,0 +1,2 @@
+"""Training and evaluation on mmengine. The only package (with `harness.data`) that imports
+mmengine / mmaction."""

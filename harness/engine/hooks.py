@@ -1,0 +1,68 @@
+"""mmengine hooks of this project: adapter-sized checkpoints and a per-job progress bar."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from mmengine.hooks import Hook
+
+from harness.errors import HarnessError
+
+
+class TrainableCheckpointHook(Hook):
+    """Checkpoints keep only the trainable parameters (+ optimiser/scheduler state, which mmengine
+    adds) and the backbone's identity, so an adapter job's checkpoint is megabytes, not a copy
+    of CLIP. Resuming checks the backbone identity and refuses a different one."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, backbone: dict[str, Any]) -> None:
+        self.backbone = backbone
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        keep = model.trainable_state_names()
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k not in keep]:
+            del state[key]
+        checkpoint.setdefault("meta", {})["backbone"] = self.backbone
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get("meta", {}).get("backbone")
+        if saved is None:
+            return
+        mine = {k: self.backbone.get(k) for k in ("resolved_name", "pretrained", "weights_sha256")}
+        theirs = {k: saved.get(k) for k in ("resolved_name", "pretrained", "weights_sha256")}
+        if mine != theirs:
+            raise HarnessError(f"checkpoint was trained on backbone {theirs}, this job uses {mine}; "
+                               "delete the job's work/ folder or use another --out")
+
+
+class ProgressBarHook(Hook):
+    """One tqdm bar per job over its optimiser steps, with the running loss."""
+
+    priority = "LOW"
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.description = description
+        self.enabled = enabled
+        self.bar: Optional[Any] = None
+
+    def before_train(self, runner) -> None:
+        if not self.enabled or runner.rank != 0:
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc=self.description, unit="it",
+                        dynamic_ncols=True, leave=True)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if outputs:
+            self.bar.set_postfix({k: f"{float(v):.3f}" for k, v in outputs.items() if "loss" in k})
+
+    def after_train(self, runner) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

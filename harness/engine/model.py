@@ -1,0 +1,68 @@
+"""mmengine adapters around a `VideoTextModel`: the data preprocessor (stack, normalise, move
+to device) and the BaseModel whose `loss` / `predict` modes the Runner calls."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from mmengine.model import BaseDataPreprocessor, BaseModel
+
+#: CLIP's normalisation, in 0-255 pixel units.
+CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
+CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
+
+
+class VideoPreprocessor(BaseDataPreprocessor):
+    """Turns MMAction2's packed items (uint8 (V, 3, T, H, W) each) into a normalised float
+    batch (B, V, T, 3, H, W): V views (clips x crops), T frames."""
+
+    def __init__(self, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        data = self.cast_data(data)
+        inputs = data["inputs"]
+        batch = torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs
+        batch = (batch.float() - self.mean) / self.std  # (B, V, 3, T, H, W)
+        data["inputs"] = batch.permute(0, 1, 3, 2, 4, 5).contiguous()
+        return data
+
+
+def labels_of(data_samples: Sequence[Any], device: torch.device) -> torch.Tensor:
+    return torch.cat([ds.gt_label.view(-1) for ds in data_samples]).to(device=device, dtype=torch.long)
+
+
+class VideoClassifier(BaseModel):
+    """The Runner-facing model. `classnames` is the class set scored (training classes during
+    training; the evaluated set's classes during each evaluation)."""
+
+    def __init__(self, net: torch.nn.Module, classnames: Sequence[str]) -> None:
+        super().__init__(data_preprocessor=VideoPreprocessor())
+        self.net = net
+        self.classnames = list(classnames)
+
+    def set_classes(self, classnames: Sequence[str]) -> None:
+        self.classnames = list(classnames)
+
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[list] = None, mode: str = "tensor"):
+        if mode == "loss":
+            labels = labels_of(data_samples, inputs.device)
+            logits = self.net(inputs[:, 0], self.classnames)
+            return self.net.losses(logits, labels, self.classnames)
+        scores = self.view_averaged_scores(inputs)
+        if mode == "predict":
+            labels = labels_of(data_samples, inputs.device)
+            return [{"scores": s.float().cpu(), "label": int(lbl)} for s, lbl in zip(scores, labels)]
+        return scores
+
+    def view_averaged_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, V, T, 3, H, W) -> (B, C): softmax over classes per view, averaged over views."""
+        batch, views = inputs.shape[:2]
+        logits = self.net(inputs.flatten(0, 1), self.classnames)
+        return logits.float().softmax(dim=-1).view(batch, views, -1).mean(dim=1)
+
+    def trainable_state_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}

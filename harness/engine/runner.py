@@ -1,0 +1,283 @@
+"""Run one job: build backbone + method, train with an mmengine Runner, evaluate each eval set.
+
+Everything mmengine-specific is here: optimiser wrapper (AdamW, gradient accumulation to keep
+the protocol's global batch, bf16 AMP on CUDA), parameter schedulers (linear warm-up + cosine,
+iteration-based), checkpoint/resume, `select=best` on the protocol's selection set, and the
+torch.distributed launcher (torchrun sets WORLD_SIZE; mmengine's 'pytorch' launcher does the rest).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from harness.errors import HarnessError
+from harness.jobs import JobSpec, ListSpec
+
+os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
+
+
+def _init_mm() -> None:
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmaction")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _launcher() -> str:
+    return "pytorch" if world_size() > 1 else "none"
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _amp_enabled(amp: str, device: torch.device) -> bool:
+    if amp == "auto":
+        return device.type == "cuda"
+    return amp == "bf16"
+
+
+def build_net(job: JobSpec):
+    """Backbone + method for a job (the same seed gives every method the same random backbone)."""
+    from harness.backbone import create_clip, get_tokenizer
+    from methods.registry import build_method
+
+    clip, spec = create_clip(job.backbone, job.pretrained, seed=job.seed)
+    backbone_params = sum(p.numel() for p in clip.parameters())
+    classnames = job.train.classnames if job.train else None
+    net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
+    net.check_protocol(job.protocol, job.closed_set)
+    net.backbone_params = backbone_params
+    return net, spec
+
+
+def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
+    from harness.data.datasets import get_dataset
+    from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
+
+    frames = job.schedule["frames"]
+    if train:
+        flip = get_dataset(lst.dataset).flip_ok
+        pipeline = train_pipeline(frames, image_size, modality=lst.modality,
+                                  color_jitter=job.data["color_jitter"], flip=flip)
+    else:
+        clips, crops = lst.views
+        pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
+    dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
+                                        modality=lst.modality, on_missing=job.data["on_missing"],
+                                        max_missing=job.data["max_missing"], test_mode=not train)
+    return dataset, info
+
+
+def _attach_descriptions(net, job: JobSpec) -> Optional[dict[str, Any]]:
+    """Give MSTA its LLM descriptions of the training classes (when its consistency loss is on)."""
+    if not hasattr(net, "set_descriptions") or not job.method_options.get("use_consistency", True):
+        return None
+    from harness.data.descriptions import load_descriptions, load_upstream_descriptions
+
+    ref = job.descriptions
+    if ref is None:
+        raise HarnessError(f"msta's consistency loss needs class descriptions, and dataset {job.dataset!r} has none; "
+                           "pass --set msta.use_consistency=false")
+    n = int(job.method_options.get("n_descriptions", 2))
+    args = (ref["source"],)
+    if ref["root"] is not None:
+        descs = load_descriptions(*args, Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])
+    else:
+        from harness.data.upstream import UpstreamStore
+
+        store = UpstreamStore(cache_dir=Path(job.cache_dir) / "upstream" if job.cache_dir else None,
+                              splits_root=Path(job.splits_root) if job.splits_root else None)
+        descs = load_upstream_descriptions(store, *args, ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])
+    net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
+    return {"sources": descs.sources, "notes": descs.notes, "n": n}
+
+
+def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    params = [p for p in net.parameters() if p.requires_grad]
+    sched = job.schedule
+    optimizer = torch.optim.AdamW(params, lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+                                  eps=float(sched["eps"]), weight_decay=float(job.method_options["weight_decay"]))
+    clip_grad = None
+    if sched["grad_clip"] > 0:
+        if not getattr(net, "allows_grad_clip", True):
+            raise HarnessError(f"schedule.grad_clip: {job.method} rescales its adapter gradients (MMA), so clipping by "
+                               "norm would distort them; leave schedule.grad_clip=0 for this method")
+        clip_grad = dict(max_norm=float(sched["grad_clip"]))
+    if amp:
+        return AmpOptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad, dtype="bfloat16")
+    return OptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad)
+
+
+def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
+    sched = job.schedule
+    epochs, warmup = sched["epochs"], min(sched["warmup_epochs"], sched["epochs"])
+    out: list[dict[str, Any]] = []
+    if warmup > 0:
+        out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
+                        convert_to_iter_based=True))
+    if epochs > warmup:
+        lr = float(job.method_options["lr"])
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched["lr_min_ratio"],
+                        by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
+    return out
+
+
+def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[int, int]:
+    """Per-process batch and gradient-accumulation steps that keep the global batch."""
+    batch = int(schedule["batch_size"])
+    micro = int(schedule["micro_batch"]) or max(1, batch // world)
+    accumulate = max(1, round(batch / (micro * world)))
+    if micro * world * accumulate != batch:
+        raise HarnessError(f"schedule.batch_size={batch} is not micro_batch ({micro}) x processes ({world}) x an "
+                           "integer accumulation; change schedule.batch_size or schedule.micro_batch")
+    return micro, accumulate
+
+
+def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
+    return dict(dataset=dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                sampler=dict(type="DefaultSampler", shuffle=shuffle), collate_fn=dict(type="pseudo_collate"))
+
+
+def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str, Any]:
+    """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
+    from mmengine.runner import Runner
+
+    from harness.engine.hooks import ProgressBarHook, TrainableCheckpointHook
+    from harness.engine.metric import SelectionMetric
+
+    net = model.net
+    device = _device()
+    amp = _amp_enabled(job.schedule["amp"], device)
+    micro, accumulate = micro_batch_and_accumulation(job.schedule, world_size())
+    train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
+    if len(train_set) < micro:
+        raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
+    if job.schedule["grad_checkpointing"]:
+        net.clip.visual.transformer.grad_checkpointing = True
+        net.clip.transformer.grad_checkpointing = True
+    epochs = int(job.schedule["epochs"])
+    select_best = job.schedule["select"] == "best" and job.select_on not in (None, "none")
+    sel = next((e for e in job.evals if e.name == job.select_on), None) if select_best else None
+    if select_best and sel is None:
+        raise HarnessError(f"schedule.select=best: protocol {job.protocol!r} has no selection set")
+    interval = int(job.schedule["val_interval"]) or epochs
+    kwargs: dict[str, Any] = {}
+    if sel is not None:
+        val_set, _ = _dataset(sel, job, spec.image_size, train=False)
+        kwargs.update(val_dataloader=_loader(val_set, max(1, micro // max(1, sel.views[0] * sel.views[1])), 0, False),
+                      val_cfg=dict(), val_evaluator=dict(type=SelectionMetric, prefix=sel.name))
+    ckpt = dict(type="CheckpointHook", interval=interval, max_keep_ckpts=1, save_last=True)
+    if sel is not None:
+        ckpt.update(save_best=f"{sel.name}/top1", rule="greater")
+    runner = Runner(
+        model=model,
+        work_dir=str(work_dir),
+        train_dataloader=_loader(train_set, micro, int(job.schedule["num_workers"]), True),
+        train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
+        optim_wrapper=_optim_wrapper(net, job, accumulate, amp),
+        param_scheduler=_schedulers(job),
+        default_hooks=dict(checkpoint=ckpt, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
+                           timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
+                           sampler_seed=dict(type="DistSamplerSeedHook")),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()),
+                      ProgressBarHook(f"{job.job_id}", enabled=progress)],
+        launcher=_launcher(),
+        randomness=dict(seed=job.seed),
+        resume=True,
+        default_scope="mmaction",
+        log_level="WARNING",
+        **kwargs,
+    )
+    logging.getLogger("mmengine").setLevel(logging.WARNING)
+    start = time.perf_counter()
+    runner.train()
+    seconds = time.perf_counter() - start
+    best = None
+    if sel is not None:
+        best = _load_best(runner, work_dir)
+    history = runner.message_hub.log_scalars
+    last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
+    return {"iters": runner.iter, "epochs": epochs, "seconds": round(seconds, 2), "micro_batch": micro,
+            "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
+            "videos": train_info, "selected": best or "last"}
+
+
+def _load_best(runner, work_dir: Path) -> Optional[str]:
+    files = sorted(work_dir.glob("best_*.pth"))
+    if not files:
+        return None
+    runner.load_checkpoint(str(files[-1]), map_location="cpu", strict=False)
+    return files[-1].name
+
+
+def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int) -> dict[str, Any]:
+    """Multi-view evaluation on one list with its own class names; shards over processes."""
+    from mmengine.dataset import DefaultSampler, pseudo_collate
+    from mmengine.dist import collect_results, get_dist_info
+
+    device = next(model.parameters()).device
+    amp = _amp_enabled(job.schedule["amp"], device)
+    dataset, info = _dataset(lst, job, image_size, train=False)
+    sampler = DefaultSampler(dataset, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=pseudo_collate,
+                                         num_workers=int(job.schedule["num_workers"]))
+    model.set_classes(lst.classnames)
+    model.eval()
+    results: list[dict[str, Any]] = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for data in loader:
+            results.extend(model.val_step(data))
+    _, world = get_dist_info()
+    if world > 1:
+        results = collect_results(results, len(dataset), device="cpu")
+    if results is None:  # non-zero rank
+        return {}
+    from harness.metrics import topk_accuracy
+
+    scores = np.stack([r["scores"].numpy() for r in results]) if results else np.zeros((0, len(lst.classnames)))
+    labels = [r["label"] for r in results]
+    out = topk_accuracy(scores, labels)
+    out.update(n=len(results), classes=len(lst.classnames), views=list(lst.views), videos=info)
+    return out
+
+
+def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train (when the method has something to train) and evaluate one job; return its metrics."""
+    _init_mm()
+    from mmengine.runner import set_random_seed
+
+    from harness.engine.model import VideoClassifier
+
+    set_random_seed(job.seed)
+    net, spec = build_net(job)
+    counts = net.parameter_counts()
+    counts["backbone"] = net.backbone_params
+    counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
+    descriptions = _attach_descriptions(net, job)
+    train_stats: dict[str, Any] = {"iters": 0, "skipped": "nothing to train"}
+    model = VideoClassifier(net, job.train.classnames if job.train else [])
+    if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
+        train_stats = train(model, spec, job, job_dir / "work", progress)
+    model.to(_device())
+    evals = {}
+    micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
+    for lst in job.evals:
+        views = max(1, lst.views[0] * lst.views[1])
+        evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)))
+    return {"params": counts, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
+            "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted)}

@@ -1,0 +1,64 @@
+"""Accuracy metrics and the protocol summaries the papers report.
+
+Kept free of torch/mmengine imports beyond numpy so they can be checked against hand-computed
+values and reused by the report code.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def topk_accuracy(scores: np.ndarray, labels: Sequence[int], ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-k accuracy in percent. `scores` (N, C); ties are broken by class index (stable sort),
+    k is capped at C (top-5 over 3 classes is top-3, i.e. 100%)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} do not match")
+    if scores.shape[0] == 0:
+        return {f"top{k}": float("nan") for k in ks}
+    order = np.argsort(-scores, axis=1, kind="stable")
+    out = {}
+    for k in ks:
+        kk = min(k, scores.shape[1])
+        hit = (order[:, :kk] == labels[:, None]).any(axis=1)
+        out[f"top{k}"] = 100.0 * float(hit.mean())
+    return out
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """HM = 2BN / (B + N); 0 when both are 0."""
+    if base + novel == 0:
+        return 0.0
+    return 2.0 * base * novel / (base + novel)
+
+
+def base2novel_summary(per_split: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Across splits, as the papers do: HM of the mean base and mean novel accuracy; plus the
+    (population) std of the per-split HM, reported separately and labelled."""
+    if not per_split:
+        raise ValueError("no splits")
+    bases = [b for b, _ in per_split]
+    novels = [n for _, n in per_split]
+    mean_b = float(np.mean(bases))
+    mean_n = float(np.mean(novels))
+    hms = [harmonic_mean(b, n) for b, n in per_split]
+    return {
+        "base": mean_b,
+        "novel": mean_n,
+        "hm": harmonic_mean(mean_b, mean_n),
+        "hm_split_std": float(np.std(hms)) if len(hms) > 1 else 0.0,
+        "base_std": float(np.std(bases)) if len(bases) > 1 else 0.0,
+        "novel_std": float(np.std(novels)) if len(novels) > 1 else 0.0,
+        "n_splits": len(per_split),
+    }
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else 0.0
