@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -23,7 +23,7 @@ def _int_list(text: str, option: str) -> list[int]:
         raise HarnessError(f"{option} {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
 
 
-def _shard(text: Optional[str]) -> tuple[int, int]:
+def _shard(text: str | None) -> tuple[int, int]:
     if not text:
         return 0, 1
     try:
@@ -295,7 +295,7 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_ben
             "report": cmd_report}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

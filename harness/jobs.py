@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -49,22 +49,22 @@ class JobSpec:
     protocol_hash: str
     dataset: str
     split: int
-    shots: Optional[int]
+    shots: int | None
     seed: int
-    profile: Optional[str]
+    profile: str | None
     schedule: dict[str, Any]
     data: dict[str, Any]
     backbone: str
-    pretrained: Optional[str]
-    train: Optional[ListSpec]
+    pretrained: str | None
+    train: ListSpec | None
     evals: list[ListSpec]
-    select_on: Optional[str]
+    select_on: str | None
     closed_set: bool
     summary: str
-    descriptions: Optional[dict[str, Any]] = None
+    descriptions: dict[str, Any] | None = None
     file_provenance: dict[str, Any] = field(default_factory=dict)
-    splits_root: Optional[str] = None
-    cache_dir: Optional[str] = None
+    splits_root: str | None = None
+    cache_dir: str | None = None
 
     #: Machine-specific locations: recorded, but not part of the job's identity (the files'
     #: checksums in `file_provenance` are).
@@ -89,7 +89,7 @@ class JobSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "JobSpec":
+    def from_dict(cls, d: dict[str, Any]) -> JobSpec:
         d = dict(d)
         d.pop("job_id", None)
         d["train"] = ListSpec(**d["train"]) if d.get("train") else None
@@ -112,15 +112,20 @@ class FileResolver:
     copied from `--splits-root`); videos from the data root. The embedded dataset is its own
     splits and data root; its fingerprint is its generation recipe hash, not encoded bytes."""
 
-    def __init__(self, dataset: str, data_root: Optional[str], splits_root: Optional[str], cache_dir: Optional[str] = None):
+    def __init__(self, dataset: str, data_root: str | None, splits_root: str | None, cache_dir: str | None = None):
         from harness.data.datasets import get_dataset, video_root
 
         self.spec = get_dataset(dataset)
         self.provenance: dict[str, Any] = {}
         if self.spec.generated:
-            from harness.data.embedded import ensure_embedded_dataset, recipe_hash, GENERATOR_VERSION, EmbeddedRecipe
+            from harness.data.embedded import (
+                GENERATOR_VERSION,
+                EmbeddedRecipe,
+                ensure_embedded_dataset,
+                recipe_hash,
+            )
 
-            self.root = ensure_embedded_dataset(Path(cache_dir) if cache_dir else None)
+            self.root = ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None)
             recipe = json.loads((self.root / "recipe.json").read_text())
             self.fingerprint = {"embedded_recipe_hash": recipe.get("hash") or recipe_hash(EmbeddedRecipe()),
                                 "generator_version": GENERATOR_VERSION}
@@ -173,22 +178,22 @@ class RunRequest:
     protocol: str
     dataset: str
     backbone: str
-    pretrained: Optional[str]
-    splits: Optional[list[int]]
+    pretrained: str | None
+    splits: list[int] | None
     seed: int
     method_options: dict[str, dict[str, Any]]
     schedule_overrides: dict[str, Any]
     data_overrides: dict[str, Any]
-    profile: Optional[str]
+    profile: str | None
     schedule_kind: str = "shared"
-    data_root: Optional[str] = None
-    splits_root: Optional[str] = None
-    cache_dir: Optional[str] = None
-    frames: Optional[int] = None
-    shots: Optional[list[int]] = None
+    data_root: str | None = None
+    splits_root: str | None = None
+    cache_dir: str | None = None
+    frames: int | None = None
+    shots: list[int] | None = None
 
 
-def default_profile(dataset: str) -> Optional[str]:
+def default_profile(dataset: str) -> str | None:
     from harness.data.datasets import get_dataset
 
     return "embedded" if get_dataset(dataset).generated else None
@@ -197,9 +202,9 @@ def default_profile(dataset: str) -> Optional[str]:
 def expand_jobs(req: RunRequest) -> list[JobSpec]:
     """All jobs of a run, in a deterministic order (method-major), validated up front so that a
     bad option or a missing file fails before any training starts."""
+    from harness.settings import DataOptions, build_dataclass, resolve_schedule
     from methods.registry import make_config
     from protocols import check_dataset, get_profile, load_protocol
-    from harness.settings import DataOptions, build_dataclass, resolve_schedule
 
     protocol = load_protocol(req.protocol)
     check_dataset(protocol, req.dataset)
@@ -207,7 +212,7 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
     splits = req.splits or (profile or {}).get("splits") or protocol["splits"]
     if protocol["name"] in ("zero_shot", "few_shot", "fully_supervised"):
         splits = [s for s in splits if s == 1] or [1]
-    shots_list: list[Optional[int]] = [None]
+    shots_list: list[int | None] = [None]
     if "shots" in protocol:
         shots_list = list(req.shots or (profile or {}).get("shots") or protocol["shots"])
     data = build_dataclass(DataOptions, dict(req.data_overrides), "data")
@@ -218,7 +223,8 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
 
     jobs: list[JobSpec] = []
     for method in req.methods:
-        config = make_config(method, req.method_options.get(method, {}))
+        options = {**(profile or {}).get("method_options", {}).get(method, {}), **req.method_options.get(method, {})}
+        config = make_config(method, options)
         overrides = dict(req.schedule_overrides)
         if req.frames:
             overrides.setdefault("frames", req.frames)
@@ -243,13 +249,13 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
     return jobs
 
 
-def protocol_hash(protocol: dict[str, Any], profile: Optional[str], files: dict[str, Any]) -> str:
+def protocol_hash(protocol: dict[str, Any], profile: str | None, files: dict[str, Any]) -> str:
     """canonical JSON of the definition + profile + sha256 (or embedded recipe) of each file."""
     return short_hash({"protocol": protocol, "profile": profile, "files": files}, 12)
 
 
 def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest, split: int,
-                    shots: Optional[int], views: list[int]) -> tuple[Optional[ListSpec], list[ListSpec]]:
+                    shots: int | None, views: list[int]) -> tuple[ListSpec | None, list[ListSpec]]:
     fmt: dict[str, Any] = {"split": split}
     if shots is not None:
         fmt["shots"] = shots
@@ -274,7 +280,7 @@ def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[in
     return out
 
 
-def _descriptions_ref(resolver: FileResolver, protocol: dict[str, Any], data: Any, train: Optional[ListSpec]) -> Optional[dict[str, Any]]:
+def _descriptions_ref(resolver: FileResolver, protocol: dict[str, Any], data: Any, train: ListSpec | None) -> dict[str, Any] | None:
     """Where MSTA's consistency loss finds the training classes' descriptions.
 
     ETL4Video ships `_base` files keyed by the base CSV's ids; OST only has full-list files, so

@@ -67,7 +67,7 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for method, g in df.groupby("method", sort=False):
         per_split = []
-        for split, s in g.groupby("split"):
+        for _split, s in g.groupby("split"):
             b = s[s["eval"] == "base"]["top1"]
             n = s[s["eval"] == "novel"]["top1"]
             if len(b) and len(n):

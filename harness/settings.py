@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -60,10 +60,17 @@ class DataOptions:
 
 
 def parse_value(text: str) -> Any:
+    """YAML scalar, except that `1e-3` is a number (YAML 1.1 would read it as a string)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
@@ -133,7 +140,7 @@ def settings_help() -> list[tuple[str, Any, str]]:
     return rows
 
 
-def resolve_schedule(protocol: dict[str, Any], profile: Optional[dict[str, Any]], method: str, paper: bool,
+def resolve_schedule(protocol: dict[str, Any], profile: dict[str, Any] | None, method: str, paper: bool,
                      overrides: dict[str, Any], dataset: str) -> Schedule:
     """protocol schedule < protocol test views for the dataset < method's paper schedule (with
     --schedule paper) < profile < --set schedule.*"""

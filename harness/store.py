@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from harness.jobs import JobSpec
 
@@ -74,6 +74,6 @@ class RunStore:
         return out
 
 
-def default_run_dir(base: Path, protocol: str, dataset: str, profile: Optional[str]) -> Path:
+def default_run_dir(base: Path, protocol: str, dataset: str, profile: str | None) -> Path:
     name = f"{protocol}-{dataset}" + (f"-{profile}" if profile else "")
     return base / name

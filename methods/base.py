@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class VideoTextModel(nn.Module):
     text_is_frozen: ClassVar[bool] = True
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
-                 classnames: Optional[Sequence[str]] = None) -> None:
+                 classnames: Sequence[str] | None = None) -> None:
         super().__init__()
         self.clip = clip
         self.config = config
@@ -95,10 +95,10 @@ class VideoTextModel(nn.Module):
             names.append(name)
         self.targeted = names
 
-    def wrap_visual(self, factory, layers: Optional[Iterable[int]] = None) -> list[int]:
+    def wrap_visual(self, factory, layers: Iterable[int] | None = None) -> list[int]:
         return wrap_blocks(self.clip.visual.transformer, factory, layers)
 
-    def wrap_text(self, factory, layers: Optional[Iterable[int]] = None) -> list[int]:
+    def wrap_text(self, factory, layers: Iterable[int] | None = None) -> list[int]:
         return wrap_blocks(self.clip.transformer, factory, layers)
 
     def named_parameters_matching(self, *fragments: str) -> list[tuple[str, nn.Parameter]]:
@@ -219,7 +219,7 @@ class VideoTextModel(nn.Module):
             return feats
         return self.class_text_features(classnames)
 
-    def train(self, mode: bool = True) -> "VideoTextModel":
+    def train(self, mode: bool = True) -> VideoTextModel:
         # Parameters may change between a train() and the next eval(): drop cached text features.
         self._text_cache.clear()
         return super().train(mode)

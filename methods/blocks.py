@@ -17,7 +17,6 @@ mode (the eval fast path of `nn.MultiheadAttention` is not).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +40,8 @@ class BlockContext:
 def multihead_attention(
     attn: nn.MultiheadAttention,
     x: torch.Tensor,
-    attn_mask: Optional[torch.Tensor] = None,
-    kv: Optional[torch.Tensor] = None,
+    attn_mask: torch.Tensor | None = None,
+    kv: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-attention (or attention of `x` over `kv`) with `attn`'s weights via fused SDPA.
 
@@ -86,7 +85,7 @@ class AdaptedBlock(nn.Module):
     def num_frames(self) -> int:
         return self.ctx.num_frames
 
-    def attention(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Frozen attention on already-normalised tokens, with the layer scale."""
         return self.ls_1(multihead_attention(self.attn, x, attn_mask))
 
@@ -97,9 +96,9 @@ class AdaptedBlock(nn.Module):
     def forward(
         self,
         q_x: torch.Tensor,
-        k_x: Optional[torch.Tensor] = None,
-        v_x: Optional[torch.Tensor] = None,
-        attn_mask: Optional[torch.Tensor] = None,
+        k_x: torch.Tensor | None = None,
+        v_x: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Positional signature kept: open_clip's grad checkpointing calls blk(x, None, None, mask).
         x = q_x + self.attention(self.ln_1(q_x), attn_mask)
@@ -123,7 +122,7 @@ BlockFactory = Callable[[nn.Module, int], AdaptedBlock]
 def wrap_blocks(
     transformer: nn.Module,
     factory: BlockFactory,
-    layers: Optional[Iterable[int]] = None,
+    layers: Iterable[int] | None = None,
 ) -> list[int]:
     """Replace `transformer.resblocks[i]` by `factory(original_block, i)` for i in `layers`
     (0-based; all when None). Returns the wrapped indices; fails loudly if none matched, so a

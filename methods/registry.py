@@ -10,7 +10,7 @@ import dataclasses
 import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from harness.errors import HarnessError, unknown_name_error
 from methods.base import MethodConfig, VideoTextModel
@@ -102,7 +102,7 @@ def _coerce(method: str, field: dataclasses.Field, value: Any) -> Any:
     )
 
 
-def make_config(name: str, options: Optional[Mapping[str, Any]] = None) -> MethodConfig:
+def make_config(name: str, options: Mapping[str, Any] | None = None) -> MethodConfig:
     """The method's config with `options` applied; unknown options or bad values raise."""
     info = get_method(name)
     fields = {f.name: f for f in dataclasses.fields(info.config_cls)}
@@ -127,8 +127,8 @@ def build_method(
     clip: Any,
     tokenizer: Any,
     num_frames: int = 8,
-    options: Optional[Mapping[str, Any]] = None,
-    classnames: Optional[Sequence[str]] = None,
+    options: Mapping[str, Any] | None = None,
+    classnames: Sequence[str] | None = None,
 ) -> VideoTextModel:
     """Apply method `name` to an open_clip CLIP (modified in place) and return the video model.
 

@@ -7,7 +7,7 @@ and each method's published schedule (`--schedule paper`).
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ def list_protocols() -> list[str]:
     return sorted(p.stem for p in HERE.glob("*.yaml") if p.stem != "profiles")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> dict[str, Any]:
     path = HERE / f"{name}.yaml"
     with open(path) as handle:

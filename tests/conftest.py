@@ -17,3 +17,20 @@ def embedded_root(tmp_path_factory):
     from harness.data.embedded import ensure_embedded_dataset
 
     return ensure_embedded_dataset(tmp_path_factory.mktemp("harness-cache") / "embedded")
+
+
+UPSTREAM = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "upstream"
+
+
+@pytest.fixture(scope="session")
+def upstream_root():
+    """../shared/upstream (real split files); tests needing it skip elsewhere."""
+    if not UPSTREAM.is_dir():
+        pytest.skip("needs ../shared/upstream (real upstream split files)")
+    return UPSTREAM
+
+
+@pytest.fixture(scope="session")
+def harness_cache(tmp_path_factory, embedded_root):
+    """A cache dir whose embedded/ holds the session's generated dataset (for CLI runs)."""
+    return embedded_root.parent.parent

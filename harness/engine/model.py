@@ -3,7 +3,7 @@ to device) and the BaseModel whose `loss` / `predict` modes the Runner calls."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
@@ -47,7 +47,7 @@ class VideoClassifier(BaseModel):
     def set_classes(self, classnames: Sequence[str]) -> None:
         self.classnames = list(classnames)
 
-    def forward(self, inputs: torch.Tensor, data_samples: Optional[list] = None, mode: str = "tensor"):
+    def forward(self, inputs: torch.Tensor, data_samples: list | None = None, mode: str = "tensor"):
         if mode == "loss":
             labels = labels_of(data_samples, inputs.device)
             logits = self.net(inputs[:, 0], self.classnames)

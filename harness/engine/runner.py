@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +24,14 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.
 
 
 def _init_mm() -> None:
+    """Default scope for MMAction2's registries, and mmengine's console chatter (deprecation
+    notices from its file backends, resume notes) down to errors: the job's own progress bar
+    and metrics.json are the interface; the full log stays in the job's work dir."""
+    from mmengine.logging import MMLogger
     from mmengine.registry import init_default_scope
 
     init_default_scope("mmaction")
+    MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
 
 
 def world_size() -> int:
@@ -81,7 +86,7 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     return dataset, info
 
 
-def _attach_descriptions(net, job: JobSpec) -> Optional[dict[str, Any]]:
+def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     """Give MSTA its LLM descriptions of the training classes (when its consistency loss is on)."""
     if not hasattr(net, "set_descriptions") or not job.method_options.get("use_consistency", True):
         return None
@@ -198,9 +203,9 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
         randomness=dict(seed=job.seed),
-        resume=True,
+        resume=(work_dir / "last_checkpoint").is_file(),  # an interrupted job continues
         default_scope="mmaction",
-        log_level="WARNING",
+        log_level="ERROR",
         **kwargs,
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
@@ -217,7 +222,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
             "videos": train_info, "selected": best or "last"}
 
 
-def _load_best(runner, work_dir: Path) -> Optional[str]:
+def _load_best(runner, work_dir: Path) -> str | None:
     files = sorted(work_dir.glob("best_*.pth"))
     if not files:
         return None
@@ -225,8 +230,10 @@ def _load_best(runner, work_dir: Path) -> Optional[str]:
     return files[-1].name
 
 
-def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int) -> dict[str, Any]:
-    """Multi-view evaluation on one list with its own class names; shards over processes."""
+def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
+             save_to: Path | None = None) -> dict[str, Any]:
+    """Multi-view evaluation on one list with its own class names; shards over processes.
+    With `save_to`, the per-video scores and labels are kept (`<eval>.npz`) for later analysis."""
     from mmengine.dataset import DefaultSampler, pseudo_collate
     from mmengine.dist import collect_results, get_dist_info
 
@@ -251,6 +258,11 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int) ->
 
     scores = np.stack([r["scores"].numpy() for r in results]) if results else np.zeros((0, len(lst.classnames)))
     labels = [r["label"] for r in results]
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+        safe = lst.name.replace("/", "_")
+        np.savez_compressed(save_to / f"{safe}.npz", scores=scores, labels=np.asarray(labels),
+                            classnames=np.asarray(lst.classnames))
     out = topk_accuracy(scores, labels)
     out.update(n=len(results), classes=len(lst.classnames), views=list(lst.views), videos=info)
     return out
@@ -278,6 +290,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
     for lst in job.evals:
         views = max(1, lst.views[0] * lst.views[1])
-        evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)))
+        evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)),
+                                   save_to=job_dir / "predictions")
     return {"params": counts, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted)}

@@ -8,4 +8,4 @@ data pipeline itself.
 """
 from __future__ import annotations
 
-__all__ = ["flops", "params", "bench"]
+__all__ = ["bench", "flops", "params"]

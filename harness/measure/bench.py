@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,10 +61,10 @@ class BenchSettings:
     """Everything a bench row depends on besides the method (recorded in every row)."""
 
     backbone: str = "ViT-B-16"
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     batch: int = 32
     frames: int = 8
-    image_size: Optional[int] = None
+    image_size: int | None = None
     amp: str = "bf16"
     compile: bool = False
     iters: int = 20
@@ -76,6 +76,8 @@ class BenchSettings:
     def validate(self) -> None:
         if self.amp not in ("bf16", "none"):
             raise ValueError(f"amp must be 'bf16' or 'none', got {self.amp!r}")
+        if self.frozen_bf16 and self.amp != "bf16":
+            raise ValueError("frozen_bf16 needs amp='bf16' (bf16 weights meet fp32 activations otherwise)")
         if self.batch < 1 or self.frames < 1 or self.iters < 1 or self.warmup < 0 or self.num_classes < 1:
             raise ValueError(f"batch, frames, iters, num_classes must be >= 1 and warmup >= 0: {self}")
 
@@ -86,7 +88,7 @@ def _default_device() -> str:
 
 # -- environment -----------------------------------------------------------------------------
 
-def _driver_version() -> Optional[str]:
+def _driver_version() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10, check=True)
@@ -124,7 +126,7 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def datasheet_peak(card: str) -> Optional[float]:
+def datasheet_peak(card: str) -> float | None:
     """Dense bf16 datasheet peak of a known card (FLOP/s), else None."""
     if "NVL" in card:  # NVL variants have their own (lower) clocks: not in the table
         return None
@@ -169,7 +171,7 @@ def time_steps(step: Callable[[], Any], iters: int, warmup: int, device: torch.d
 
 
 def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
-                        size: Optional[int] = None, iters: Optional[int] = None) -> float:
+                        size: int | None = None, iters: int | None = None) -> float:
     """Dense matmul throughput (FLOP/s) of `dtype` on `device`, measured now: the MFU denominator.
 
     The best of a few timed rounds of an n x n x n matmul (n = 8192 on GPU, 1024 on CPU).
@@ -182,11 +184,8 @@ def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.b
     iters = iters or (20 if cuda else 5)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(3):
-        timing = time_steps(lambda: torch.mm(a, b), iters=iters, warmup=2, device=device)
-        best = min(best, timing["median_s"])
-    del a, b
+    best = min(time_steps(lambda: torch.mm(a, b), iters=iters, warmup=2, device=device)["median_s"]
+               for _ in range(3))
     return 2.0 * n ** 3 / best
 
 
@@ -198,12 +197,12 @@ class _PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.kind: Optional[str] = None
-        self.peak_bytes: Optional[int] = None
-        self._rss0: Optional[int] = None
+        self.kind: str | None = None
+        self.peak_bytes: int | None = None
+        self._rss0: int | None = None
 
     @staticmethod
-    def _status_kib(field: str) -> Optional[int]:
+    def _status_kib(field: str) -> int | None:
         try:
             with open("/proc/self/status") as handle:
                 for line in handle:
@@ -213,7 +212,7 @@ class _PeakMemory:
             return None
         return None
 
-    def __enter__(self) -> "_PeakMemory":
+    def __enter__(self) -> _PeakMemory:  # noqa: PYI034 - private class, never subclassed
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -228,7 +227,7 @@ class _PeakMemory:
                 self.kind = None
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.device.type == "cuda":
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         elif self.kind is not None:
@@ -309,7 +308,7 @@ def _row_base(method: str, settings: BenchSettings, env: Mapping[str, Any]) -> d
 
 
 def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings: BenchSettings,
-                  device: torch.device, peak_flops: float, datasheet: Optional[float]) -> dict[str, Any]:
+                  device: torch.device, peak_flops: float, datasheet: float | None) -> dict[str, Any]:
     with _PeakMemory(device) as mem:
         timing = time_steps(step, settings.iters, settings.warmup, device)
     median = timing["median_s"]
@@ -332,7 +331,7 @@ def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings:
 
 
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
-               options: Optional[Mapping[str, Any]], modes: Sequence[str]) -> list[dict[str, Any]]:
+               options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
     from harness.backbone import create_clip, get_tokenizer
 
@@ -353,7 +352,9 @@ def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], pea
         model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
         _give_synthetic_descriptions(model, classnames)
         config_lr = float(getattr(model.config, "lr", 1e-3))
-        encoders = ["encode_video", "encode_text_embeddings"]
+        # The text encoder runs every step only when it trains; otherwise once per class set,
+        # and compiling it would cost more than it saves.
+        encoders = ["encode_video"] + ([] if getattr(model, "text_is_frozen", True) else ["encode_text_embeddings"])
         base["options"] = model.config.to_dict()
     trainable = [p for p in model.parameters() if p.requires_grad]
     base["trainable"] = sum(p.numel() for p in trainable)
@@ -375,56 +376,75 @@ def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], pea
     if settings.compile:
         _compile_hooks(model, encoders)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    video = torch.randn(video_shape, generator=gen).to(device)
-    labels = torch.randint(0, settings.num_classes, (settings.batch,), generator=gen).to(device)
-
-    def logits_of(m: nn.Module) -> torch.Tensor:
-        return m(video) if method == BASELINE else m(video, classnames)
-
-    def loss_of(m: nn.Module, logits: torch.Tensor) -> torch.Tensor:
-        if method == BASELINE:
-            return nn.functional.cross_entropy(logits.float(), labels)
-        return sum(m.losses(logits, labels, classnames).values())  # type: ignore[return-value]
-
+    subject = _Subject(model, method == BASELINE, classnames, settings, device,
+                       torch.randn(video_shape, generator=gen).to(device),
+                       torch.randint(0, settings.num_classes, (settings.batch,), generator=gen).to(device))
     rows = []
     for mode in modes:
         row = dict(base, mode=mode)
         try:
-            if mode == "train":
-                if not trainable:
-                    row["status"] = "skipped: no trainable parameters"
-                    rows.append(row)
-                    continue
-                model.train()
-                optimizer = _make_optimizer(trainable, config_lr, device)
-
-                def train_step() -> None:
-                    with _autocast(settings, device):
-                        loss = loss_of(model, logits_of(model))
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-
-                row.update(_measure_mode("train", train_step, flops["train"], settings, device, peak_flops, datasheet))
-                del optimizer
+            if mode == "train" and not trainable:
+                row["status"] = "skipped: no trainable parameters"
+            elif mode == "train":
+                step = subject.train_step(_make_optimizer(trainable, config_lr, device))
+                row.update(_measure_mode("train", step, flops["train"], settings, device, peak_flops, datasheet))
             elif mode == "infer":
-                model.eval()
-
-                def infer_step() -> None:
-                    with torch.no_grad(), _autocast(settings, device):
-                        logits_of(model)
-
-                row.update(_measure_mode("infer", infer_step, flops["infer"], settings, device, peak_flops, datasheet))
+                row.update(_measure_mode("infer", subject.infer_step(), flops["infer"], settings, device,
+                                         peak_flops, datasheet))
             else:
                 raise ValueError(f"unknown mode {mode!r}; modes are {MODES}")
         except Exception as err:  # noqa: BLE001 - one failing method must not lose the others' rows
-            row["status"] = f"error: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+            row["status"] = _error_status(err)
             row["traceback"] = traceback.format_exc(limit=6)
             for param in trainable:
                 param.grad = None
         rows.append(row)
-    del model, trainable, video, labels
     return rows
+
+
+class _Subject:
+    """A model under test with its synthetic batch: builds the train and inference steps."""
+
+    def __init__(self, model: nn.Module, plain: bool, classnames: Sequence[str], settings: BenchSettings,
+                 device: torch.device, video: torch.Tensor, labels: torch.Tensor) -> None:
+        self.model, self.plain, self.classnames = model, plain, list(classnames)
+        self.settings, self.device, self.video, self.labels = settings, device, video, labels
+
+    def logits(self) -> torch.Tensor:
+        return self.model(self.video) if self.plain else self.model(self.video, self.classnames)
+
+    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.plain:
+            return nn.functional.cross_entropy(logits.float(), self.labels)
+        return sum(self.model.losses(logits, self.labels, self.classnames).values())  # type: ignore[return-value]
+
+    def train_step(self, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+        """Forward, losses, backward, optimizer step (train mode)."""
+        self.model.train()
+
+        def step() -> None:
+            with _autocast(self.settings, self.device):
+                loss = self.loss(self.logits())
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def infer_step(self) -> Callable[[], None]:
+        """Forward to logits in eval mode without autograd."""
+        self.model.eval()
+
+        def step() -> None:
+            with torch.no_grad(), _autocast(self.settings, self.device):
+                self.logits()
+
+        return step
+
+
+def _error_status(err: BaseException) -> str:
+    first = str(err).splitlines()[0][:300] if str(err) else ""
+    return f"error: {type(err).__name__}: {first}"
 
 
 def _plain_flops(model: PlainVisual, video_shape: tuple[int, ...], trainable: bool) -> dict[str, int]:
@@ -448,31 +468,29 @@ def _cleanup(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    try:
+    if hasattr(torch, "_dynamo"):
         torch._dynamo.reset()  # each model is compiled afresh; keeps the recompile cache clean
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def run_bench(
     methods: Sequence[str],
     backbone: str = "ViT-B-16",
-    pretrained: Optional[str] = None,
+    pretrained: str | None = None,
     batch: int = 32,
     frames: int = 8,
-    image_size: Optional[int] = None,
+    image_size: int | None = None,
     amp: str = "bf16",
-    compile: bool = False,  # noqa: A002 - mirrors the --compile flag
+    compile: bool = False,
     iters: int = 20,
     warmup: int = 5,
-    device: Optional[str] = None,
+    device: str | None = None,
     num_classes: int = 400,
     modes: Sequence[str] = MODES,
     baseline: bool = True,
-    options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     frozen_bf16: bool = False,
-    deadline: Optional[float] = None,
-    on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+    deadline: float | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark `methods` (plus the plain open_clip baseline first when `baseline`).
 
@@ -489,6 +507,8 @@ def run_bench(
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; modes are {MODES}")
     dev = torch.device(settings.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the patch-embedding conv: fixed shapes
     env = environment(settings.device)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float32
     peak = measure_matmul_peak(dev, dtype)
@@ -510,18 +530,18 @@ def run_bench(
 
 
 def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any], peak: float,
-                      options: Optional[Mapping[str, Any]], modes: Sequence[str]) -> list[dict[str, Any]]:
+                      options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
     try:
         rows = _bench_one(name, settings, env, peak, options, modes)
     except Exception as err:  # noqa: BLE001 - building or counting failed: report, go on
-        rows = [dict(_row_base(name, settings, env), mode=mode,
-                     status=f"error: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
+        rows = [dict(_row_base(name, settings, env), mode=mode, status=_error_status(err),
                      traceback=traceback.format_exc(limit=6)) for mode in modes]
-    if settings.frozen_bf16 and any(str(r.get("status", "")).startswith("error") for r in rows):
+    errors = [str(r["status"]) for r in rows if str(r.get("status", "")).startswith("error")]
+    if settings.frozen_bf16 and errors:
         _cleanup(torch.device(settings.device))
         retry = _bench_with_retry(name, replace(settings, frozen_bf16=False), env, peak, options, modes)
         for row in retry:
-            row["note"] = "retried with fp32 frozen weights after an error with frozen_bf16"
+            row["note"] = f"retried with fp32 frozen weights; with frozen_bf16: {errors[0]}"
         return retry
     return rows
 
@@ -626,13 +646,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_path", default=None, help="write rows here (updated after each row)")
     p.add_argument("--append", action="store_true", help="keep rows already in --json")
     p.add_argument("--md", dest="md_path", default=None, help="write a Markdown table here")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: format the rows already in --json (to stdout and --md)")
     p.add_argument("--smoke", action="store_true",
                    help="harness-tiny, batch 2, 2 frames, 2 iters on CPU: proves the pipeline end to end")
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report_only:
+        if not args.json_path or not os.path.exists(args.json_path):
+            raise SystemExit("--report-only needs an existing --json file")
+        with open(args.json_path) as handle:
+            rows_in = json.load(handle)
+        print(format_bench(rows_in, "table"))
+        if args.md_path:
+            with open(args.md_path, "w") as handle:
+                handle.write(format_bench(rows_in, "markdown"))
+        return 0
     if args.smoke:
         args.backbone, args.batch, args.frames, args.iters, args.warmup = "harness-tiny", 2, 2, 2, 1
         args.num_classes = min(args.num_classes, 8)

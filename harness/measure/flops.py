@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -216,7 +216,7 @@ def count_flops(model: nn.Module, frames: int = 8, image_size: int = 224, batch:
 
     out = _with_fallback(model, where, video_run)
     try:
-        text: Optional[int] = _with_fallback(model, where, text_run)["flops"]
+        text: int | None = _with_fallback(model, where, text_run)["flops"]
     except Exception:  # noqa: BLE001 - a method whose text path cannot encode a lone class
         text = None
     gflops = out["flops"] / batch / GIGA

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional
+from typing import Any
 
 
 def params_rows(
     methods: Sequence[str],
     backbone: str = "ViT-B-16",
-    pretrained: Optional[str] = None,
+    pretrained: str | None = None,
     frames: int = 8,
     num_classes: int = 400,
-    overrides: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
     with_flops: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per method: ``method, options`` (resolved config), ``trainable, total,

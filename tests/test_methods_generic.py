@@ -1,0 +1,125 @@
+"""Behaviour every registered method must have (timm-style tests over the registry)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from harness.backbone import create_clip, get_tokenizer
+from methods.registry import build_method, list_methods
+
+# Exact trainable counts at ViT-B/16, 8 frames, default options (METHODS.md).
+EXPECTED_DEFAULT_COUNTS = {
+    "zeroshot": 0,
+    "vificlip": 124_323_841,
+    "vificlip_prompt": 184_320,
+    "st_adapter": 7_110_144,
+    "aim": 10_659_072,
+    "vitaclip": 28_524_545,
+    "msta": 8_712_192,
+}
+TEMPORAL = {"st_adapter", "aim", "vitaclip", "msta"}
+ORDER_BLIND = {"zeroshot", "vificlip", "vificlip_prompt"}
+CLASSES = [f"class {i}" for i in range(5)]
+#: harness-tiny has 4 layers: prompt depth must fit (the `embedded`/`tiny` profiles do the same).
+TINY_OPTIONS = {"vificlip_prompt": {"depth": 4}}
+
+
+def test_registry_is_complete():
+    assert set(list_methods()) == set(EXPECTED_DEFAULT_COUNTS)
+
+
+def _tiny(method: str, frames: int = 4, seed: int = 0):
+    clip, spec = create_clip("harness-tiny", seed=seed)
+    net = build_method(method, clip, get_tokenizer(spec), frames, TINY_OPTIONS.get(method, {}), classnames=CLASSES)
+    if hasattr(net, "set_descriptions"):
+        net.set_descriptions(CLASSES, [["a red thing", "a blue thing"]] * 5, [["it starts", "it ends"]] * 5)
+    return net
+
+
+def _perturb_trainable(net: torch.nn.Module, seed: int = 1) -> None:
+    """Zero-initialised adapters would hide order effects: give every trainable tensor noise."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_DEFAULT_COUNTS))
+def test_exact_trainable_counts_vit_b16(method):
+    clip, spec = create_clip("ViT-B-16")
+    net = build_method(method, clip, get_tokenizer(spec), 8, {}, classnames=CLASSES)
+    counts = net.parameter_counts()
+    assert counts["trainable"] == EXPECTED_DEFAULT_COUNTS[method]
+    assert counts["total"] >= 149_620_737
+    assert counts["trainable_pct"] == pytest.approx(100 * counts["trainable"] / counts["total"], abs=1e-3)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_DEFAULT_COUNTS))
+def test_forward_shapes_and_finite(method):
+    net = _tiny(method).eval()
+    video = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        logits = net(video, CLASSES)
+        feats = net.encode_video(video)
+    assert logits.shape == (2, len(CLASSES))
+    assert torch.isfinite(logits).all()
+    assert feats.shape[0] == 2 and torch.allclose(feats.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED_DEFAULT_COUNTS))
+def test_only_declared_parameters_change(method):
+    torch.manual_seed(0)
+    net = _tiny(method).train()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        assert method == "zeroshot"
+        return
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    video, labels = torch.randn(3, 4, 3, 64, 64), torch.tensor([0, 1, 2])
+    for _ in range(3):
+        loss = sum(net.losses(net(video, CLASSES), labels, CLASSES).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    declared = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert changed <= declared, f"frozen parameters moved: {sorted(changed - declared)[:5]}"
+    assert changed, "nothing trained"
+
+
+@pytest.mark.parametrize("method", sorted(TEMPORAL | ORDER_BLIND))
+def test_frame_order_sensitivity(method):
+    net = _tiny(method, frames=4)
+    _perturb_trainable(net)
+    net.eval()
+    video = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        forward = net.encode_video(video)
+        reversed_ = net.encode_video(video.flip(1))
+    differs = not torch.allclose(forward, reversed_, atol=1e-5)
+    assert differs == (method in TEMPORAL)
+
+
+@pytest.mark.parametrize("method", ["st_adapter", "aim"])
+def test_zero_init_adapters_reproduce_frozen_clip(method):
+    clip, spec = create_clip("harness-tiny", seed=3)
+    reference = build_method("zeroshot", copy.deepcopy(clip), get_tokenizer(spec), 4).eval()
+    net = build_method(method, clip, get_tokenizer(spec), 4).eval()
+    video = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(net.encode_video(video), reference.encode_video(video), atol=1e-5)
+
+
+def test_frozen_text_features_are_cached_once_per_class_set():
+    net = _tiny("st_adapter").train()
+    calls = []
+    original = net.class_text_features
+    net.class_text_features = lambda names: calls.append(tuple(names)) or original(names)
+    video = torch.randn(1, 4, 3, 64, 64)
+    net(video, CLASSES)
+    net(video, CLASSES)
+    assert calls == [tuple(CLASSES)]
