@@ -57,6 +57,8 @@ class DataOptions:
     descriptions: str = _opt("etl4video", "description source for msta: etl4video or ost",
                              choices=("etl4video", "ost"))
     color_jitter: bool = _opt(False, "colour jitter p0.8 + grayscale p0.2 in training (MSTA runs)")
+    train_augment: bool = _opt(True, "random crop/flip in training; false = the deterministic test transform "
+                               "(exact 1-vs-N-process comparisons)")
 
 
 def parse_value(text: str) -> Any:

@@ -107,16 +107,8 @@ class AIMBlock(AdaptedBlock):
         self.scale = scale
         self.drop_path = DropPath(drop_path)
 
-    def forward(
-        self,
-        q_x: torch.Tensor,
-        k_x: torch.Tensor | None = None,
-        v_x: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if not self.ctx.adapters_enabled:
-            return super().forward(q_x, k_x, v_x, attn_mask)
-        x = q_x + self.drop_clip_path(self.temporal_branch(q_x))
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop_clip_path(self.temporal_branch(x))
         x = x + self.S_Adapter(self.attention(self.ln_1(x), attn_mask))
         xn = self.ln_2(x)
         return x + self.ls_2(self.mlp(xn)) + self.drop_clip_path(self.scale * self.MLP_Adapter(xn))

@@ -3,7 +3,9 @@ is laid out, how many frames a visual batch holds, and the positional call signa
 open_clip's gradient checkpointing uses.
 
 Every method that changes what happens inside a block subclasses `AdaptedBlock` and overrides
-`forward`; `wrap_blocks` swaps the wrappers in. Wrappers adopt the original block's submodules
+`adapted_forward(x, attn_mask)`; `AdaptedBlock.forward` keeps open_clip's call signature and
+runs the plain CLIP block instead whenever the shared context has adapters switched off.
+`wrap_blocks` swaps the wrappers in. Wrappers adopt the original block's submodules
 under their original attribute names, so state-dict keys of the frozen weights stay exactly the
 open_clip / OpenAI names (`visual.transformer.resblocks.3.attn.in_proj_weight`, ...) and
 checkpoint converters need no renaming for them.
@@ -68,8 +70,10 @@ def multihead_attention(
 class AdaptedBlock(nn.Module):
     """A CLIP residual attention block that methods specialise.
 
-    The default forward is the plain pre-norm CLIP block:
+    `plain_forward` is the plain pre-norm CLIP block:
     ``x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`` (with open_clip's layer scales).
+    `forward` runs `adapted_forward` while `ctx.adapters_enabled`, else `plain_forward`;
+    subclasses override `adapted_forward` only (the default is the plain block).
     """
 
     def __init__(self, block: nn.Module, ctx: BlockContext, layer_index: int, tower: str) -> None:
@@ -101,8 +105,19 @@ class AdaptedBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Positional signature kept: open_clip's grad checkpointing calls blk(x, None, None, mask).
-        x = q_x + self.attention(self.ln_1(q_x), attn_mask)
+        # k_x / v_x are always None for CLIP's self-attention blocks and are ignored.
+        if self.ctx.adapters_enabled:
+            return self.adapted_forward(q_x, attn_mask)
+        return self.plain_forward(q_x, attn_mask)
+
+    def plain_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen CLIP block, no method additions (also what runs with adapters disabled)."""
+        x = x + self.attention(self.ln_1(x), attn_mask)
         return x + self.mlp_branch(x)
+
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The block with the method's additions; the plain block unless a subclass overrides it."""
+        return self.plain_forward(x, attn_mask)
 
     # -- layout helpers shared by temporal methods -------------------------------------------
     def split_frames(self, x: torch.Tensor) -> torch.Tensor:

@@ -220,19 +220,11 @@ class MSTABlock(AdaptedBlock):
             return self.adapter.video(h, self.num_frames)
         return self.adapter.text(h)
 
-    def forward(
-        self,
-        q_x: torch.Tensor,
-        k_x: torch.Tensor | None = None,
-        v_x: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if not self.ctx.adapters_enabled:
-            return super().forward(q_x, k_x, v_x, attn_mask)
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         # ln_1 is frozen, so scaling the gradient after it equals MMA's scaling before it (the
         # LayerNorm backward is linear in its incoming gradient), and ln_1 runs once, not twice.
-        h = self.ln_1(q_x)
-        x = q_x + self.attention(h, attn_mask)
+        h = self.ln_1(x)
+        x = x + self.attention(h, attn_mask)
         return x + self.mlp_branch(x) + scaled_branch(self.branch, h, self.scale)
 
 

@@ -147,7 +147,8 @@ class DeepPromptBlock(AdaptedBlock):
 
     `at_end`: where the prompts sit. Vision prompts are appended after the patch tokens
     (positions L-n..L-1); text prompts follow the start-of-text token (positions 1..n), so the
-    causal mask and the end-of-text pooling index stay valid.
+    causal mask and the end-of-text pooling index stay valid. With the context's adapters off the
+    block is plain CLIP: nothing is replaced.
     """
 
     def __init__(self, block: nn.Module, ctx: BlockContext, layer_index: int, tower: str,
@@ -156,14 +157,7 @@ class DeepPromptBlock(AdaptedBlock):
         self.prompts = normal_prompts(n_tokens, self.width)
         self.at_end = at_end
 
-    def forward(
-        self,
-        q_x: torch.Tensor,
-        k_x: torch.Tensor | None = None,
-        v_x: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if self.ctx.adapters_enabled:
-            n = self.prompts.shape[0]
-            q_x = splice(q_x, self.prompts, q_x.shape[1] - n if self.at_end else 1, n)
-        return super().forward(q_x, attn_mask=attn_mask)
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        n = self.prompts.shape[0]
+        x = splice(x, self.prompts, x.shape[1] - n if self.at_end else 1, n)
+        return self.plain_forward(x, attn_mask)

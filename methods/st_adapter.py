@@ -112,16 +112,7 @@ class STAdapterBlock(AdaptedBlock):
         self.adapter_pre_attn: STAdapterModule | None = make_adapter(self.width) if pre_attn else None
         self.adapter_pre_mlp: STAdapterModule | None = make_adapter(self.width) if pre_mlp else None
 
-    def forward(
-        self,
-        q_x: torch.Tensor,
-        k_x: torch.Tensor | None = None,
-        v_x: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if not self.ctx.adapters_enabled:
-            return super().forward(q_x, k_x, v_x, attn_mask)
-        x = q_x
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.adapter_pre_attn is not None:
             x = self.adapter_pre_attn(x, self.num_frames)
         x = x + self.attention(self.ln_1(x), attn_mask)

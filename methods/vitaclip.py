@@ -107,7 +107,8 @@ class VitaBlock(AdaptedBlock):
     The extra tokens only serve as keys/values of the frozen attention: queries are the block's
     own tokens (CLS + patches), which is exactly the official block followed by the removal of
     the extra tokens (attention is per query, the MLP per token), without computing outputs that
-    are thrown away.
+    are thrown away. With the context's adapters off, or no extra tokens configured, the block
+    is plain CLIP.
     """
 
     def __init__(self, block: nn.Module, ctx: BlockContext, layer_index: int, config: VitaCLIPConfig,
@@ -143,19 +144,13 @@ class VitaBlock(AdaptedBlock):
             extra.append(summary.reshape(n, 1, width))
         return extra
 
-    def forward(
-        self,
-        q_x: torch.Tensor,
-        k_x: torch.Tensor | None = None,
-        v_x: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        extra = self.extra_tokens(q_x) if self.ctx.adapters_enabled else []
+    def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        extra = self.extra_tokens(x)
         if not extra:
-            return super().forward(q_x, attn_mask=attn_mask)
-        queries = self.ln_1(q_x)
-        keys = torch.cat([queries, self.ln_1(torch.cat([e.to(q_x.dtype) for e in extra], dim=1))], dim=1)
-        x = q_x + self.ls_1(multihead_attention(self.attn, queries, kv=keys))
+            return self.plain_forward(x, attn_mask)
+        queries = self.ln_1(x)
+        keys = torch.cat([queries, self.ln_1(torch.cat([e.to(x.dtype) for e in extra], dim=1))], dim=1)
+        x = x + self.ls_1(multihead_attention(self.attn, queries, kv=keys))
         return x + self.mlp_branch(x)
 
 

@@ -11,7 +11,7 @@
 # No mmengine / mmaction2 needed. Writes $OUT/gpu_bench.json (rows, updated as they come),
 # $OUT/gpu_bench.md (table stamped with card, driver, torch/CUDA), $OUT/gpu_bench.log, $OUT/env.txt.
 # Env: OUT, PYTHON, GPU_WHEELS, GPU_SITE, GPU_BENCH_BUDGET (seconds, default 470),
-#      GPU_BENCH_COMPILE_METHODS (comma list; empty = skip the compile pass).
+#      GPU_BENCH_METHODS (eager pass, default all), GPU_BENCH_COMPILE_METHODS (empty = no compile pass).
 set -uo pipefail
 T0=$(date +%s)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,22 +46,23 @@ for pair in wcwidth:wcwidth ftfy:ftfy regex:regex tqdm:tqdm open_clip:open_clip_
   mod=${pair%%:*}; dist=${pair#*:}
   if have "$mod"; then say "have $mod"; else install_wheel "$dist" && say "installed $dist into $SITE"; fi
 done
-if ! "$PY" -c "import torch, open_clip, ftfy, regex, tqdm" ; then
-  say "FATAL: torch/open_clip still not importable with PYTHONPATH=$PYTHONPATH"; exit 2
-fi
-
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
-  "$PY" - <<'PYEOF'
-import platform, torch, open_clip
+  nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm --format=csv 2>&1 \
+    || echo "no nvidia-smi"
+  echo "C compiler (inductor/triton): $(command -v gcc || command -v cc || echo none)"
+} > "$OUT/env.txt" 2>&1
+# One interpreter both proves the imports work and stamps the versions.
+if ! "$PY" - >> "$OUT/env.txt" 2>&1 <<'PYEOF'
+import platform, torch, open_clip, ftfy, regex, tqdm
 print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda,
       "| cuda available", torch.cuda.is_available(), "| open_clip", open_clip.__version__)
 if torch.cuda.is_available():
     print("card", torch.cuda.get_device_name(0), "| cudnn", torch.backends.cudnn.version())
 PYEOF
-  echo "C compiler (inductor/triton): $(command -v gcc || command -v cc || echo none)"
-} > "$OUT/env.txt" 2>&1
+then
+  cat "$OUT/env.txt"; say "FATAL: torch/open_clip not importable with PYTHONPATH=$PYTHONPATH"; exit 2
+fi
 cat "$OUT/env.txt"
 
 # -- 2. settings --------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ rm -f "$JSON"
 # -- 3. eager pass: every method (starts no new method after 38% of the budget) -----------------
 say "eager pass"
 timeout --kill-after=10 $(( BUDGET * 50 / 100 - $(elapsed) )) \
-  "$PY" -m harness.measure.bench --methods all "${COMMON[@]}" "${EAGER[@]}" \
+  "$PY" -m harness.measure.bench --methods "${GPU_BENCH_METHODS:-all}" "${COMMON[@]}" "${EAGER[@]}" \
     --time-budget $(( BUDGET * 38 / 100 - $(elapsed) )) --json "$JSON"
 say "eager pass exit $?"
 

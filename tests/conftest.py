@@ -34,3 +34,28 @@ def upstream_root():
 def harness_cache(tmp_path_factory, embedded_root):
     """A cache dir whose embedded/ holds the session's generated dataset (for CLI runs)."""
     return embedded_root.parent.parent
+
+
+# -- backbones for the per-method tests (methods are built on deep copies; see method_helpers) ---
+@pytest.fixture(scope="module")
+def tiny():
+    """The harness-tiny CLIP and its tokenizer, created once per test module."""
+    from method_helpers import make_backbone
+
+    return make_backbone("harness-tiny")
+
+
+@pytest.fixture(scope="module")
+def b16():
+    """A random ViT-B/16 CLIP and its tokenizer, created once per test module."""
+    from method_helpers import make_backbone
+
+    return make_backbone("ViT-B-16")
+
+
+@pytest.fixture(scope="module")
+def b16_meta():
+    """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy."""
+    from method_helpers import make_backbone
+
+    return make_backbone("ViT-B-16", meta=True)

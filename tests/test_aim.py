@@ -3,63 +3,29 @@ official (sequence-first) formulation, training touches only the declared parame
 handling, and the closed-set head's guards."""
 from __future__ import annotations
 
-import copy
-import csv
-import os
-from pathlib import Path
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import pytest
 import torch
+from method_helpers import (
+    OFFICIAL_STATE_DICTS,
+    TINY_CLASSES,
+    assert_frame_order_matters,
+    assert_matches_official_state_dict,
+    assert_reproduces,
+    bind,
+    changed_after_adamw_steps,
+)
 from torch import nn
 
-from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
 from methods.aim import AIMBlock, official_key
-from methods.registry import build_method, make_config
+from methods.registry import make_config
 
-CLASSES_400 = [f"class {i}" for i in range(400)]
-TINY_CLASSES = ["archery", "bowling", "juggling"]
 FRAMES = 4
-OFFICIAL_TSV = Path(__file__).resolve().parents[2] / "shared/upstream/official-state-dicts/aim_vitb16_8f_k400.tsv"
+OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "aim_vitb16_8f_k400.tsv"
 
-
-@pytest.fixture(scope="module")
-def b16():
-    """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy."""
-    clip, spec = create_clip("ViT-B-16", pretrained=None)
-    return clip.to("meta"), get_tokenizer(spec)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    clip, spec = create_clip("harness-tiny")
-    return clip, get_tokenizer(spec)
-
-
-def build(backbone, options=None, frames=FRAMES, classnames=TINY_CLASSES, method="aim"):
-    clip, tokenizer = backbone
-    return build_method(method, copy.deepcopy(clip), tokenizer, frames, options or {}, classnames)
-
-
-def build_b16(backbone, options, frames=8):
-    """Build on the meta device (inserted modules too): exact structure, no memory, no init cost."""
-    with torch.device("meta"):
-        return build(backbone, options, frames, CLASSES_400)
-
-
-def video(batch: int = 2, frames: int = FRAMES, size: int = 64) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
-
-
-def perturb_zero_init(model: nn.Module) -> None:
-    """Give every all-zero trainable tensor (fc2 of the adapters, temporal embedding) random values."""
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.requires_grad and not param.any():
-                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+# Fixtures `tiny` and `b16_meta`: conftest.py. perturb_zero_init gives random values to what
+# starts at zero (fc2 of the adapters, the temporal embedding).
+build, build_b16, video, perturb_zero_init = bind("aim", FRAMES, perturb_scale=0.1)
 
 
 # -- parameter counts (METHODS.md) --------------------------------------------------------------
@@ -68,26 +34,16 @@ def perturb_zero_init(model: nn.Module) -> None:
     ({"head": "linear"}, 8, 10_966_672),
     ({"head": "linear"}, 32, 10_985_104),
 ])
-def test_trainable_counts_vit_b16(b16, options, frames, expected):
-    model = build_b16(b16, options, frames)
+def test_trainable_counts_vit_b16(b16_meta, options, frames, expected):
+    model = build_b16(b16_meta, options, frames)
     assert model.parameter_counts()["trainable"] == expected
     assert set(model.targeted) == {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.upstream
 @pytest.mark.skipif(not OFFICIAL_TSV.is_file(), reason="needs ../shared/upstream/official-state-dicts")
-def test_names_and_shapes_match_official_state_dict(b16):
-    official, trainable = {}, set()
-    with open(OFFICIAL_TSV) as handle:
-        for row in csv.reader((line for line in handle if not line.startswith("#")), delimiter="\t"):
-            official[row[0]] = row[1]
-            if row[3] == "1":
-                trainable.add(row[0])
-    model = build_b16(b16, {"head": "linear"})
-    ours = {official_key(n): ("x".join(map(str, p.shape)), p.requires_grad)
-            for n, p in model.named_parameters() if official_key(n) is not None}
-    assert {k: shape for k, (shape, _) in ours.items()} == official
-    assert {k for k, (_, grad) in ours.items() if grad} == trainable
+def test_names_and_shapes_match_official_state_dict(b16_meta):
+    assert_matches_official_state_dict(build_b16(b16_meta, {"head": "linear"}), OFFICIAL_TSV, official_key)
 
 
 # -- the block against the official formulation -------------------------------------------------
@@ -128,22 +84,14 @@ def test_block_matches_official_formulation(tiny):
 def test_zero_init_reproduces_frozen_clip(tiny):
     reference = build(tiny, method="zeroshot").eval()
     model = build(tiny).eval()
-    clip_video = video()
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_video(clip_video), reference.encode_video(clip_video))
-        torch.testing.assert_close(model(clip_video, TINY_CLASSES), reference(clip_video, TINY_CLASSES))
+    assert_reproduces(model, reference, video(), TINY_CLASSES)
 
 
 def test_frame_order_matters_once_adapters_act(tiny):
     reference = build(tiny, method="zeroshot").eval()
     model = build(tiny).eval()
     perturb_zero_init(model)
-    clip_video = video()
-    with torch.no_grad():
-        torch.testing.assert_close(reference.encode_video(clip_video), reference.encode_video(clip_video.flip(1)))
-        forward = model.encode_video(clip_video)
-        backward = model.encode_video(clip_video.flip(1))
-    assert (forward - backward).abs().max() > 1e-3
+    assert_frame_order_matters(model, reference, video())
 
 
 def test_adapter_init_is_official(tiny):
@@ -165,15 +113,8 @@ def test_training_changes_only_declared_parameters(tiny, options):
     declared = set(model.targeted)
     assert declared and all(any(k in n for k in ("temporal_embedding", "ln_post", "Adapter", "cls_head"))
                             for n in declared)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
-    labels = torch.tensor([0, 2])
-    for _ in range(3):
-        losses = model.losses(model(video(), TINY_CLASSES), labels, TINY_CLASSES)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    changed = changed_after_adamw_steps(model, TINY_CLASSES, weight_decay=0.05, labels=(0, 2), steps=3,
+                                        clip=lambda _: video())
     assert changed == declared
 
 

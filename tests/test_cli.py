@@ -114,3 +114,10 @@ def test_set_values_are_yaml_scalars():
 
     assert parse_value("1e-3") == 1e-3 and parse_value("64") == 64 and parse_value("true") is True
     assert parse_value("[4, 3]") == [4, 3] and parse_value("best") == "best" and parse_value("a video of {}") == "a video of {}"
+
+
+def test_data_check_embedded(capsys, harness_cache, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
+    code, out, _ = _run(["data", "check", "--dataset", "embedded", "--role", "b2n_base_val", "--sample", "2"], capsys)
+    assert code == 0
+    assert "base_val.txt" in out and " 48 " in out  # 6 base classes x 8 val videos, all present

@@ -3,64 +3,30 @@ conv against nn.Conv3d, the official adapter formulation, training touches only 
 the closed-set head's guards."""
 from __future__ import annotations
 
-import copy
-import csv
-import os
-from pathlib import Path
-
-os.environ["HF_HUB_OFFLINE"] = "1"
-
 import pytest
 import torch
+from method_helpers import (
+    OFFICIAL_STATE_DICTS,
+    TINY_CLASSES,
+    assert_frame_order_matters,
+    assert_matches_official_state_dict,
+    assert_reproduces,
+    bind,
+    changed_after_adamw_steps,
+)
 from torch import nn
 
-from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
 from methods.layers import TEMPORAL_CONV_IMPLS, TemporalDepthwiseConv
-from methods.registry import build_method, make_config
+from methods.registry import make_config
 from methods.st_adapter import STAdapterModule, official_key
 
-CLASSES_400 = [f"class {i}" for i in range(400)]
-TINY_CLASSES = ["archery", "bowling", "juggling"]
 FRAMES = 4
-OFFICIAL_TSV = Path(__file__).resolve().parents[2] / "shared/upstream/official-state-dicts/st_adapter_12x384_k400.tsv"
+OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "st_adapter_12x384_k400.tsv"
 
-
-@pytest.fixture(scope="module")
-def b16():
-    """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy."""
-    clip, spec = create_clip("ViT-B-16", pretrained=None)
-    return clip.to("meta"), get_tokenizer(spec)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    clip, spec = create_clip("harness-tiny")
-    return clip, get_tokenizer(spec)
-
-
-def build(backbone, options=None, frames=FRAMES, classnames=TINY_CLASSES, method="st_adapter"):
-    clip, tokenizer = backbone
-    return build_method(method, copy.deepcopy(clip), tokenizer, frames, options or {}, classnames)
-
-
-def build_b16(backbone, options, frames=8):
-    """Build on the meta device (inserted modules too): exact structure, no memory, no init cost."""
-    with torch.device("meta"):
-        return build(backbone, options, frames, CLASSES_400)
-
-
-def video(batch: int = 2, frames: int = FRAMES, size: int = 64) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(1))
-
-
-def perturb_zero_init(model: nn.Module) -> None:
-    """Give every all-zero trainable tensor (conv, biases) random values, so that the adapters act."""
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for _, param in model.named_parameters():
-            if param.requires_grad and not param.any():
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
+# Fixtures `tiny` and `b16_meta`: conftest.py. perturb_zero_init gives random values to what
+# starts at zero (the conv, the fc biases), so that the adapters act.
+build, build_b16, video, perturb_zero_init = bind("st_adapter", FRAMES, perturb_scale=0.2)
 
 
 # -- parameter counts (METHODS.md) --------------------------------------------------------------
@@ -70,26 +36,16 @@ def perturb_zero_init(model: nn.Module) -> None:
     ({"head": "linear"}, 7_417_744),
     ({"variant": "24x384", "head": "linear"}, 14_527_888),
 ])
-def test_trainable_counts_vit_b16(b16, options, expected):
-    model = build_b16(b16, options)
+def test_trainable_counts_vit_b16(b16_meta, options, expected):
+    model = build_b16(b16_meta, options)
     assert model.parameter_counts()["trainable"] == expected
     assert set(model.targeted) == {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.upstream
 @pytest.mark.skipif(not OFFICIAL_TSV.is_file(), reason="needs ../shared/upstream/official-state-dicts")
-def test_names_and_shapes_match_official_state_dict(b16):
-    official, trainable = {}, set()
-    with open(OFFICIAL_TSV) as handle:
-        for row in csv.reader((line for line in handle if not line.startswith("#")), delimiter="\t"):
-            official[row[0]] = row[1]
-            if row[3] == "1":
-                trainable.add(row[0])
-    model = build_b16(b16, {"head": "linear"})
-    ours = {official_key(n): ("x".join(map(str, p.shape)), p.requires_grad)
-            for n, p in model.named_parameters() if official_key(n) is not None}
-    assert {k: shape for k, (shape, _) in ours.items()} == official
-    assert {k for k, (_, grad) in ours.items() if grad} == trainable
+def test_names_and_shapes_match_official_state_dict(b16_meta):
+    assert_matches_official_state_dict(build_b16(b16_meta, {"head": "linear"}), OFFICIAL_TSV, official_key)
 
 
 # -- the temporal depthwise conv ----------------------------------------------------------------
@@ -146,23 +102,14 @@ def test_adapter_matches_official_formulation(impl):
 def test_zero_init_reproduces_frozen_clip(tiny, variant):
     reference = build(tiny, method="zeroshot").eval()
     model = build(tiny, {"variant": variant}).eval()
-    clip_video = video()
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_video(clip_video), reference.encode_video(clip_video))
-        torch.testing.assert_close(model(clip_video, TINY_CLASSES), reference(clip_video, TINY_CLASSES))
+    assert_reproduces(model, reference, video(), TINY_CLASSES)
 
 
 def test_frame_order_matters_once_adapters_act(tiny):
     reference = build(tiny, method="zeroshot").eval()
     model = build(tiny).eval()
     perturb_zero_init(model)
-    clip_video = video()
-    with torch.no_grad():
-        same = reference.encode_video(clip_video), reference.encode_video(clip_video.flip(1))
-        torch.testing.assert_close(*same)  # mean-pooled frozen CLIP ignores order
-        forward = model.encode_video(clip_video)
-        backward = model.encode_video(clip_video.flip(1))
-    assert (forward - backward).abs().max() > 1e-3
+    assert_frame_order_matters(model, reference, video())
 
 
 def test_conv_impls_give_the_same_model(tiny):
@@ -182,15 +129,8 @@ def test_training_changes_only_declared_parameters(tiny, options):
     model = build(tiny, options).train()
     declared = set(model.targeted)
     assert declared and all("adapter_pre_" in n or n.startswith("cls_head.") for n in declared)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
-    labels = torch.tensor([0, 2])
-    for _ in range(3):
-        losses = model.losses(model(video(), TINY_CLASSES), labels, TINY_CLASSES)
-        optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    changed = changed_after_adamw_steps(model, TINY_CLASSES, weight_decay=0.01, labels=(0, 2), steps=3,
+                                        clip=lambda _: video())
     assert changed <= declared
     # The last block's pre-MLP adapter only edits patch tokens after the last attention, and only
     # the CLS token is pooled: it never gets a gradient (as in the official model); only weight

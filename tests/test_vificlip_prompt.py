@@ -4,54 +4,29 @@ blocks, the context-init rule, and that training touches only the prompts."""
 from __future__ import annotations
 
 import copy
-import csv
-import os
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import (
+    OFFICIAL_STATE_DICTS,
+    assert_forward_and_gradients,
+    builder,
+    changed_after_adamw_steps,
+    official_rows,
+    plain_clip_text,
+    protocol_classnames,
+    video,
+)
 
-from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
 from methods.prompting import DeepPromptBlock
-from methods.registry import build_method, get_method, make_config
+from methods.registry import get_method, make_config
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # open_clip is imported lazily (create_clip): never wait on the network
+OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "vificlip_prompt_b2n.tsv"
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream"
-OFFICIAL_TSV = UPSTREAM / "official-state-dicts" / "vificlip_prompt_b2n.tsv"
-FALLBACK_CLASSES = ["brush hair", "cartwheel", "catch", "chew", "clap", "climb"]
-
-
-def protocol_classnames(csv_name: str = "hmdb_51_base_labels.csv") -> list[str]:
-    """Class names of a real protocol file (HMDB51 base classes), or a stand-in without it."""
-    path = UPSTREAM / "vifi-clip" / "labels" / csv_name
-    if not path.is_file():
-        return FALLBACK_CLASSES
-    with open(path, newline="") as handle:
-        return [row["name"] for row in csv.DictReader(handle)]
-
-
-@pytest.fixture(scope="module")
-def b16():
-    clip, spec = create_clip("ViT-B-16", pretrained=None)
-    return clip, get_tokenizer(spec)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    clip, spec = create_clip("harness-tiny")
-    return clip, get_tokenizer(spec)
-
-
-def build(backbone, options=None, frames: int = 8):
-    clip, tokenizer = backbone
-    return build_method("vificlip_prompt", copy.deepcopy(clip), tokenizer, frames, options or {})
-
-
-def video(batch: int = 2, frames: int = 8, size: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+# Fixtures `tiny` and `b16` (random ViT-B/16, real tensors): conftest.py.
+build = builder("vificlip_prompt", classnames=None)
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +61,15 @@ def official_to_ours(key: str) -> str | None:
 def test_trainable_set_matches_official_state_dict(b16_b2n):
     params = dict(b16_b2n.named_parameters())
     official, count = set(), 0
-    for line in OFFICIAL_TSV.read_text().splitlines():
-        if line.startswith("#"):
-            continue
-        key, shape, _, trainable = line.split("\t")
-        dims = [] if shape == "scalar" else [int(d) for d in shape.split("x")]
+    for key, dims, trainable in official_rows(OFFICIAL_TSV):
         ours = official_to_ours(key)
-        if trainable == "1":
+        if trainable:
             assert ours is not None, key
             official.add(ours)
             count += torch.Size(dims).numel()
         if ours is not None:
             assert list(params[ours].shape) == dims, key
-            assert params[ours].requires_grad == (trainable == "1"), key
+            assert params[ours].requires_grad == trainable, key
     assert count == 184_320
     assert official == {n for n, p in params.items() if p.requires_grad}
 
@@ -109,11 +80,7 @@ def test_forward_shapes_and_depth_check_on_tiny(tiny):
         build(tiny)  # depth 9 > the tiny backbone's 4 layers
     model = build(tiny, {"n_tokens": 8, "depth": 4})
     assert model.text_is_frozen is False
-    logits = model(video(), classnames)
-    assert logits.shape == (2, len(classnames)) and torch.isfinite(logits).all()
-    losses = model.losses(logits, torch.tensor([0, 1]), classnames)
-    sum(losses.values()).backward()
-    assert all(p.grad is not None for _, p in model.declare_trainable())
+    assert_forward_and_gradients(model, classnames)
 
 
 def reference_video(clip, model, clip_video: torch.Tensor, depth: int) -> torch.Tensor:
@@ -177,7 +144,7 @@ def test_word_initialised_context_equals_plain_clip(tiny):
     assert model.prompt_learner.prefix == "a photo of a"
     with torch.no_grad():
         ours = model.class_text_features(classnames)
-        reference = F.normalize(pristine.encode_text(tokenizer([f"a photo of a {c}." for c in classnames])), dim=-1)
+    reference = plain_clip_text(pristine, tokenizer, [f"a photo of a {c}." for c in classnames])
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
 
 
@@ -213,13 +180,4 @@ def test_only_prompts_change_after_adamw_steps(tiny):
     declared = set(model.targeted)
     assert declared == {n for n, p in model.named_parameters() if p.requires_grad}
     assert "clip.logit_scale" not in declared and len(declared) == 2 + 2 * 2
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.001)
-    labels = torch.tensor([0, 5])
-    for step in range(2):
-        optimizer.zero_grad()
-        losses = model.losses(model(video(seed=step), classnames), labels, classnames)
-        sum(losses.values()).backward()
-        optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == declared
+    assert changed_after_adamw_steps(model, classnames, weight_decay=0.001) == declared

@@ -4,64 +4,35 @@ the declared parameters."""
 from __future__ import annotations
 
 import copy
-import csv
-import os
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from method_helpers import (
+    CLASSES_400,
+    OFFICIAL_STATE_DICTS,
+    assert_forward_and_gradients,
+    builder,
+    changed_after_adamw_steps,
+    encode_both_orders,
+    official_rows,
+    plain_clip_text,
+    protocol_classnames,
+    video,
+)
 
-from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
-from methods.registry import build_method, get_method, make_config
+from methods.registry import get_method, make_config
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # open_clip is imported lazily (create_clip): never wait on the network
+OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "vitaclip_k400_csc.tsv"
 
-UPSTREAM = Path(__file__).resolve().parents[2] / "shared" / "upstream"
-OFFICIAL_TSV = UPSTREAM / "official-state-dicts" / "vitaclip_k400_csc.tsv"
-FALLBACK_CLASSES = ["brush hair", "cartwheel", "catch", "chew", "clap", "climb"]
-
-
-def protocol_classnames(csv_name: str = "hmdb_51_base_labels.csv") -> list[str]:
-    """Class names of a real protocol file (HMDB51 base classes), or a stand-in when the upstream
-    folder is not on this machine."""
-    path = UPSTREAM / "vifi-clip" / "labels" / csv_name
-    if not path.is_file():
-        return FALLBACK_CLASSES
-    with open(path, newline="") as handle:
-        return [row["name"] for row in csv.DictReader(handle)]
-
-
-@pytest.fixture(scope="module")
-def b16():
-    """A random ViT-B/16 CLIP built once; tests build methods on deep copies."""
-    clip, spec = create_clip("ViT-B-16", pretrained=None)
-    return clip, get_tokenizer(spec)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    clip, spec = create_clip("harness-tiny")
-    return clip, get_tokenizer(spec)
-
-
-def build(backbone, options=None, classnames=None, frames: int = 8):
-    clip, tokenizer = backbone
-    return build_method("vitaclip", copy.deepcopy(clip), tokenizer, frames, options or {}, classnames)
-
-
-def video(batch: int = 2, frames: int = 8, size: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-K400_STANDIN = [f"class {i}" for i in range(400)]
+# Fixtures `tiny` and `b16` (random ViT-B/16, real tensors): conftest.py.
+build = builder("vitaclip")
 
 
 @pytest.fixture(scope="module")
 def b16_csc(b16):
     """The K400 release's configuration (CSC over 400 classes), shared by two tests."""
-    return build(b16, {"csc": True}, K400_STANDIN)
+    return build(b16, {"csc": True}, CLASSES_400)
 
 
 def test_trainable_count_as_released(b16_csc):
@@ -74,7 +45,7 @@ def test_trainable_count_as_released(b16_csc):
     ({"csc": True, "train_cls_proj": True}, 37_245_953),
 ])
 def test_trainable_counts_vit_b16(b16, options, expected):
-    model = build(b16, options, K400_STANDIN)
+    model = build(b16, options, CLASSES_400)
     assert model.parameter_counts()["trainable"] == expected
     assert sum(p.numel() for _, p in model.declare_trainable()) == expected
 
@@ -95,13 +66,6 @@ def official_to_ours(key: str) -> list[str]:
             "prompt_learner.ctx": ["prompt_learner.ctx"]}.get(key, [])
 
 
-def official_rows():
-    for line in OFFICIAL_TSV.read_text().splitlines():
-        if not line.startswith("#"):
-            key, shape, _, trainable = line.split("\t")
-            yield key, [] if shape == "scalar" else [int(d) for d in shape.split("x")], trainable == "1"
-
-
 @pytest.mark.upstream
 @pytest.mark.skipif(not OFFICIAL_TSV.is_file(), reason="needs shared/upstream/official-state-dicts")
 def test_trainable_set_matches_official_state_dict(b16_csc):
@@ -109,7 +73,7 @@ def test_trainable_set_matches_official_state_dict(b16_csc):
     trainable flag (cls_proj frozen), and nothing else is trained."""
     params = dict(b16_csc.named_parameters())
     mapped, official_count = set(), 0
-    for key, shape, trainable in official_rows():
+    for key, shape, trainable in official_rows(OFFICIAL_TSV):
         official_count += torch.Size(shape).numel() if trainable else 0
         ours = official_to_ours(key)
         assert ours or not trainable, key
@@ -128,11 +92,7 @@ def test_forward_shapes_and_loss_on_protocol_classes(tiny):
     classnames = protocol_classnames()
     model = build(tiny, {}, classnames)
     assert model.text_is_frozen is False
-    logits = model(video(), classnames)
-    assert logits.shape == (2, len(classnames)) and torch.isfinite(logits).all()
-    losses = model.losses(logits, torch.tensor([0, 1]), classnames)
-    sum(losses.values()).backward()
-    assert all(p.grad is not None for _, p in model.declare_trainable())
+    assert_forward_and_gradients(model, classnames)
     with torch.no_grad():  # other frame counts: time_embed interpolated, local prompts tiled / interpolated
         for frames in (16, 5):
             assert model(video(batch=1, frames=frames), classnames).shape == (1, len(classnames))
@@ -152,9 +112,7 @@ def test_frame_order_changes_the_video_feature(tiny, zero_time_embed):
     perturb(model)
     if zero_time_embed:  # local prompts alone still tie tokens to frame positions
         model.time_embed.data.zero_()
-    clip = video(batch=1)
-    with torch.no_grad():
-        forward, backward = model.encode_video(clip), model.encode_video(clip.flip(1))
+    forward, backward = encode_both_orders(model, video(batch=1))
     assert (forward - backward).abs().max() > 1e-4  # float noise is ~1e-7 (see the control below)
 
 
@@ -164,14 +122,7 @@ def test_order_invariant_without_temporal_parts(tiny):
     model = build(tiny, {"local_prompts": False}).eval()
     perturb(model)
     model.time_embed.data.zero_()
-    clip = video(batch=1)
-    with torch.no_grad():
-        torch.testing.assert_close(model.encode_video(clip), model.encode_video(clip.flip(1)), atol=1e-5, rtol=1e-4)
-
-
-def plain_clip_text(clip, tokenizer, texts: list[str]) -> torch.Tensor:
-    with torch.no_grad():
-        return F.normalize(clip.encode_text(tokenizer(texts)), dim=-1)
+    torch.testing.assert_close(*encode_both_orders(model, video(batch=1)), atol=1e-5, rtol=1e-4)
 
 
 def test_generic_context_equals_plain_clip_when_set_to_word_embeddings(tiny):
@@ -235,13 +186,4 @@ def test_only_declared_parameters_change_after_adamw_steps(tiny, options):
     declared = set(model.targeted)
     assert declared == {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any("cls_proj" in n for n in declared)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.05)
-    labels = torch.tensor([0, 5])
-    for step in range(2):
-        optimizer.zero_grad()
-        losses = model.losses(model(video(seed=step), classnames), labels, classnames)
-        sum(losses.values()).backward()
-        optimizer.step()
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == declared
+    assert changed_after_adamw_steps(model, classnames, weight_decay=0.05) == declared

@@ -42,6 +42,19 @@ def _launcher() -> str:
     return "pytorch" if world_size() > 1 else "none"
 
 
+def init_distributed() -> None:
+    """Join the torchrun process group (gloo on CPU-only hosts, nccl on GPUs) once per process.
+
+    mmengine's own initialisation assumes CUDA (`torch.cuda.set_device`); doing it here first
+    lets the same command run on CPU processes (tests, laptops) and GPUs alike."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def _device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -73,16 +86,21 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
 
     frames = job.schedule["frames"]
-    if train:
+    if train and not job.data.get("train_augment", True):
+        pipeline = test_pipeline(frames, image_size, clips=1, crops=1, modality=lst.modality)
+    elif train:
         flip = get_dataset(lst.dataset).flip_ok
         pipeline = train_pipeline(frames, image_size, modality=lst.modality,
                                   color_jitter=job.data["color_jitter"], flip=flip)
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
-    dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                                        modality=lst.modality, on_missing=job.data["on_missing"],
-                                        max_missing=job.data["max_missing"], test_mode=not train)
+    from mmengine.registry import DefaultScope
+
+    with DefaultScope.overwrite_default_scope("mmaction"):  # the Runner may have switched it to mmengine
+        dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
+                                            modality=lst.modality, on_missing=job.data["on_missing"],
+                                            max_missing=job.data["max_missing"], test_mode=not train)
     return dataset, info
 
 
@@ -202,9 +220,15 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         custom_hooks=[TrainableCheckpointHook(spec.to_dict()),
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
+        # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
+        # pre-MLP adapter, as released) need DDP's unused-parameter search.
+        env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
+        cfg=dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", find_unused_parameters=True,
+                                        broadcast_buffers=False,
+                                        **({} if torch.cuda.is_available() else {"device_ids": None}))),
         randomness=dict(seed=job.seed),
         resume=(work_dir / "last_checkpoint").is_file(),  # an interrupted job continues
-        default_scope="mmaction",
+        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
         log_level="ERROR",
         **kwargs,
     )
@@ -271,6 +295,7 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
 def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train (when the method has something to train) and evaluate one job; return its metrics."""
     _init_mm()
+    init_distributed()
     from mmengine.runner import set_random_seed
 
     from harness.engine.model import VideoClassifier

@@ -174,13 +174,13 @@ def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.b
                         size: int | None = None, iters: int | None = None) -> float:
     """Dense matmul throughput (FLOP/s) of `dtype` on `device`, measured now: the MFU denominator.
 
-    The best of a few timed rounds of an n x n x n matmul (n = 8192 on GPU, 1024 on CPU).
+    The best of a few timed rounds of an n x n x n matmul (n = 8192 on GPU, 512 on CPU).
     Measured rather than looked up so MFU is honest about the clocks, power cap and library of
     the very run (the datasheet MFU is reported beside it).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
-    n = size or (8192 if cuda else 1024)
+    n = size or (8192 if cuda else 512)
     iters = iters or (20 if cuda else 5)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

@@ -1,0 +1,504 @@
+"""A miniature CLIP pretraining of this project's own: `harness-tiny` trained contrastively on
+synthetic still frames with captions, deterministically from a seed, once, on first use.
+
+Why: the embedded default runs on `harness-tiny`, and with random weights its frozen per-frame
+features encode next to nothing, so frozen-backbone methods (adapters) barely learn and zero-shot
+CLIP is at chance. Pretraining it on frames drawn with the SAME vocabulary as the embedded
+videos (`harness.data.embedded`: its shapes, colours, backgrounds and noise) gives features that
+encode appearance (shape, colour, size, position) and a text tower that maps the matching words,
+so that prompts such as "a photo of a {}." and "a video of {}" with the embedded class names land
+in-distribution.
+
+What is drawn: one shape (the embedded shapes: circle, square, triangle, diamond, star, arrow) of
+one of the embedded colours (red, blue, yellow, purple, green, orange, and the pair colours white,
+cyan, pink), of a size (tiny/small/large), at a position (left/centre/right x top/middle/bottom),
+optionally dark or faint, optionally with a fading trail of ghost copies behind it (a still-frame
+correlate of "moving left/right/up/down"), on an embedded background (`_background`) with pixel
+noise. The caption mentions a random subset of these attributes in a few templates ("a small red
+circle on the left", "a photo of a ...", "a video of ...", "A video about ... on a plain
+background."), sometimes with a motion verb of the embedded class names ("bouncing", "rotating
+counter-clockwise", ...) that has no visual correlate in a still frame, so the text tower learns
+to ignore it when scoring appearance.
+
+Loss: the symmetric InfoNCE of CLIP with the model's `logit_scale`, except that a caption counts
+as a positive of EVERY image in the batch it is true of (captions mention only some attributes,
+so "a red shape" fits several images): the targets are the normalised truth matrix (a
+supervised-contrastive form of CLIP's loss). AdamW (no decay on gains, biases and the logit
+scale, as open_clip), linear warm-up then cosine.
+
+Cost (the budget is <= 40 s on a 2-core CPU, because it runs inside the first embedded run):
+training uses only the token-embedding rows the captions use (the other ~49k rows keep their
+seeded random init and are not touched by the optimiser), and text is encoded up to the longest
+caption in the batch, which is exact for a causal text tower pooled at the end-of-text token
+(`_encode_text`, tested against `model.encode_text`).
+
+Reuse: `ensure_pretrained_tiny` caches the state dict at
+`$HARNESS_CACHE/backbones/<model>-synthetic-<hash12>.pt` (`~/.cache/harness/backbones/` by default),
+keyed by `recipe_hash` (the recipe, PRETRAIN_VERSION and the embedded GENERATOR_VERSION, since the
+drawing helpers come from there). It is written to a temp file and renamed into place, under a
+file lock, so concurrent first runs train once and a killed run leaves nothing that looks finished.
+Bump PRETRAIN_VERSION whenever a change here changes the trained weights.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.backbone import TINY_CONFIGS, create_clip, get_tokenizer
+from harness.data import embedded
+from harness.data.embedded import _COLORS, _PAIR_COLORS, _background, _outline
+from harness.errors import HarnessError
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Everything that determines the pretrained weights (its hash names the cached file)."""
+
+    model: str = "harness-tiny"
+    seed: int = 0
+    steps: int = 120
+    batch: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 10
+    lr_min_ratio: float = 0.02
+    image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
+    noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
+
+    def validate(self) -> None:
+        if self.model not in TINY_CONFIGS:
+            raise HarnessError(f"pretrain recipe: model {self.model!r} is not one of this project's small "
+                               f"configs ({', '.join(TINY_CONFIGS)}).")
+        size = TINY_CONFIGS[self.model]["vision_cfg"]["image_size"]
+        checks = [
+            (self.image_size == size, f"image_size must be {size}, the image size of {self.model}"),
+            (self.steps >= 1 and self.batch >= 2, "steps must be >= 1 and batch >= 2"),
+            (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
+            (0 <= self.warmup, "warmup must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise HarnessError(f"pretrain recipe: {msg} (got {self}).")
+
+
+def recipe_hash(recipe: PretrainRecipe) -> str:
+    """sha256 of the canonical JSON of the recipe, PRETRAIN_VERSION and the embedded GENERATOR_VERSION."""
+    payload = {"pretrain_version": PRETRAIN_VERSION, "generator_version": embedded.GENERATOR_VERSION,
+               "recipe": dataclasses.asdict(recipe)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic image-caption pairs
+# --------------------------------------------------------------------------------------------
+
+#: Colour name -> RGB, the embedded dataset's: the named appearance colours and the pair colours.
+COLORS: dict[str, tuple[float, ...]] = {
+    **{name: tuple(map(float, rgb)) for name, rgb in _COLORS.items()},
+    **{name: tuple(map(float, rgb)) for name, rgb in zip(("white", "cyan", "pink"), _PAIR_COLORS)},
+}
+#: Shape (an `embedded._outline` kind) -> the words a caption may use for it.
+SHAPES: dict[str, tuple[str, ...]] = {
+    "circle": ("circle", "circle", "ball", "disc"),
+    "square": ("square", "square", "box"),
+    "triangle": ("triangle", "triangle", "three-cornered shape"),
+    "diamond": ("diamond", "diamond", "rhombus"),
+    "star": ("star", "star", "five-pointed star"),
+    "arrow": ("arrow", "pointed triangle", "arrow-like shape"),
+}
+#: Size word -> shape radius range (fraction of the image side; the outline has unit radius).
+SIZES: dict[str, tuple[float, float]] = {"tiny": (0.035, 0.06), "small": (0.075, 0.13), "large": (0.17, 0.28)}
+_MEDIUM = (0.13, 0.17)  # drawn without a size word
+#: Position bins (fraction of the image side) and their words.
+_BINS = {"left": (0.14, 0.33), "centre": (0.42, 0.58), "right": (0.67, 0.86)}
+_VBINS = {"top": (0.14, 0.33), "middle": (0.42, 0.58), "bottom": (0.67, 0.86)}
+#: Directions of a trail-marked motion: unit step on screen (y down).
+MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+#: Motion phrases of the embedded class names with no still-frame correlate: noise words.
+FREE_VERBS: tuple[str, ...] = (
+    "bouncing", "shaking", "pulsing", "drifting", "spinning", "blinking", "growing", "shrinking",
+    "rotating clockwise", "rotating counter-clockwise", "rotating", "appearing", "disappearing",
+    "getting brighter", "getting darker", "moving",
+)
+TEMPLATES: tuple[str, ...] = (
+    "{}", "{}.", "a photo of {}.", "a photo of a {}.", "a video of {}", "a video of {}.",
+    "an image of {}.", "a picture of {}.", "there is {}.", "A video about {} on a plain background.",
+    "A video about {}.", "a frame of a video of {}.",
+)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The attributes of one drawn frame."""
+
+    shape: str
+    color: str
+    size: str | None      # None: medium (no size word)
+    h: str                # left / centre / right
+    v: str                # top / middle / bottom
+    dark: bool
+    faint: bool
+    motion: str | None    # trail direction, or None
+
+
+def sample_scene(rng: np.random.Generator) -> Scene:
+    return Scene(
+        shape=list(SHAPES)[rng.integers(len(SHAPES))],
+        color=list(COLORS)[rng.integers(len(COLORS))],
+        size=(list(SIZES) + [None])[rng.integers(len(SIZES) + 1)],
+        h=list(_BINS)[rng.integers(3)],
+        v=list(_VBINS)[rng.integers(3)],
+        dark=bool(rng.random() < 0.15),
+        faint=bool(rng.random() < 0.12),
+        motion=list(MOTIONS)[rng.integers(4)] if rng.random() < 0.3 else None,
+    )
+
+
+def render_scene(scene: Scene, rng: np.random.Generator, size: int, noise: float) -> np.ndarray:
+    """Draw `scene` as uint8 (S, S, 3) RGB, composited as `embedded.render_clip` does."""
+    import cv2
+
+    S = size
+    radius = rng.uniform(*(SIZES[scene.size] if scene.size else _MEDIUM)) * S
+    x, y = rng.uniform(*_BINS[scene.h]) * S, rng.uniform(*_VBINS[scene.v]) * S
+    angle = rng.uniform(-0.3, 0.3) if rng.random() < 0.5 else rng.uniform(0, 2 * np.pi)
+    color = np.asarray(COLORS[scene.color], np.float32) * (rng.uniform(0.15, 0.45) if scene.dark else 1.0)
+    color = np.clip(color + rng.uniform(-12, 12, 3).astype(np.float32), 0, 255)
+    opacity = rng.uniform(0.25, 0.5) if scene.faint else 1.0
+    c, s = np.cos(angle), np.sin(angle)
+    pts = _outline(scene.shape) @ np.array([[c, s], [-s, c]]) * radius
+    frame = _background(rng, S)
+    mask = np.zeros((S, S), np.uint8)
+    layers = [((0.0, 0.0), opacity)]
+    if scene.motion:  # ghosts behind the shape, fading with distance: "moving <direction>"
+        dx, dy = MOTIONS[scene.motion]
+        gap = max(radius * rng.uniform(0.7, 1.1), 0.04 * S)
+        layers = [((-dx * gap * k, -dy * gap * k), opacity * a) for k, a in ((3, 0.12), (2, 0.25), (1, 0.45))] + layers
+    for (ox, oy), alpha_max in layers:
+        mask[:] = 0
+        cv2.fillPoly(mask, [np.round((pts + (x + ox, y + oy)) * 16).astype(np.int32)], 255,
+                     lineType=cv2.LINE_AA, shift=4)
+        alpha = (mask.astype(np.float32) * (alpha_max / 255.0))[..., None]
+        frame = frame * (1 - alpha) + color * alpha
+    if noise > 0:
+        frame += rng.normal(0, noise, frame.shape).astype(np.float32)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _position_phrase(h: str | None, v: str | None, rng: np.random.Generator) -> str:
+    if h and v:
+        if h == "centre" and v == "middle":
+            return ["in the centre", "in the middle"][rng.integers(2)]
+        if h == "centre":
+            return f"at the {v}"
+        if v == "middle":
+            return f"on the {h}"
+        return [f"at the {v} {h}", f"in the {v} {h}"][rng.integers(2)]
+    if h:
+        return "in the centre" if h == "centre" else f"on the {h}"
+    return "in the middle" if v == "middle" else f"at the {v}"
+
+
+def caption_scene(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, object]]:
+    """A caption of `scene` and the attributes it states (the truth test of `_truth`)."""
+    keep = lambda p: bool(rng.random() < p)  # noqa: E731
+    said: dict[str, object] = {}
+    if keep(0.8):
+        said["color"] = scene.color
+    if keep(0.8):
+        said["shape"] = scene.shape
+    if scene.size and keep(0.6):
+        said["size"] = scene.size
+    if keep(0.7):
+        said["h"] = scene.h
+    if keep(0.5):
+        said["v"] = scene.v
+    if scene.dark and keep(0.7):
+        said["dark"] = True
+    if scene.faint and keep(0.7):
+        said["faint"] = True
+    if scene.motion and keep(0.8):
+        said["motion"] = scene.motion
+    if not said:
+        said["color"] = scene.color
+    words = [w for w, on in (("tiny", said.get("size") == "tiny"), ("small", said.get("size") == "small"),
+                             ("large", said.get("size") == "large"), ("faint", "faint" in said),
+                             ("dark", "dark" in said)) if on]
+    if "color" in said:
+        words.append(scene.color)
+    nouns = SHAPES[scene.shape]
+    words.append(nouns[rng.integers(len(nouns))] if "shape" in said else "shape")
+    phrase = " ".join(words)
+    phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
+    if "h" in said or "v" in said:
+        pos = _position_phrase(said.get("h"), said.get("v"), rng)  # type: ignore[arg-type]
+    else:
+        pos = ""
+    if "motion" in said:
+        verb = f"moving {scene.motion}"
+    elif keep(0.25):
+        verb = FREE_VERBS[rng.integers(len(FREE_VERBS))]
+    else:
+        verb = ""
+    parts = [phrase] + ([pos, verb] if keep(0.5) else [verb, pos])
+    text = " ".join(p for p in parts if p)
+    return TEMPLATES[rng.integers(len(TEMPLATES))].format(text), said
+
+
+def _truth(scenes: Sequence[Scene], said: Sequence[dict[str, object]]) -> torch.Tensor:
+    """(images, captions) bool: caption j is true of image i (every attribute it states holds)."""
+    def holds(sc: Scene, st: dict[str, object]) -> bool:
+        return all(getattr(sc, k) == v for k, v in st.items())
+    return torch.tensor([[holds(sc, st) for st in said] for sc in scenes])
+
+
+def vocabulary() -> set[str]:
+    """Every word a caption can contain (for checking that prompts are in-distribution)."""
+    words = set()
+    for text in (list(TEMPLATES) + list(COLORS) + [w for n in SHAPES.values() for w in n] + list(SIZES)
+                 + ["faint", "dark", "shape", "a", "an", "in the centre middle", "at on the", "moving"]
+                 + list(_BINS) + list(_VBINS) + list(MOTIONS) + list(FREE_VERBS)):
+        words.update(text.replace("{}", " ").replace(".", " ").replace("-", " ").lower().split())
+    return words
+
+
+def sample_captions(seed: int, step: int, batch: int) -> tuple[list[Scene], list[str], list[dict[str, object]]]:
+    """The scenes of batch `step` of the stream of `seed`, their captions and stated attributes."""
+    rng = np.random.default_rng([seed, 17, step])
+    scenes = [sample_scene(rng) for _ in range(batch)]
+    caps = [caption_scene(sc, rng) for sc in scenes]
+    return scenes, [c for c, _ in caps], [s for _, s in caps]
+
+
+def render_batch(scenes: Sequence[Scene], seed: int, step: int, size: int, noise: float) -> np.ndarray:
+    """uint8 (B, S, S, 3) images of batch `step` (its own random stream: the captions don't shift it)."""
+    rng = np.random.default_rng([seed, 18, step])
+    return np.stack([render_scene(sc, rng, size, noise) for sc in scenes])
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W, 3) RGB -> normalised float (B, 3, H, W), CLIP's mean/std."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+class _CompactEmbedding(nn.Module):
+    """Stands in for the token embedding during training: only the rows of `ids` are parameters."""
+
+    def __init__(self, full: nn.Embedding, ids: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(full.weight.detach()[ids].clone())
+        remap = torch.zeros(full.num_embeddings, dtype=torch.long)
+        remap[ids] = torch.arange(ids.numel())
+        self.register_buffer("remap", remap, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(self.remap[tokens], self.weight)
+
+
+def _encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)` computed on the first L positions, L = the longest caption.
+
+    Exact: the text tower is causal and pools at the end-of-text token, so positions after it
+    change nothing. Only the sequence length differs from open_clip's `CLIP.encode_text`.
+    """
+    from open_clip.transformer import text_global_pool
+
+    length = int((tokens != 0).sum(1).max())
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.ln_final(model.transformer(x, attn_mask=mask))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if isinstance(model.text_projection, nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection if model.text_projection is not None else x
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over normalised features; `truth` (images, captions) marks all positives."""
+    logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
+    target = truth.float()
+    i2t = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    t2i = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
+    return (i2t + t2i) / 2
+
+
+def _available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _torch_state(threads: int):
+    """Use `threads` threads and leave the caller's global RNG and thread count as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | None = None,
+          threads: int | None = None) -> tuple[nn.Module, dict]:
+    """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary."""
+    recipe.validate()
+    start = time.perf_counter()
+    with _torch_state(threads or _available_cores()):
+        model, spec = create_clip(recipe.model, seed=recipe.seed)
+        tokenizer = get_tokenizer(spec)
+        # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
+        batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
+        tokens = [tokenizer(caps) for _, caps, _ in batches]
+        full_embedding = model.token_embedding
+        ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
+        model.token_embedding = _CompactEmbedding(full_embedding, ids)
+
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+
+        def lr_at(step: int) -> float:
+            if step < recipe.warmup:
+                return recipe.lr * (step + 1) / recipe.warmup
+            u = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+            return recipe.lr * (recipe.lr_min_ratio + (1 - recipe.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
+
+        model.train()
+        losses = []
+        for step, ((scenes, _, said), tok) in enumerate(zip(batches, tokens)):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            images = render_batch(scenes, recipe.seed, step, recipe.image_size, recipe.noise)
+            loss = contrastive_loss(model.encode_image(to_model_input(images)), _encode_text(model, tok),
+                                    model.logit_scale.exp(), _truth(scenes, said))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            losses.append(float(loss))
+            if progress is not None:
+                progress(step + 1, recipe.steps, losses[-1])
+
+        with torch.no_grad():
+            full_embedding.weight[ids] = model.token_embedding.weight
+        model.token_embedding = full_embedding
+        model.eval()
+    summary = {"seconds": round(time.perf_counter() - start, 2), "first_loss": round(losses[0], 4),
+               "final_loss": round(float(np.mean(losses[-10:])), 4), "trained_token_rows": int(ids.numel()),
+               "logit_scale": round(float(model.logit_scale.exp()), 3)}
+    return model, summary
+
+
+def pretrain_clip(recipe: PretrainRecipe, out_path: str | os.PathLike,
+                  progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """Pretrain `recipe.model` and save its `state_dict()` at `out_path` (atomically: temp + rename).
+
+    A sidecar `<out_path>.json` records the recipe, its hash and the training summary.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model, summary = train(recipe, progress)
+    meta = {"pretrain_version": PRETRAIN_VERSION, "generator_version": embedded.GENERATOR_VERSION,
+            "hash": recipe_hash(recipe), "recipe": dataclasses.asdict(recipe), **summary}
+    log.info("pretrained %s on synthetic frames in %.1f s (loss %.3f -> %.3f)", recipe.model,
+             summary["seconds"], summary["first_loss"], summary["final_loss"])
+    _atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    _atomic_write(out, lambda p: torch.save(model.state_dict(), p))
+    return out
+
+
+def default_cache_dir() -> Path:
+    """`$HARNESS_CACHE/backbones`, else `~/.cache/harness/backbones`."""
+    env = os.environ.get(embedded.CACHE_ENV)
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "harness") / "backbones"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock on `path` (POSIX flock; a no-op where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the atomic rename alone keeps it safe
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def pretrained_path(recipe: PretrainRecipe | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `ensure_pretrained_tiny` keeps the weights of `recipe` (whether or not they exist yet)."""
+    recipe = recipe or PretrainRecipe()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return cache / f"{recipe.model}-synthetic-{recipe_hash(recipe)[:12]}.pt"
+
+
+def ensure_pretrained_tiny(cache_dir: str | os.PathLike | None = None, recipe: PretrainRecipe | None = None,
+                           progress: Callable[[int, int, float], None] | None = None) -> Path:
+    """Return the cached pretrained weights of `recipe` (default: harness-tiny), training them first if absent."""
+    recipe = recipe or PretrainRecipe()
+    recipe.validate()
+    path = pretrained_path(recipe, cache_dir)
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.with_name(path.name + ".lock")):
+            if not path.is_file():  # another process may have finished it while we waited
+                log.info("pretraining %s on synthetic frames (once, about half a minute) -> %s", recipe.model, path)
+                pretrain_clip(recipe, path, progress)
+    except OSError as exc:
+        raise HarnessError(f"cannot write the pretrained backbone cache {path.parent}: {exc}. Set "
+                           f"{embedded.CACHE_ENV} to a writable folder.") from exc
+    return path

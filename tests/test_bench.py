@@ -1,0 +1,128 @@
+"""The throughput bench runs on CPU with a tiny backbone, needs neither mmengine nor mmaction
+(the GPU host has neither), and the GPU script runs end to end in its smoke mode."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.measure.bench import (
+    BASELINE,
+    _parse_sets,
+    datasheet_peak,
+    format_bench,
+    measure_matmul_peak,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_RUN = r"""
+import json, sys
+from harness.measure.bench import run_bench
+rows = run_bench(["zeroshot", "vificlip"], backbone="harness-tiny", batch=2, frames=2, iters=2, warmup=1,
+                 device="cpu", amp="none", num_classes=4, baseline=False)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mmengine", "mmaction", "mmcv"))
+print(json.dumps({"rows": rows, "heavy": heavy}, default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def cpu_run():
+    """One tiny CPU bench in a fresh interpreter (so sys.modules shows what the bench imports)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", _RUN], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_imports_no_mm_stack(cpu_run):
+    assert cpu_run["heavy"] == []
+
+
+def test_tiny_cpu_rows_have_positive_throughput(cpu_run):
+    rows = {(r["method"], r["mode"]): r for r in cpu_run["rows"]}
+    assert set(rows) == {(m, mode) for m in ("zeroshot", "vificlip") for mode in ("train", "infer")}
+    assert rows[("zeroshot", "train")]["status"] == "skipped: no trainable parameters"
+    for key in [("zeroshot", "infer"), ("vificlip", "train"), ("vificlip", "infer")]:
+        row = rows[key]
+        assert row["status"] == "ok", row.get("traceback")
+        assert row["clips_per_s"] > 0 and row["step_ms"] > 0
+        assert row["step_gflops"] > 0 and 0 < row["mfu"]
+        assert row["card"] and row["torch"] and row["open_clip"] and row["peak_tflops_measured"] > 0
+    # A training step costs more than inference of the same model (backward, text encoder per step).
+    assert rows[("vificlip", "train")]["step_gflops"] > rows[("vificlip", "infer")]["step_gflops"]
+    assert rows[("vificlip", "train")]["trainable"] > 0 and rows[("vificlip", "train")]["options"]["lr"] > 0
+
+
+def test_format_bench(cpu_run):
+    rows = cpu_run["rows"]
+    table = format_bench(rows, "table")
+    markdown = format_bench(rows, "markdown")
+    assert "vificlip" in table and "clips/s" in table and "card:" in table.splitlines()[0]
+    assert markdown.count("\n| ") == len(rows) + 1 and "|---|" in markdown
+    assert json.loads(format_bench(rows, "json")) == json.loads(json.dumps(rows))
+    with pytest.raises(ValueError):
+        format_bench(rows, "html")
+
+
+def test_helpers():
+    assert measure_matmul_peak("cpu", size=128, iters=2) > 0
+    assert datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert datasheet_peak("NVIDIA H200") == 989.4e12
+    assert datasheet_peak("NVIDIA H100 NVL") is None and datasheet_peak("Intel Xeon") is None
+    assert _parse_sets(["st_adapter.variant=24x384", "aim.drop_path_rate=0.1", "msta.temporal=false"]) == {
+        "st_adapter": {"variant": "24x384"}, "aim": {"drop_path_rate": 0.1}, "msta": {"temporal": False}}
+
+
+def test_gpu_script_smoke_runs_end_to_end(tmp_path):
+    """scripts/gpu_bench.sh in its CPU smoke mode: deps check, eager pass, a compiled pass, report."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, GPU_BENCH_SMOKE="1",
+               GPU_BENCH_METHODS="zeroshot", GPU_BENCH_COMPILE_METHODS="zeroshot",
+               GPU_SITE=str(tmp_path / "site"))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], env=env, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((out / "gpu_bench.json").read_text())
+    ok = [(r["method"], r["mode"], r["compile"]) for r in rows if r["status"] == "ok"]
+    assert (BASELINE, "train", False) in ok and ("zeroshot", "infer", False) in ok
+    assert ("zeroshot", "infer", True) in ok  # the torch.compile pass
+    report = (out / "gpu_bench.md").read_text()
+    assert report.startswith("# GPU bench") and "torch" in report and "| zeroshot | infer |" in report
+    assert (out / "env.txt").exists() and (out / "gpu_bench.log").exists()
+
+
+def test_data_bench_per_worker_rate(tmp_path):
+    """Decode + augment throughput of the training pipeline on a small generated H.264 clip."""
+    pytest.importorskip("mmaction")
+    pytest.importorskip("decord")
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    from harness.measure.data_bench import bench_data, format_data_bench, workers_needed
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    container = av.open(str(videos / "clip.mp4"), "w")
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    for i in range(40):
+        frame = np.full((64, 96, 3), (i * 6) % 255, dtype=np.uint8)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    ann = tmp_path / "train.txt"
+    ann.write_text("".join(f"clip.mp4 {i % 2}\n" for i in range(4)))
+    rows = bench_data(ann, videos, num_classes=2, num_frames=4, image_size=32, samples=4, warmup=1,
+                      targets={"gpu": 100.0})
+    assert rows[0]["workers"] == 0 and rows[0]["clips_per_s"] > 0
+    assert rows[0]["workers_needed"]["gpu"] == workers_needed(100.0, rows[0]["clips_per_s_per_worker"]) >= 1
+    assert "workers needed" in format_data_bench(rows)
