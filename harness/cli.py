@@ -3,6 +3,7 @@ that needs them, so `harness ls` and `--help` are instant and errors are shown a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (independent of the split index)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                      help="<method>.<option>=v, schedule.<key>=v or data.<key>=v (repeatable)")
+    run.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="ablation: run every value (same grammar as --set; repeatable = grid); "
+                          "the report plots the metric against it")
     run.add_argument("--profile", default=None, help="named short schedule (embedded | tiny | short); "
                      "default: embedded on the embedded dataset, none elsewhere")
     run.add_argument("--schedule", default="shared", choices=("shared", "paper"),
@@ -141,7 +145,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                      profile=profile, schedule_kind=args.schedule, data_root=args.data_root,
                      splits_root=args.splits_root, cache_dir=args.cache, frames=args.frames,
                      shots=_int_list(args.shots, "--shots") if args.shots else None)
-    jobs = expand_jobs(req)
+    jobs = []
+    for extra in sweep_grid(args.sweeps):
+        m_opts, sched, dat = parse_set_args(args.sets + extra, methods)
+        jobs.extend(expand_jobs(dataclasses.replace(req, method_options=m_opts, schedule_overrides=sched,
+                                                    data_overrides=dat)))
     index, count = _shard(args.shard)
     jobs = jobs[index::count]
     if args.dry_run:
@@ -150,6 +158,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.out) if args.out else default_run_dir(Path("results"), args.protocol, args.dataset, profile)
     return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+
+
+def sweep_grid(sweeps: list[str]) -> list[list[str]]:
+    """`--sweep a.b=1,2 --sweep c.d=x,y` -> [["a.b=1","c.d=x"], ["a.b=1","c.d=y"], ...] (as --set items)."""
+    import itertools
+
+    axes = []
+    for item in sweeps:
+        if "=" not in item:
+            raise HarnessError(f"--sweep {item!r}: expected KEY=V1,V2,... e.g. msta.rank=64,128,256")
+        key, values = item.split("=", 1)
+        if values.startswith("[") or not values:
+            raise HarnessError(f"--sweep {item!r}: give comma-separated scalar values")
+        axes.append([f"{key}={v.strip()}" for v in values.split(",") if v.strip()])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
 def _print_dry_run(jobs: list) -> int:
@@ -164,8 +187,6 @@ def _print_dry_run(jobs: list) -> int:
 
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
     """Run every unfinished job; one failing job is recorded and does not stop the others."""
-    import dataclasses
-
     from harness.engine.runner import run_job
     from harness.provenance import provenance
     from harness.report import write_summary

@@ -264,6 +264,8 @@ def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRe
     evals: list[ListSpec] = []
     for ev in protocol.get("evaluate", []):
         evals.append(_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt))
+        if protocol.get("single_view_too") and list(views) != [1, 1]:  # the 1x1 number beside multi-view
+            evals.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
     if "targets" in protocol:
         evals.extend(_zero_shot_targets(protocol, req, views))
     return train, evals

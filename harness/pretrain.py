@@ -83,6 +83,7 @@ class PretrainRecipe:
     lr_min_ratio: float = 0.02
     image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
     noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
+    backgrounds: int = 1024     # size of the pool of embedded backgrounds
 
     def validate(self) -> None:
         if self.model not in TINY_CONFIGS:
@@ -94,6 +95,7 @@ class PretrainRecipe:
             (self.steps >= 1 and self.batch >= 2, "steps must be >= 1 and batch >= 2"),
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
             (0 <= self.warmup, "warmup must be >= 0"),
+            (self.backgrounds >= 1, "backgrounds must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -174,11 +176,12 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
 
 
-def render_scene(scene: Scene, rng: np.random.Generator, size: int, noise: float) -> np.ndarray:
-    """Draw `scene` as uint8 (S, S, 3) RGB, composited as `embedded.render_clip` does."""
+def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+    """Draw `scene` over `background` (float32 (S, S, 3)) as `embedded.render_clip` composites a
+    frame; returns float32 (S, S, 3) without pixel noise."""
     import cv2
 
-    S = size
+    S = background.shape[0]
     radius = rng.uniform(*(SIZES[scene.size] if scene.size else _MEDIUM)) * S
     x, y = rng.uniform(*_BINS[scene.h]) * S, rng.uniform(*_VBINS[scene.v]) * S
     angle = rng.uniform(-0.3, 0.3) if rng.random() < 0.5 else rng.uniform(0, 2 * np.pi)
@@ -187,7 +190,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, size: int, noise: float
     opacity = rng.uniform(0.25, 0.5) if scene.faint else 1.0
     c, s = np.cos(angle), np.sin(angle)
     pts = _outline(scene.shape) @ np.array([[c, s], [-s, c]]) * radius
-    frame = _background(rng, S)
+    frame = background
     mask = np.zeros((S, S), np.uint8)
     layers = [((0.0, 0.0), opacity)]
     if scene.motion:  # ghosts behind the shape, fading with distance: "moving <direction>"
@@ -200,9 +203,21 @@ def render_scene(scene: Scene, rng: np.random.Generator, size: int, noise: float
                      lineType=cv2.LINE_AA, shift=4)
         alpha = (mask.astype(np.float32) * (alpha_max / 255.0))[..., None]
         frame = frame * (1 - alpha) + color * alpha
-    if noise > 0:
-        frame += rng.normal(0, noise, frame.shape).astype(np.float32)
-    return np.clip(frame, 0, 255).astype(np.uint8)
+    return frame
+
+
+def background_pool(seed: int, n: int, size: int) -> np.ndarray:
+    """n embedded backgrounds (`embedded._background`), float32 (n, S, S, 3)."""
+    rng = np.random.default_rng([seed, 19])
+    return np.stack([_background(rng, size) for _ in range(n)])
+
+
+def _pick_background(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A pool background, turned/flipped and re-tinted (drawing a fresh one per image costs more
+    than the training step's share; this keeps their look at a 64th of the cost)."""
+    bg = np.rot90(pool[rng.integers(len(pool))], rng.integers(4))
+    bg = bg[:, ::-1] if rng.random() < 0.5 else bg
+    return bg + rng.uniform(-10, 10, 3).astype(np.float32)
 
 
 def _position_phrase(h: str | None, v: str | None, rng: np.random.Generator) -> str:
@@ -290,10 +305,13 @@ def sample_captions(seed: int, step: int, batch: int) -> tuple[list[Scene], list
     return scenes, [c for c, _ in caps], [s for _, s in caps]
 
 
-def render_batch(scenes: Sequence[Scene], seed: int, step: int, size: int, noise: float) -> np.ndarray:
+def render_batch(scenes: Sequence[Scene], seed: int, step: int, pool: np.ndarray, noise: float) -> np.ndarray:
     """uint8 (B, S, S, 3) images of batch `step` (its own random stream: the captions don't shift it)."""
     rng = np.random.default_rng([seed, 18, step])
-    return np.stack([render_scene(sc, rng, size, noise) for sc in scenes])
+    frames = np.stack([render_scene(sc, rng, _pick_background(pool, rng)) for sc in scenes])
+    if noise > 0:
+        frames += noise * rng.standard_normal(frames.shape, dtype=np.float32)
+    return np.clip(frames, 0, 255).astype(np.uint8)
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -394,6 +412,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
         tokens = [tokenizer(caps) for _, caps, _ in batches]
+        pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
         ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
         model.token_embedding = _CompactEmbedding(full_embedding, ids)
@@ -415,7 +434,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         for step, ((scenes, _, said), tok) in enumerate(zip(batches, tokens)):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            images = render_batch(scenes, recipe.seed, step, recipe.image_size, recipe.noise)
+            images = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
             loss = contrastive_loss(model.encode_image(to_model_input(images)), _encode_text(model, tok),
                                     model.logit_scale.exp(), _truth(scenes, said))
             opt.zero_grad(set_to_none=True)
@@ -423,7 +442,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            losses.append(float(loss))
+            losses.append(loss.item())
             if progress is not None:
                 progress(step + 1, recipe.steps, losses[-1])
 
@@ -433,7 +452,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         model.eval()
     summary = {"seconds": round(time.perf_counter() - start, 2), "first_loss": round(losses[0], 4),
                "final_loss": round(float(np.mean(losses[-10:])), 4), "trained_token_rows": int(ids.numel()),
-               "logit_scale": round(float(model.logit_scale.exp()), 3)}
+               "logit_scale": round(model.logit_scale.exp().item(), 3)}
     return model, summary
 
 

@@ -134,6 +134,58 @@ def header_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def plot_ablations(df: pd.DataFrame, run_dir: Path) -> list[Path]:
+    """For every method option that takes several values in this run (a `--sweep`), plot the
+    headline metric (HM for base-to-novel, top-1 otherwise) against it: `ablation_<option>.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.store import atomic_write_bytes
+
+    rows = []
+    for label in df["method"].unique():
+        base, _, opts = label.partition("[")
+        options = dict(kv.split("=", 1) for kv in opts.rstrip("]").split(",") if "=" in kv)
+        table = summary_table(df[df["method"] == label])
+        metric = "HM" if "HM" in table else "Top-1"
+        rows.append({"method": base, "options": options, "value": float(table[metric].iloc[0]), "metric": metric})
+    written = []
+    for option in sorted({k for r in rows for k in r["options"]}):
+        points = sorted(((float(r["options"][option]) if _is_number(r["options"][option]) else r["options"][option],
+                          r["value"]) for r in rows if option in r["options"]), key=lambda p: str(p[0]))
+        if len({p[0] for p in points}) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        xs = [p[0] for p in points]
+        ax.plot(range(len(xs)) if not all(isinstance(x, float) for x in xs) else xs, [p[1] for p in points], "o-")
+        if not all(isinstance(x, float) for x in xs):
+            ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_xlabel(option)
+        ax.set_ylabel(rows[0]["metric"])
+        ax.set_title(f"{rows[0]['method']}: {option}")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        import io
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        path = run_dir / f"ablation_{option}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def write_summary(run_dir: Path, records: list[dict[str, Any]]) -> tuple[str, Path]:
     """Write summary.md / summary.csv / per_job.csv; return the Markdown text and its path."""
     from harness.store import atomic_write_text
@@ -148,6 +200,9 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]]) -> tuple[str, Pa
                      + to_markdown(table) + "\n")
         atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
     atomic_write_text(run_dir / "per_job.csv", df.to_csv(index=False))
+    plots = plot_ablations(df, run_dir)
+    if plots:
+        parts.append("Ablation plots: " + ", ".join(p.name for p in plots) + "\n")
     text = "\n".join(parts)
     path = run_dir / "summary.md"
     atomic_write_text(path, text)

@@ -19,32 +19,29 @@ from harness.measure.bench import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-_RUN = r"""
-import json, sys
-from harness.measure.bench import run_bench
-rows = run_bench(["zeroshot", "vificlip"], backbone="harness-tiny", batch=2, frames=2, iters=2, warmup=1,
-                 device="cpu", amp="none", num_classes=4, baseline=False)
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mmengine", "mmaction", "mmcv"))
-print(json.dumps({"rows": rows, "heavy": heavy}, default=str))
+#: Put first on PYTHONPATH: makes importing the mm stack fail, as on the GPU host that lacks it.
+_BLOCK_MM = """
+import sys
+class _NoMM:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("mmengine", "mmaction", "mmcv"):
+            raise ModuleNotFoundError(f"{name} is not installed on the GPU host", name=name)
+        return None
+sys.meta_path.insert(0, _NoMM)
 """
 
 
 @pytest.fixture(scope="module")
-def cpu_run():
-    """One tiny CPU bench in a fresh interpreter (so sys.modules shows what the bench imports)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-c", _RUN], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def cpu_rows():
+    from harness.measure.bench import run_bench
+
+    return run_bench(["zeroshot", "vificlip"], backbone="harness-tiny", batch=2, frames=2, iters=2, warmup=1,
+                     device="cpu", amp="none", num_classes=4, baseline=False)
 
 
-def test_bench_imports_no_mm_stack(cpu_run):
-    assert cpu_run["heavy"] == []
-
-
-def test_tiny_cpu_rows_have_positive_throughput(cpu_run):
-    rows = {(r["method"], r["mode"]): r for r in cpu_run["rows"]}
+def test_tiny_cpu_rows_have_positive_throughput(cpu_rows):
+    rows = {(r["method"], r["mode"]): r for r in cpu_rows}
     assert set(rows) == {(m, mode) for m in ("zeroshot", "vificlip") for mode in ("train", "infer")}
     assert rows[("zeroshot", "train")]["status"] == "skipped: no trainable parameters"
     for key in [("zeroshot", "infer"), ("vificlip", "train"), ("vificlip", "infer")]:
@@ -58,8 +55,8 @@ def test_tiny_cpu_rows_have_positive_throughput(cpu_run):
     assert rows[("vificlip", "train")]["trainable"] > 0 and rows[("vificlip", "train")]["options"]["lr"] > 0
 
 
-def test_format_bench(cpu_run):
-    rows = cpu_run["rows"]
+def test_format_bench(cpu_rows):
+    rows = cpu_rows
     table = format_bench(rows, "table")
     markdown = format_bench(rows, "markdown")
     assert "vificlip" in table and "clips/s" in table and "card:" in table.splitlines()[0]
@@ -78,23 +75,30 @@ def test_helpers():
         "st_adapter": {"variant": "24x384"}, "aim": {"drop_path_rate": 0.1}, "msta": {"temporal": False}}
 
 
-def test_gpu_script_smoke_runs_end_to_end(tmp_path):
-    """scripts/gpu_bench.sh in its CPU smoke mode: deps check, eager pass, a compiled pass, report."""
+def test_gpu_script_smoke_runs_end_to_end_without_the_mm_stack(tmp_path):
+    """scripts/gpu_bench.sh in its CPU smoke mode (deps check, eager pass with the open_clip
+    baseline, a torch.compile pass, report) with mmengine/mmaction/mmcv made unimportable."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(_BLOCK_MM)
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, GPU_BENCH_SMOKE="1",
-               GPU_BENCH_METHODS="zeroshot", GPU_BENCH_COMPILE_METHODS="zeroshot",
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, GPU_BENCH_SMOKE="1", PYTHONPATH=str(block),
+               GPU_BENCH_METHODS="vificlip", GPU_BENCH_COMPILE_METHODS="zeroshot",
                GPU_SITE=str(tmp_path / "site"))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_bench.sh")], env=env, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = json.loads((out / "gpu_bench.json").read_text())
-    ok = [(r["method"], r["mode"], r["compile"]) for r in rows if r["status"] == "ok"]
-    assert (BASELINE, "train", False) in ok and ("zeroshot", "infer", False) in ok
+    bad = [(r["method"], r["mode"], r["status"]) for r in rows if r["status"] not in ("ok", "skipped: no trainable parameters")]
+    assert not bad, bad
+    ok = {(r["method"], r["mode"], r["compile"]) for r in rows if r["status"] == "ok"}
+    assert {(BASELINE, "train", False), (BASELINE, "infer", False), ("vificlip", "train", False),
+            ("vificlip", "infer", False)} <= ok
     assert ("zeroshot", "infer", True) in ok  # the torch.compile pass
     report = (out / "gpu_bench.md").read_text()
-    assert report.startswith("# GPU bench") and "torch" in report and "| zeroshot | infer |" in report
+    assert report.startswith("# GPU bench") and "torch" in report and "| vificlip | train |" in report
     assert (out / "env.txt").exists() and (out / "gpu_bench.log").exists()
 
 

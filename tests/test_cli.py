@@ -121,3 +121,28 @@ def test_data_check_embedded(capsys, harness_cache, monkeypatch):
     code, out, _ = _run(["data", "check", "--dataset", "embedded", "--role", "b2n_base_val", "--sample", "2"], capsys)
     assert code == 0
     assert "base_val.txt" in out and " 48 " in out  # 6 base classes x 8 val videos, all present
+
+
+@pytest.mark.slow
+def test_shards_fill_one_results_dir(tmp_path, harness_cache, capsys):
+    base = ["run", "--methods", "zeroshot,vificlip_prompt", "--protocol", "fully_supervised", "--profile", "tiny",
+            "--cache", str(harness_cache), "--out", str(tmp_path), "--no-progress",
+            "--set", "schedule.views=[2,3]", "--set", "schedule.epochs=0"]  # evaluation only: fast
+    assert main(base + ["--shard", "0/2"]) == 0
+    first = capsys.readouterr().out
+    assert "zeroshot" in first and "vificlip_prompt" not in first.split("| Method |", 1)[1]
+    assert main(base + ["--shard", "1/2"]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "zeroshot" in summary and "vificlip_prompt" in summary
+    # multi-view (2 clips x 3 crops) and the single-view number side by side
+    assert "val@1x1" in summary and "2x3" in summary
+    assert len(list(tmp_path.glob("invocations/*.json"))) == 2
+
+
+def test_sweep_runs_every_value_and_plots(tmp_path, harness_cache, capsys):
+    args = ["run", "--methods", "msta", "--protocol", "base2novel", "--profile", "tiny", "--cache", str(harness_cache),
+            "--out", str(tmp_path), "--no-progress", "--sweep", "msta.rank=8,16", "--set", "schedule.epochs=0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "msta[rank=8]" in out and "msta[rank=16]" in out
+    assert (tmp_path / "ablation_rank.png").stat().st_size > 1000
