@@ -81,6 +81,7 @@ class PretrainRecipe:
     weight_decay: float = 0.05
     warmup: int = 10
     lr_min_ratio: float = 0.02
+    init_logit_scale: float = 5.0  # a low start (open_clip's is 14.3) keeps features from collapsing early
     image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
     noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
     backgrounds: int = 1024     # size of the pool of embedded backgrounds
@@ -408,6 +409,8 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
     start = time.perf_counter()
     with _torch_state(threads or _available_cores()):
         model, spec = create_clip(recipe.model, seed=recipe.seed)
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(recipe.init_logit_scale))
         tokenizer = get_tokenizer(spec)
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]

@@ -130,3 +130,16 @@ def test_data_bench_per_worker_rate(tmp_path):
     assert rows[0]["workers"] == 0 and rows[0]["clips_per_s"] > 0
     assert rows[0]["workers_needed"]["gpu"] == workers_needed(100.0, rows[0]["clips_per_s_per_worker"]) >= 1
     assert "workers needed" in format_data_bench(rows)
+
+
+def test_plain_baseline_trains_through_the_whole_tower():
+    """The open_clip baseline's train step back-propagates to the pixels (about twice its
+    forward), and its inference is counted in full although eval mode takes MHA's fast path."""
+    from harness.backbone import create_clip
+    from harness.measure.bench import PlainVisual, _plain_flops
+
+    clip, _ = create_clip("harness-tiny")
+    model = PlainVisual(clip, num_classes=4)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["input_shift", "head.weight", "head.bias"]
+    flops = _plain_flops(model, (2, 2, 3, 64, 64), trainable=True)
+    assert 1.8 * flops["infer"] < flops["train"] < 2.2 * flops["infer"]
