@@ -81,7 +81,11 @@ class PretrainRecipe:
     weight_decay: float = 0.05
     warmup: int = 10
     lr_min_ratio: float = 0.02
-    init_logit_scale: float = 5.0  # a low start (open_clip's is 14.3) keeps features from collapsing early
+    scale_lr_gain: float = 10.0    # the logit scale's learning rate, relative to lr
+    aux_weight: float = 1.0        # weight of the auxiliary attribute losses (`_Heads`; 0: pure CLIP)
+    text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
+    init_logit_scale: float = 5.0
+    pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget  # a low start (open_clip's is 14.3) keeps features from collapsing early
     image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
     noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
     backgrounds: int = 1024     # size of the pool of embedded backgrounds
@@ -135,14 +139,21 @@ _MEDIUM = (0.13, 0.17)  # drawn without a size word
 #: Position bins (fraction of the image side) and their words.
 _BINS = {"left": (0.14, 0.33), "centre": (0.42, 0.58), "right": (0.67, 0.86)}
 _VBINS = {"top": (0.14, 0.33), "middle": (0.42, 0.58), "bottom": (0.67, 0.86)}
-#: Directions of a trail-marked motion: unit step on screen (y down).
-MOTIONS: dict[str, tuple[float, float]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-#: Motion phrases of the embedded class names with no still-frame correlate: noise words.
-FREE_VERBS: tuple[str, ...] = (
-    "bouncing", "shaking", "pulsing", "drifting", "spinning", "blinking", "growing", "shrinking",
-    "rotating clockwise", "rotating counter-clockwise", "rotating", "appearing", "disappearing",
-    "getting brighter", "getting darker", "moving",
-)
+
+
+def _class_verbs() -> tuple[str, ...]:
+    """What the embedded class names say a shape does ("moving left", "bouncing", ...), in order."""
+    verbs = []
+    for c in embedded.MAIN_CLASSES + embedded.ZS_CLASSES:
+        words = c.name.split()
+        verbs.append(" ".join(words[2:] if words[1] == "shape" else words[3:]))
+    return tuple(dict.fromkeys(verbs + ["moving", "rotating"]))
+
+
+#: Motion phrases of the embedded class names: no still-frame correlate, so they don't enter the
+#: truth test, but a text head must tell them apart (`_TextHead`), so that class names that differ
+#: only in them ("a shape growing" / "a shape shrinking") keep distinct text features.
+VERBS: tuple[str, ...] = _class_verbs()
 TEMPLATES: tuple[str, ...] = (
     "{}", "{}.", "a photo of {}.", "a photo of a {}.", "a video of {}", "a video of {}.",
     "an image of {}.", "a picture of {}.", "there is {}.", "A video about {} on a plain background.",
@@ -161,7 +172,6 @@ class Scene:
     v: str                # top / middle / bottom
     dark: bool
     faint: bool
-    motion: str | None    # trail direction, or None
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
@@ -173,7 +183,6 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         v=list(_VBINS)[rng.integers(3)],
         dark=bool(rng.random() < 0.15),
         faint=bool(rng.random() < 0.12),
-        motion=list(MOTIONS)[rng.integers(4)] if rng.random() < 0.3 else None,
     )
 
 
@@ -191,20 +200,10 @@ def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray)
     opacity = rng.uniform(0.25, 0.5) if scene.faint else 1.0
     c, s = np.cos(angle), np.sin(angle)
     pts = _outline(scene.shape) @ np.array([[c, s], [-s, c]]) * radius
-    frame = background
     mask = np.zeros((S, S), np.uint8)
-    layers = [((0.0, 0.0), opacity)]
-    if scene.motion:  # ghosts behind the shape, fading with distance: "moving <direction>"
-        dx, dy = MOTIONS[scene.motion]
-        gap = max(radius * rng.uniform(0.7, 1.1), 0.04 * S)
-        layers = [((-dx * gap * k, -dy * gap * k), opacity * a) for k, a in ((3, 0.12), (2, 0.25), (1, 0.45))] + layers
-    for (ox, oy), alpha_max in layers:
-        mask[:] = 0
-        cv2.fillPoly(mask, [np.round((pts + (x + ox, y + oy)) * 16).astype(np.int32)], 255,
-                     lineType=cv2.LINE_AA, shift=4)
-        alpha = (mask.astype(np.float32) * (alpha_max / 255.0))[..., None]
-        frame = frame * (1 - alpha) + color * alpha
-    return frame
+    cv2.fillPoly(mask, [np.round((pts + (x, y)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
+    alpha = (mask.astype(np.float32) * (opacity / 255.0))[..., None]
+    return background * (1 - alpha) + color * alpha
 
 
 def background_pool(seed: int, n: int, size: int) -> np.ndarray:
@@ -235,13 +234,23 @@ def _position_phrase(h: str | None, v: str | None, rng: np.random.Generator) -> 
     return "in the middle" if v == "middle" else f"at the {v}"
 
 
-def caption_scene(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str, object]]:
-    """A caption of `scene` and the attributes it states (the truth test of `_truth`)."""
+@dataclass(frozen=True)
+class Caption:
+    """A caption, the drawn attributes it states (its truth test, `_truth`) and its verb (an index
+    into VERBS, len(VERBS) for none; no truth value: a still frame shows no motion)."""
+
+    text: str
+    said: dict
+    verb: int
+
+
+def caption_scene(scene: Scene, rng: np.random.Generator) -> Caption:
+    """A caption stating a random subset of the attributes of `scene`, in a random template."""
     keep = lambda p: bool(rng.random() < p)  # noqa: E731
     said: dict[str, object] = {}
     if keep(0.8):
         said["color"] = scene.color
-    if keep(0.8):
+    if keep(0.75):
         said["shape"] = scene.shape
     if scene.size and keep(0.6):
         said["size"] = scene.size
@@ -253,8 +262,6 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str
         said["dark"] = True
     if scene.faint and keep(0.7):
         said["faint"] = True
-    if scene.motion and keep(0.8):
-        said["motion"] = scene.motion
     if not said:
         said["color"] = scene.color
     words = [w for w, on in (("tiny", said.get("size") == "tiny"), ("small", said.get("size") == "small"),
@@ -266,44 +273,36 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> tuple[str, dict[str
     words.append(nouns[rng.integers(len(nouns))] if "shape" in said else "shape")
     phrase = " ".join(words)
     phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
-    if "h" in said or "v" in said:
-        pos = _position_phrase(said.get("h"), said.get("v"), rng)  # type: ignore[arg-type]
-    else:
-        pos = ""
-    if "motion" in said:
-        verb = f"moving {scene.motion}"
-    elif keep(0.25):
-        verb = FREE_VERBS[rng.integers(len(FREE_VERBS))]
-    else:
-        verb = ""
-    parts = [phrase] + ([pos, verb] if keep(0.5) else [verb, pos])
+    pos = _position_phrase(said.get("h"), said.get("v"), rng) if "h" in said or "v" in said else ""  # type: ignore[arg-type]
+    verb = int(rng.integers(len(VERBS))) if keep(0.4) else len(VERBS)
+    parts = [phrase] + ([pos, VERBS[verb]] if verb < len(VERBS) and keep(0.7) else
+                        [VERBS[verb], pos] if verb < len(VERBS) else [pos])
     text = " ".join(p for p in parts if p)
-    return TEMPLATES[rng.integers(len(TEMPLATES))].format(text), said
+    return Caption(TEMPLATES[rng.integers(len(TEMPLATES))].format(text), said, verb)
 
 
-def _truth(scenes: Sequence[Scene], said: Sequence[dict[str, object]]) -> torch.Tensor:
+def _truth(scenes: Sequence[Scene], captions: Sequence[Caption]) -> torch.Tensor:
     """(images, captions) bool: caption j is true of image i (every attribute it states holds)."""
-    def holds(sc: Scene, st: dict[str, object]) -> bool:
-        return all(getattr(sc, k) == v for k, v in st.items())
-    return torch.tensor([[holds(sc, st) for st in said] for sc in scenes])
+    def holds(sc: Scene, said: dict) -> bool:
+        return all(getattr(sc, k) == v for k, v in said.items())
+    return torch.tensor([[holds(sc, c.said) for c in captions] for sc in scenes])
 
 
 def vocabulary() -> set[str]:
     """Every word a caption can contain (for checking that prompts are in-distribution)."""
     words = set()
     for text in (list(TEMPLATES) + list(COLORS) + [w for n in SHAPES.values() for w in n] + list(SIZES)
-                 + ["faint", "dark", "shape", "a", "an", "in the centre middle", "at on the", "moving"]
-                 + list(_BINS) + list(_VBINS) + list(MOTIONS) + list(FREE_VERBS)):
+                 + ["faint", "dark", "shape", "a", "an", "in the centre middle", "at on the"]
+                 + list(_BINS) + list(_VBINS) + list(VERBS)):
         words.update(text.replace("{}", " ").replace(".", " ").replace("-", " ").lower().split())
     return words
 
 
-def sample_captions(seed: int, step: int, batch: int) -> tuple[list[Scene], list[str], list[dict[str, object]]]:
-    """The scenes of batch `step` of the stream of `seed`, their captions and stated attributes."""
+def sample_captions(seed: int, step: int, batch: int) -> tuple[list[Scene], list[Caption]]:
+    """The scenes of batch `step` of the stream of `seed` and their captions."""
     rng = np.random.default_rng([seed, 17, step])
     scenes = [sample_scene(rng) for _ in range(batch)]
-    caps = [caption_scene(sc, rng) for sc in scenes]
-    return scenes, [c for c, _ in caps], [s for _, s in caps]
+    return scenes, [caption_scene(sc, rng) for sc in scenes]
 
 
 def render_batch(scenes: Sequence[Scene], seed: int, step: int, pool: np.ndarray, noise: float) -> np.ndarray:
@@ -343,6 +342,45 @@ class _CompactEmbedding(nn.Module):
         return F.embedding(self.remap[tokens], self.weight)
 
 
+#: Drawn attributes and their values (the image heads' classes).
+ATTRIBUTES: dict[str, tuple] = {
+    "shape": tuple(SHAPES), "color": tuple(COLORS), "size": (*SIZES, None), "h": tuple(_BINS),
+    "v": tuple(_VBINS), "dark": (False, True), "faint": (False, True),
+}
+
+
+class _Heads(nn.Module):
+    """Linear classifiers from an embedding to labels (auxiliary losses, discarded after training).
+
+    Image side: each drawn attribute, so the vision tower learns them much faster than from the
+    contrastive loss alone. Text side: what the caption states of each attribute (or nothing) and
+    its verb; as cosine classifiers with a fixed scale, so that captions that differ in one word
+    keep clearly different (normalised) features rather than ones a large weight can tell apart.
+    """
+
+    def __init__(self, dim: int, classes: dict[str, tuple], cosine_scale: float | None = None) -> None:
+        super().__init__()
+        self.classes = classes
+        self.cosine_scale = cosine_scale
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, len(v), bias=cosine_scale is None) for k, v in classes.items()})
+
+    def loss(self, features: torch.Tensor, labels: dict[str, Sequence]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean cross-entropy over the heads, and each head's batch accuracy."""
+        total, accuracy = features.new_zeros(()), {}
+        if self.cosine_scale is not None:
+            features = F.normalize(features, dim=-1)
+        for key, values in self.classes.items():
+            target = torch.tensor([values.index(x) for x in labels[key]])
+            head = self.heads[key]
+            if self.cosine_scale is None:
+                logits = head(features)
+            else:
+                logits = self.cosine_scale * features @ F.normalize(head.weight, dim=-1).t()
+            total = total + F.cross_entropy(logits, target)
+            accuracy[key] = float((logits.argmax(1) == target).float().mean())
+        return total / len(self.classes), accuracy
+
+
 def _encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """`model.encode_text(tokens)` computed on the first L positions, L = the longest caption.
 
@@ -379,6 +417,17 @@ def _available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _default_threads() -> int:
+    """The cores this process may use, less those other processes keep busy (1-minute load):
+    on a shared machine, more threads than idle cores make each step several times slower."""
+    cores = _available_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
 @contextlib.contextmanager
 def _torch_state(threads: int):
     """Use `threads` threads and leave the caller's global RNG and thread count as they were."""
@@ -402,29 +451,46 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
+def _encode_captions(model: nn.Module, tokens: torch.Tensor, buckets: int = 2) -> torch.Tensor:
+    """`_encode_text` in `buckets` groups of similar length (less padding), in the input order."""
+    order = (tokens != 0).sum(1).argsort(stable=True)
+    parts = [_encode_text(model, tokens[idx]) for idx in order.chunk(buckets)]
+    out = torch.empty(tokens.shape[0], parts[0].shape[1], dtype=parts[0].dtype)
+    return out.index_put((order,), torch.cat(parts))
+
+
 def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | None = None,
           threads: int | None = None) -> tuple[nn.Module, dict]:
     """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary."""
     recipe.validate()
     start = time.perf_counter()
-    with _torch_state(threads or _available_cores()):
+    threads = threads or _default_threads()
+    with _torch_state(threads):
         model, spec = create_clip(recipe.model, seed=recipe.seed)
         with torch.no_grad():
             model.logit_scale.fill_(math.log(recipe.init_logit_scale))
+            model.visual.positional_embedding.mul_(recipe.pos_init_gain)
         tokenizer = get_tokenizer(spec)
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
-        tokens = [tokenizer(caps) for _, caps, _ in batches]
+        tokens = [tokenizer([c.text for c in caps]) for _, caps in batches]
         pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
         ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
         model.token_embedding = _CompactEmbedding(full_embedding, ids)
 
-        decay, no_decay = [], []
+        dim = model.text_projection.shape[-1]
+        image_heads = _Heads(dim, ATTRIBUTES)
+        text_classes = {k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()}
+        text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale)
+        decay, no_decay = list(image_heads.parameters()) + list(text_heads.parameters()), []
         for name, p in model.named_parameters():
-            (no_decay if p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name else decay).append(p)
+            if name != "logit_scale":
+                (no_decay if p.ndim < 2 or "ln" in name or "bias" in name else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+                                 {"params": no_decay, "weight_decay": 0.0},
+                                 {"params": [model.logit_scale], "weight_decay": 0.0, "gain": recipe.scale_lr_gain}],
+                                lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
 
         def lr_at(step: int) -> float:
             if step < recipe.warmup:
@@ -433,13 +499,22 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             return recipe.lr * (recipe.lr_min_ratio + (1 - recipe.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
 
         model.train()
-        losses = []
-        for step, ((scenes, _, said), tok) in enumerate(zip(batches, tokens)):
+        losses: list[float] = []
+        head_accuracy: list[dict[str, float]] = []
+        for step, ((scenes, captions), tok) in enumerate(zip(batches, tokens)):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = lr_at(step) * group.get("gain", 1.0)
             images = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
-            loss = contrastive_loss(model.encode_image(to_model_input(images)), _encode_text(model, tok),
-                                    model.logit_scale.exp(), _truth(scenes, said))
+            image_features = model.encode_image(to_model_input(images))
+            text_features = _encode_captions(model, tok)
+            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), _truth(scenes, captions))
+            if recipe.aux_weight > 0:
+                aux_image, accuracy = image_heads.loss(image_features, {k: [getattr(sc, k) for sc in scenes]
+                                                                        for k in ATTRIBUTES})
+                aux_text, text_accuracy = text_heads.loss(text_features, {
+                    **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES}, "verb": [c.verb for c in captions]})
+                loss = loss + recipe.aux_weight * (aux_image + aux_text)
+                head_accuracy.append({**accuracy, **{f"text {k}": v for k, v in text_accuracy.items()}})
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -453,9 +528,12 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             full_embedding.weight[ids] = model.token_embedding.weight
         model.token_embedding = full_embedding
         model.eval()
-    summary = {"seconds": round(time.perf_counter() - start, 2), "first_loss": round(losses[0], 4),
-               "final_loss": round(float(np.mean(losses[-10:])), 4), "trained_token_rows": int(ids.numel()),
-               "logit_scale": round(model.logit_scale.exp().item(), 3)}
+    summary = {"seconds": round(time.perf_counter() - start, 2), "threads": threads,
+               "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-10:])), 4),
+               "trained_token_rows": int(ids.numel()), "logit_scale": round(model.logit_scale.exp().item(), 3)}
+    if head_accuracy:  # how well the embeddings encode each attribute, on the last 10 (training) batches
+        summary["attribute_accuracy"] = {k: round(float(np.mean([a[k] for a in head_accuracy[-10:]])), 3)
+                                         for k in head_accuracy[0]}
     return model, summary
 
 

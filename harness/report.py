@@ -40,6 +40,7 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "classes": ev.get("classes"), "views": "x".join(map(str, ev.get("views", [1, 1]))),
                 "trainable": metrics["params"]["trainable"], "total": metrics["params"]["total"],
                 "pct_of_backbone": metrics["params"].get("pct_of_backbone"),
+                "gmacs_per_view": (metrics.get("flops_per_view") or {}).get("gmacs"),
                 "select": metrics["train"].get("selected", job["schedule"]["select"]),
                 "frames": job["schedule"]["frames"], "epochs": job["schedule"]["epochs"],
                 "profile": job.get("profile") or "-", "protocol": job["protocol"], "protocol_hash": job["protocol_hash"],
@@ -82,6 +83,7 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
             "Base": round(summ["base"], 2), "Novel": round(summ["novel"], 2), "HM": round(summ["hm"], 2),
             "HM std (splits)": round(summ["hm_split_std"], 2), "Splits": summ["n_splits"],
             "Select": ",".join(sorted(set(map(str, g["select"])))),
+            "GMACs/view": first.get("gmacs_per_view"),
         })
     return pd.DataFrame(out)
 
@@ -97,7 +99,7 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         first = g.iloc[0]
         row.update({"Trainable": _fmt_params(int(first["trainable"])), "% of backbone": f"{first['pct_of_backbone']:.2f}",
                     "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2), "Runs": len(g),
-                    "Views": first["views"]})
+                    "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -129,6 +131,7 @@ def header_lines(df: pd.DataFrame) -> list[str]:
         lines.append("HM = harmonic mean of the split-averaged base and novel top-1 (as the papers report); "
                      "'HM std (splits)' = std of the per-split HM. 'Select': `last` checkpoint, or `best_*` "
                      "on base validation (which is also the reported base test set, as upstream).")
+    lines.append("GMACs/view = multiply-adds of one clip through the video encoder (what papers call GFLOPs).")
     if df["missing"].sum():
         lines.append(f"Missing videos skipped: {int(df['missing'].sum())} (see per-job metrics).")
     return lines

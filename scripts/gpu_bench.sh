@@ -64,6 +64,9 @@ then
   cat "$OUT/env.txt"; say "FATAL: torch/open_clip not importable with PYTHONPATH=$PYTHONPATH"; exit 2
 fi
 cat "$OUT/env.txt"
+if [ "$SMOKE" != 1 ] && ! grep -q "cuda available True" "$OUT/env.txt"; then
+  say "FATAL: torch sees no CUDA device (a CPU run of batch 32 x ViT-B/16 would never finish)"; exit 3
+fi
 
 # -- 2. settings --------------------------------------------------------------------------------
 if [ "$SMOKE" = 1 ]; then
@@ -72,7 +75,7 @@ if [ "$SMOKE" = 1 ]; then
   COMPILE=(--iters 2 --warmup 1 --no-baseline --modes infer)
   COMPILE_METHODS=${GPU_BENCH_COMPILE_METHODS-zeroshot}
 else
-  COMMON=(--batch 32 --frames 8 --image-size 224 --amp bf16 --num-classes 400)
+  COMMON=(--device cuda --batch 32 --frames 8 --image-size 224 --amp bf16 --num-classes 400)
   EAGER=(--iters 12 --warmup 4)
   COMPILE=(--iters 8 --warmup 3 --no-baseline)
   # Frozen-CLIP inference first (the 1,200 clips/s target), then the methods with reference numbers.

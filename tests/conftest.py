@@ -59,3 +59,8 @@ def b16_meta():
     from method_helpers import make_backbone
 
     return make_backbone("ViT-B-16", meta=True)
+
+
+# Tests measure behaviour, not speed: one intra-op thread avoids OpenMP's collapse when the
+# 2-core CI machine runs anything beside the test process.
+__import__("torch").set_num_threads(1)

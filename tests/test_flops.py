@@ -140,3 +140,25 @@ def test_vificlip_step_pays_its_text_encoder_every_step():
     step = count_step_flops(model, 2, 2, 64, classnames)
     text_forward = 5 * per_view["text_gflops_per_class"] * 1e9
     assert step["forward_flops"] == pytest.approx(2 * per_view["flops"] + text_forward, rel=1e-3)
+
+
+def test_params_rows_and_table():
+    """`harness params` rows: resolved options, counts that depend on the class count (a linear
+    head), and FLOPs per view."""
+    from harness.measure.params import format_params_table, params_rows
+
+    _need("st_adapter")
+    keys = {"method", "options", "trainable", "total", "trainable_pct", "frames", "num_classes", "gflops",
+            "gmacs", "text_gflops_per_class"}
+    linear = {"st_adapter": {"head": "linear"}}
+    rows = {n: params_rows(["zeroshot", "st_adapter"], "harness-tiny", None, 2, n, linear) for n in (3, 5)}
+    assert keys <= set(rows[3][0])
+    zeroshot, st3 = rows[3]
+    st5 = rows[5][1]
+    assert zeroshot["trainable"] == 0 and zeroshot["gmacs"] == pytest.approx(zeroshot["gflops"] / 2, abs=1e-4)
+    assert st3["options"]["head"] == "linear"
+    assert st5["trainable"] - st3["trainable"] == 2 * (128 + 1)  # two more classes of Linear(128, C)
+    table = format_params_table(rows[3])
+    assert "head=linear" in table and "zeroshot" in table
+    assert format_params_table(params_rows(["zeroshot"], "harness-tiny", None, 2, 3, with_flops=False),
+                               "markdown").count("| - |") >= 1

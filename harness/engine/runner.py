@@ -61,6 +61,24 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
+def num_workers(schedule: dict[str, Any]) -> int:
+    workers = int(schedule["num_workers"])
+    if workers >= 0:
+        return workers
+    return min(8, max(1, (os.cpu_count() or 2) // max(1, world_size()))) if torch.cuda.is_available() else 0
+
+
+def configure_cpu_threads(schedule: dict[str, Any]) -> int:
+    """On CPU, leave a core for the OS and the data workers: measured on a 2-core host with light
+    background load, 2 OpenMP threads made the embedded default 7x slower than 1."""
+    if torch.cuda.is_available():
+        return torch.get_num_threads()
+    threads = int(schedule.get("cpu_threads", 0)) or max(1, (os.cpu_count() or 1) - 1 - num_workers(schedule))
+    threads = max(1, threads // max(1, world_size()))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def _amp_enabled(amp: str, device: torch.device) -> bool:
     if amp == "auto":
         return device.type == "cuda"
@@ -210,7 +228,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
-        train_dataloader=_loader(train_set, micro, int(job.schedule["num_workers"]), True),
+        train_dataloader=_loader(train_set, micro, num_workers(job.schedule), True),
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
         optim_wrapper=_optim_wrapper(net, job, accumulate, amp),
         param_scheduler=_schedulers(job),
@@ -266,7 +284,7 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     dataset, info = _dataset(lst, job, image_size, train=False)
     sampler = DefaultSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=pseudo_collate,
-                                         num_workers=int(job.schedule["num_workers"]))
+                                         num_workers=num_workers(job.schedule))
     model.set_classes(lst.classnames)
     model.eval()
     results: list[dict[str, Any]] = []
@@ -292,6 +310,18 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
+def _flops_per_view(net, frames: int, image_size: int) -> Optional[dict[str, Any]]:
+    """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
+    tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
+    from harness.measure.flops import count_flops
+
+    try:
+        out = count_flops(net, frames=frames, image_size=image_size)
+    except Exception as err:  # measurement must never fail a training job
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {k: out[k] for k in ("gflops", "gmacs", "text_gflops_per_class")}
+
+
 def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train (when the method has something to train) and evaluate one job; return its metrics."""
     _init_mm()
@@ -301,11 +331,13 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     from harness.engine.model import VideoClassifier
 
     set_random_seed(job.seed)
+    threads = configure_cpu_threads(job.schedule)
     net, spec = build_net(job)
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
     descriptions = _attach_descriptions(net, job)
+    flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "nothing to train"}
     model = VideoClassifier(net, job.train.classnames if job.train else [])
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
@@ -317,5 +349,5 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
         views = max(1, lst.views[0] * lst.views[1])
         evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)),
                                    save_to=job_dir / "predictions")
-    return {"params": counts, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
+    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted)}
