@@ -82,7 +82,8 @@ class PretrainRecipe:
     warmup: int = 10
     lr_min_ratio: float = 0.02
     scale_lr_gain: float = 10.0    # the logit scale's learning rate, relative to lr
-    aux_weight: float = 1.0        # weight of the auxiliary attribute losses (`_Heads`; 0: pure CLIP)
+    image_aux_weight: float = 1.0  # weight of the image attribute heads' loss (`_Heads`; 0: none)
+    text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
     init_logit_scale: float = 5.0
     pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget  # a low start (open_clip's is 14.3) keeps features from collapsing early
@@ -464,7 +465,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
     """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary."""
     recipe.validate()
     start = time.perf_counter()
-    threads = threads or _default_threads()
+    threads = threads or 1
     with _torch_state(threads):
         model, spec = create_clip(recipe.model, seed=recipe.seed)
         with torch.no_grad():
@@ -508,12 +509,12 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             image_features = model.encode_image(to_model_input(images))
             text_features = _encode_captions(model, tok)
             loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), _truth(scenes, captions))
-            if recipe.aux_weight > 0:
+            if recipe.image_aux_weight > 0 or recipe.text_aux_weight > 0:
                 aux_image, accuracy = image_heads.loss(image_features, {k: [getattr(sc, k) for sc in scenes]
                                                                         for k in ATTRIBUTES})
                 aux_text, text_accuracy = text_heads.loss(text_features, {
                     **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES}, "verb": [c.verb for c in captions]})
-                loss = loss + recipe.aux_weight * (aux_image + aux_text)
+                loss = loss + recipe.image_aux_weight * aux_image + recipe.text_aux_weight * aux_text
                 head_accuracy.append({**accuracy, **{f"text {k}": v for k, v in text_accuracy.items()}})
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -73,6 +73,7 @@ class VideoTextModel(nn.Module):
         self.train_classnames = tuple(classnames) if classnames is not None else None
         self.ctx = BlockContext(num_frames)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self.wrap_visual(lambda block, i: AdaptedBlock(block, self.ctx, i, "visual"))
         self.wrap_text(lambda block, i: AdaptedBlock(block, self.ctx, i, "text"))
         self.build()
@@ -176,7 +177,16 @@ class VideoTextModel(nn.Module):
 
     # -- text tower --------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts)).to(self.clip.token_embedding.weight.device)
+        """Token ids, cached per text list: text-trainable methods encode the same class prompts
+        every step, and BPE tokenisation of hundreds of prompts costs tens of milliseconds."""
+        key = tuple(texts)
+        tokens = self._token_cache.get(key)
+        if tokens is None:
+            tokens = self.tokenizer(list(texts))
+            if len(self._token_cache) > 64:
+                self._token_cache.clear()
+            self._token_cache[key] = tokens
+        return tokens.to(self.clip.token_embedding.weight.device)
 
     def text_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hook: tokens (N, L) -> input embeddings (N, L, D), positional embedding included."""
