@@ -113,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cache", default=None)
     fetch.add_argument("--only", action="append", default=None, help="path, folder prefix or glob (repeatable)")
 
+    ssv2 = dsub.add_parser("build-ssv2", help="SSv2 training list from the official JSON annotations")
+    ssv2.add_argument("--annotations", required=True, help="folder with something-something-v2-train.json")
+    ssv2.add_argument("--data-root", default=None)
+    ssv2.add_argument("--splits-root", default=None)
+    describe = dsub.add_parser("describe", help="write N spatial + N temporal LLM descriptions per class "
+                               "(OpenAI-compatible endpoint from HARNESS_LLM_URL / _MODEL / _KEY)")
+    describe.add_argument("--classes", required=True, help="class CSV (id,name)")
+    describe.add_argument("--out", required=True, help="output folder (ETL4Video file format)")
+    describe.add_argument("--dataset-key", required=True, help="name used in the output file names")
+    describe.add_argument("--n", type=int, default=2)
+    describe.add_argument("--dry-run", action="store_true", help="print the prompts, write nothing")
+
     report = sub.add_parser("report", help="(re)write the summary tables of a results directory")
     report.add_argument("run_dir")
     return parser
@@ -294,9 +306,36 @@ def cmd_data(args: argparse.Namespace) -> int:
         from harness.data.upstream import fetch_command
 
         return fetch_command(args.splits_root, args.cache, args.only)
+    if args.data_command == "build-ssv2":
+        return _build_ssv2(args)
+    if args.data_command == "describe":
+        from harness.data.annotations import read_class_csv
+        from harness.describe import write_descriptions
+
+        written = write_descriptions(read_class_csv(args.classes), args.out, args.dataset_key, n=args.n,
+                                     dry_run=args.dry_run)
+        for path in (written or {}).values():
+            print(path)
+        return 0
     from harness.data.check import check_command
 
     return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample)
+
+
+def _build_ssv2(args: argparse.Namespace) -> int:
+    from harness.data.datasets import resolve_data_root
+    from harness.data.ssv2 import build_ssv2_list
+    from harness.data.upstream import UpstreamStore
+
+    source = Path(args.annotations) / "something-something-v2-train.json"
+    if not source.is_file():
+        raise HarnessError(f"{source} not found: --annotations must be the folder of the official SSv2 JSON files")
+    labels = UpstreamStore(splits_root=Path(args.splits_root) if args.splits_root else None).path(
+        "vifi-clip/labels/ssv2_labels.csv")
+    out = resolve_data_root(args.data_root) / "ssv2" / "train.txt"
+    count = build_ssv2_list(source, labels, out)
+    print(f"{out}: {count} videos")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -135,6 +135,7 @@ class FileResolver:
             from harness.data.upstream import UpstreamStore
 
             self.root = None
+            self.data_root = data_root
             self.store = UpstreamStore(cache_dir=Path(cache_dir) / "upstream" if cache_dir else None,
                                        splits_root=Path(splits_root) if splits_root else None)
             self.fingerprint = {}
@@ -148,6 +149,8 @@ class FileResolver:
                 raise HarnessError(f"embedded dataset at {self.root} lacks {rel}; delete that folder to regenerate it")
             self.provenance[rel] = self.fingerprint
             return path
+        if rel.startswith("local:"):
+            return self._local(rel.removeprefix("local:"))
         upstream_rel = f"vifi-clip/{rel}"
         path = self.store.path(upstream_rel)
         self.provenance[rel] = self.store.provenance(upstream_rel)
@@ -155,6 +158,19 @@ class FileResolver:
 
     def has(self, role: str) -> bool:
         return self.spec.has(role)
+
+    def _local(self, rel: str) -> Path:
+        """A list the user builds from their own copy (SSv2's training list): under the data root,
+        fingerprinted by its sha256."""
+        from harness.data.datasets import resolve_data_root
+        from harness.data.upstream import file_sha256
+
+        path = resolve_data_root(self.data_root) / rel
+        if not path.is_file():
+            raise HarnessError(f"{path} does not exist: build it from the official annotations with "
+                               f"`harness data build-ssv2 --annotations DIR --data-root {path.parents[1]}`")
+        self.provenance[f"local:{rel}"] = {"sha256": file_sha256(path), "local": True}
+        return path
 
 
 def _classnames(path: Path) -> list[str]:

@@ -76,12 +76,14 @@ class PretrainRecipe:
     model: str = "harness-tiny"
     seed: int = 0
     steps: int = 120
-    batch: int = 128
+    batch: int = 32
+    text_batch: int = 32        # captions per batch (of the first images; the text tower learns faster)
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 10
     lr_min_ratio: float = 0.02
     scale_lr_gain: float = 10.0    # the logit scale's learning rate, relative to lr
+    image_steps: int = 0           # first steps: the vision tower alone on the image heads (half the cost)
     image_aux_weight: float = 1.0  # weight of the image attribute heads' loss (`_Heads`; 0: none)
     text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
@@ -99,6 +101,7 @@ class PretrainRecipe:
         checks = [
             (self.image_size == size, f"image_size must be {size}, the image size of {self.model}"),
             (self.steps >= 1 and self.batch >= 2, "steps must be >= 1 and batch >= 2"),
+            (2 <= self.text_batch <= self.batch, "text_batch must be in [2, batch]"),
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
             (0 <= self.warmup, "warmup must be >= 0"),
             (self.backgrounds >= 1, "backgrounds must be >= 1"),
@@ -406,8 +409,9 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
     """Symmetric InfoNCE over normalised features; `truth` (images, captions) marks all positives."""
     logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     target = truth.float()
-    i2t = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
-    t2i = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
+    rows = target.sum(1) > 0  # images some caption of the batch is true of (all, when every image has one)
+    i2t = -(target[rows] / target[rows].sum(1, keepdim=True) * F.log_softmax(logits[rows], 1)).sum(1).mean()
+    t2i = -(target / target.sum(0, keepdim=True).clamp_min(1) * F.log_softmax(logits, 0)).sum(0).mean()
     return (i2t + t2i) / 2
 
 
@@ -474,6 +478,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         tokenizer = get_tokenizer(spec)
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
+        batches = [(scenes, caps[:recipe.text_batch]) for scenes, caps in batches]
         tokens = [tokenizer([c.text for c in caps]) for _, caps in batches]
         pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
@@ -484,38 +489,51 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         image_heads = _Heads(dim, ATTRIBUTES)
         text_classes = {k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()}
         text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale)
-        decay, no_decay = list(image_heads.parameters()) + list(text_heads.parameters()), []
-        for name, p in model.named_parameters():
-            if name != "logit_scale":
-                (no_decay if p.ndim < 2 or "ln" in name or "bias" in name else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0},
-                                 {"params": [model.logit_scale], "weight_decay": 0.0, "gain": recipe.scale_lr_gain}],
-                                lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+        # Two schedules: the vision tower (and its heads) over all steps; the text side (its tower,
+        # heads and the logit scale) from `image_steps` on, with its own warm-up and cosine.
+        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+        named = [*model.named_parameters(), *(("visual.heads." + n, p) for n, p in image_heads.named_parameters()),
+                 *(("text.heads." + n, p) for n, p in text_heads.named_parameters())]
+        for name, p in named:
+            side = "vision" if name.startswith("visual.") else "scale" if name == "logit_scale" else "text"
+            groups.setdefault((side, p.ndim < 2 or "ln" in name or "bias" in name), []).append(p)
+        opt = torch.optim.AdamW([{"params": ps, "side": side, "weight_decay": 0.0 if flat else recipe.weight_decay}
+                                 for (side, flat), ps in groups.items()], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
 
-        def lr_at(step: int) -> float:
-            if step < recipe.warmup:
-                return recipe.lr * (step + 1) / recipe.warmup
-            u = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        def cosine(step: int, begin: int) -> float:
+            if step < begin:
+                return 0.0
+            if step - begin < recipe.warmup:
+                return recipe.lr * (step - begin + 1) / recipe.warmup
+            u = (step - begin - recipe.warmup) / max(1, recipe.steps - begin - recipe.warmup)
             return recipe.lr * (recipe.lr_min_ratio + (1 - recipe.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
+
+        def lr_at(step: int, side: str) -> float:
+            if side == "vision":
+                return cosine(step, 0)
+            return cosine(step, recipe.image_steps) * (recipe.scale_lr_gain if side == "scale" else 1.0)
 
         model.train()
         losses: list[float] = []
         head_accuracy: list[dict[str, float]] = []
         for step, ((scenes, captions), tok) in enumerate(zip(batches, tokens)):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step) * group.get("gain", 1.0)
+                group["lr"] = lr_at(step, group["side"])
             images = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
             image_features = model.encode_image(to_model_input(images))
-            text_features = _encode_captions(model, tok)
-            loss = contrastive_loss(image_features, text_features, model.logit_scale.exp(), _truth(scenes, captions))
-            if recipe.image_aux_weight > 0 or recipe.text_aux_weight > 0:
-                aux_image, accuracy = image_heads.loss(image_features, {k: [getattr(sc, k) for sc in scenes]
-                                                                        for k in ATTRIBUTES})
-                aux_text, text_accuracy = text_heads.loss(text_features, {
-                    **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES}, "verb": [c.verb for c in captions]})
-                loss = loss + recipe.image_aux_weight * aux_image + recipe.text_aux_weight * aux_text
-                head_accuracy.append({**accuracy, **{f"text {k}": v for k, v in text_accuracy.items()}})
+            image_labels = {k: [getattr(sc, k) for sc in scenes] for k in ATTRIBUTES}
+            aux_image, accuracy = image_heads.loss(image_features, image_labels)
+            loss = recipe.image_aux_weight * aux_image
+            if step >= recipe.image_steps:
+                text_features = _encode_captions(model, tok)
+                loss = loss + contrastive_loss(image_features, text_features, model.logit_scale.exp(),
+                                               _truth(scenes, captions))
+                if recipe.text_aux_weight > 0:
+                    aux_text, text_accuracy = text_heads.loss(text_features, {
+                        **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES}, "verb": [c.verb for c in captions]})
+                    loss = loss + recipe.text_aux_weight * aux_text
+                    accuracy.update({f"text {k}": v for k, v in text_accuracy.items()})
+            head_accuracy.append(accuracy)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -534,7 +552,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
                "trained_token_rows": int(ids.numel()), "logit_scale": round(model.logit_scale.exp().item(), 3)}
     if head_accuracy:  # how well the embeddings encode each attribute, on the last 10 (training) batches
         summary["attribute_accuracy"] = {k: round(float(np.mean([a[k] for a in head_accuracy[-10:]])), 3)
-                                         for k in head_accuracy[0]}
+                                         for k in head_accuracy[-1]}
     return model, summary
 
 

@@ -15,8 +15,11 @@ ABSENT = {"datasets_splits/k400_splits/train.txt", "datasets_splits/base2novel_s
 
 
 def role_paths(spec):
-    """Every concrete (role, relative path) of a spec, templates expanded."""
+    """Every concrete (role, relative path) of a spec, templates expanded (user-built `local:`
+    lists live under the data root, not in the upstream folder)."""
     for role, template in spec.files.items():
+        if template.startswith("local:"):
+            continue
         if "{split}" in template:
             yield from ((role, spec.file(role, split=s)) for s in spec.split_ids)
         elif "{shots}" in template:

@@ -169,7 +169,10 @@ def _specs() -> dict[str, DatasetSpec]:
             files={"classes": "labels/ssv2_labels.csv", **_b2n("ssv2", "ssv2_174"),
                    "fewshot_train": "datasets_splits/ssv2_splits/train1_few_shot_{shots}.txt",
                    "fewshot_val": "datasets_splits/ssv2_splits/validation.txt",
-                   "val": "datasets_splits/ssv2_splits/validation.txt"},
+                   "val": "datasets_splits/ssv2_splits/validation.txt",
+                   # no upstream full training list: `harness data build-ssv2` writes it from the
+                   # official JSON annotations into the data root ("local:" = under --data-root)
+                   "train": "local:ssv2/train.txt"},
             notes="no full training list upstream: fully supervised SSv2 needs a user-supplied train list."),
         DatasetSpec(
             name="embedded", title="Embedded synthetic shapes (12 classes)", video_subdir="videos",

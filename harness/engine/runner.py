@@ -222,7 +222,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         val_set, _ = _dataset(sel, job, spec.image_size, train=False)
         kwargs.update(val_dataloader=_loader(val_set, max(1, micro // max(1, sel.views[0] * sel.views[1])), 0, False),
                       val_cfg=dict(), val_evaluator=dict(type=SelectionMetric, prefix=sel.name))
-    ckpt = dict(type="CheckpointHook", interval=interval, max_keep_ckpts=1, save_last=True)
+    ckpt = dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_last=True)  # every epoch: resumable
     if sel is not None:
         ckpt.update(save_best=f"{sel.name}/top1", rule="greater")
     runner = Runner(
