@@ -85,6 +85,7 @@ class PretrainRecipe:
     scale_lr_gain: float = 10.0    # the logit scale's learning rate, relative to lr
     image_steps: int = 0           # first steps: the vision tower alone on the image heads (half the cost)
     image_aux_weight: float = 1.0  # weight of the image attribute heads' loss (`_Heads`; 0: none)
+    patch_aux_weight: float = 1.0  # weight of the patch coverage loss (within the image heads' loss)
     text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
     init_logit_scale: float = 5.0
@@ -190,9 +191,9 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
 
 
-def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
+def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Draw `scene` over `background` (float32 (S, S, 3)) as `embedded.render_clip` composites a
-    frame; returns float32 (S, S, 3) without pixel noise."""
+    frame; returns it (float32 (S, S, 3), without pixel noise) and the shape's coverage (S, S) in [0, 1]."""
     import cv2
 
     S = background.shape[0]
@@ -207,7 +208,7 @@ def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray)
     mask = np.zeros((S, S), np.uint8)
     cv2.fillPoly(mask, [np.round((pts + (x, y)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
     alpha = (mask.astype(np.float32) * (opacity / 255.0))[..., None]
-    return background * (1 - alpha) + color * alpha
+    return background * (1 - alpha) + color * alpha, mask.astype(np.float32) / 255.0
 
 
 def background_pool(seed: int, n: int, size: int) -> np.ndarray:
@@ -309,13 +310,16 @@ def sample_captions(seed: int, step: int, batch: int) -> tuple[list[Scene], list
     return scenes, [caption_scene(sc, rng) for sc in scenes]
 
 
-def render_batch(scenes: Sequence[Scene], seed: int, step: int, pool: np.ndarray, noise: float) -> np.ndarray:
-    """uint8 (B, S, S, 3) images of batch `step` (its own random stream: the captions don't shift it)."""
+def render_batch(scenes: Sequence[Scene], seed: int, step: int, pool: np.ndarray, noise: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (B, S, S, 3) images of batch `step` (its own random stream: the captions don't shift
+    it) and the shapes' coverage (B, S, S)."""
     rng = np.random.default_rng([seed, 18, step])
-    frames = np.stack([render_scene(sc, rng, _pick_background(pool, rng)) for sc in scenes])
+    drawn = [render_scene(sc, rng, _pick_background(pool, rng)) for sc in scenes]
+    frames = np.stack([f for f, _ in drawn])
     if noise > 0:
         frames += noise * rng.standard_normal(frames.shape, dtype=np.float32)
-    return np.clip(frames, 0, 255).astype(np.uint8)
+    return np.clip(frames, 0, 255).astype(np.uint8), np.stack([c for _, c in drawn])
 
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
@@ -487,6 +491,10 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
 
         dim = model.text_projection.shape[-1]
         image_heads = _Heads(dim, ATTRIBUTES)
+        model.visual.output_tokens = True  # (pooled, patch tokens) during training
+        spec_patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
+        patch_head = nn.Linear(model.visual.transformer.width, 1)
+        image_heads.add_module("patch", patch_head)
         text_classes = {k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()}
         text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale)
         # Two schedules: the vision tower (and its heads) over all steps; the text side (its tower,
@@ -498,7 +506,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             side = "vision" if name.startswith("visual.") else "scale" if name == "logit_scale" else "text"
             groups.setdefault((side, p.ndim < 2 or "ln" in name or "bias" in name), []).append(p)
         opt = torch.optim.AdamW([{"params": ps, "side": side, "weight_decay": 0.0 if flat else recipe.weight_decay}
-                                 for (side, flat), ps in groups.items()], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+                                 for (side, flat), ps in groups.items()], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
         def cosine(step: int, begin: int) -> float:
             if step < begin:
@@ -519,10 +527,15 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         for step, ((scenes, captions), tok) in enumerate(zip(batches, tokens)):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, group["side"])
-            images = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
-            image_features = model.encode_image(to_model_input(images))
+            images, coverage = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
+            image_features, patch_tokens = model.visual(to_model_input(images))
             image_labels = {k: [getattr(sc, k) for sc in scenes] for k in ATTRIBUTES}
             aux_image, accuracy = image_heads.loss(image_features, image_labels)
+            if recipe.patch_aux_weight > 0:  # which patches the shape covers, from each patch token
+                patch = spec_patch
+                covered = torch.from_numpy(coverage).unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2))
+                aux_image = aux_image + recipe.patch_aux_weight * F.binary_cross_entropy_with_logits(
+                    patch_head(patch_tokens).squeeze(-1), covered.flatten(1) * 2 - covered.flatten(1) ** 2)
             loss = recipe.image_aux_weight * aux_image
             if step >= recipe.image_steps:
                 text_features = _encode_captions(model, tok)
@@ -546,6 +559,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         with torch.no_grad():
             full_embedding.weight[ids] = model.token_embedding.weight
         model.token_embedding = full_embedding
+        model.visual.output_tokens = False
         model.eval()
     summary = {"seconds": round(time.perf_counter() - start, 2), "threads": threads,
                "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-10:])), 4),

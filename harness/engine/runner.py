@@ -310,7 +310,7 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
-def _flops_per_view(net, frames: int, image_size: int) -> Optional[dict[str, Any]]:
+def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
     tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
     from harness.measure.flops import count_flops
