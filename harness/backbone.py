@@ -39,6 +39,11 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 
+#: Tag of the project's own weights for `harness-tiny`: contrastively pretrained on synthetic
+#: captioned frames (`harness.pretrain`), generated once and cached, so that frozen-backbone
+#: methods have meaningful features on the embedded dataset.
+SYNTHETIC_TAG = "synthetic"
+
 #: open_clip tags whose weights were trained with QuickGELU (the OpenAI releases).
 QUICKGELU_TAGS = {"openai"}
 
@@ -89,7 +94,8 @@ def _known_names() -> list[str]:
     return sorted(set(open_clip.list_models()) | set(TINY_CONFIGS))
 
 
-def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed: int | None = 0) -> tuple[nn.Module, BackboneSpec]:
+def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed: int | None = 0,
+                cache_dir: str | os.PathLike | None = None) -> tuple[nn.Module, BackboneSpec]:
     """Build an open_clip CLIP and describe it.
 
     `pretrained` is an open_clip tag (e.g. ``openai``), a path to a local checkpoint, or None
@@ -101,10 +107,17 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
     if seed is not None:
         torch.manual_seed(seed)
     if resolved in TINY_CONFIGS:
-        if pretrained is not None and not Path(pretrained).is_file():
+        local_file = pretrained
+        if pretrained == SYNTHETIC_TAG:
+            if resolved != "harness-tiny":
+                raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only harness-tiny has synthetic weights")
+            from harness.pretrain import ensure_pretrained_tiny
+
+            local_file = str(ensure_pretrained_tiny(Path(cache_dir) / "backbones" if cache_dir else None))
+        elif pretrained is not None and not Path(pretrained).is_file():
             raise HarnessError(
                 f"--pretrained {pretrained!r}: the small config {name!r} has no published weights; "
-                "pass a local checkpoint file or leave --pretrained unset"
+                f"pass a local checkpoint file, {SYNTHETIC_TAG!r} (harness-tiny) or leave --pretrained unset"
             )
         cfg = TINY_CONFIGS[resolved]
         model = open_clip.CLIP(**cfg, quick_gelu=True)
@@ -113,9 +126,9 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
             image_size=cfg["vision_cfg"]["image_size"], context_length=cfg["text_cfg"]["context_length"],
             notes=notes,
         )
-        if pretrained is not None:
-            _load_local_state(model, Path(pretrained))
-            spec.weights_sha256 = _sha256_file(Path(pretrained))
+        if local_file is not None:
+            _load_local_state(model, Path(local_file))
+            spec.weights_sha256 = _sha256_file(Path(local_file))
         return model, spec
 
     if resolved not in open_clip.list_models():
@@ -131,11 +144,15 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
             f"--pretrained {pretrained!r} is not a tag of {resolved} (tags: {', '.join(tags) or 'none'}) "
             "and not an existing checkpoint file"
         )
+    import contextlib
+
+    quiet = contextlib.nullcontext() if pretrained else _silence_root_warnings()  # "no pretrained weights" is intended
     try:
-        model = open_clip.create_model(
-            resolved, pretrained=str(Path(pretrained).expanduser()) if local else pretrained,
-            force_quick_gelu=bool(resolved.endswith("-quickgelu")),
-        )
+        with quiet:
+            model = open_clip.create_model(
+                resolved, pretrained=str(Path(pretrained).expanduser()) if local else pretrained,
+                force_quick_gelu=bool(resolved.endswith("-quickgelu")),
+            )
     except Exception as err:  # open_clip / huggingface_hub / urllib raise many kinds when offline
         raise HarnessError(
             f"could not load weights {pretrained!r} for {resolved}: {type(err).__name__}: {err}. "
@@ -151,6 +168,21 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
     if local:
         spec.weights_sha256 = _sha256_file(Path(pretrained).expanduser())
     return model, spec
+
+
+class _silence_root_warnings:
+    """Context manager: open_clip logs a root-logger warning for every random-init model."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self.level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        import logging
+
+        logging.getLogger().setLevel(self.level)
 
 
 def _load_local_state(model: nn.Module, path: Path) -> None:

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", default="embedded", help="embedded (generated, default) | hmdb51 | ucf101 | k400 | k600 | ssv2")
     run.add_argument("--backbone", default=None, help=f"open_clip model name (default {EMBEDDED_BACKBONE} on the "
                      f"embedded dataset, else {REAL_BACKBONE})")
-    run.add_argument("--pretrained", default=None, help="open_clip tag (e.g. openai) or a local checkpoint path")
+    run.add_argument("--pretrained", default=None, help="open_clip tag (e.g. openai), a local checkpoint path, "
+                     "'synthetic' (harness-tiny pretrained by the project; the default on the embedded dataset) "
+                     "or 'random'")
     run.add_argument("--frames", type=int, default=None, help="frames per clip (overrides the schedule)")
     run.add_argument("--splits", default=None, help="upstream split indices, e.g. 1,2,3")
     run.add_argument("--shots", default=None, help="few_shot: K values, e.g. 2,4,8,16")
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=5)
     bench.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     bench.add_argument("--data", action="store_true", help="measure the MMAction2 decode+augment pipeline instead")
+    bench.add_argument("--order-pairs", action="store_true", help="train briefly on the embedded dataset and report "
+                       "accuracy on its order-only class pairs (do methods see frame order?)")
+    bench.add_argument("--epochs", type=int, default=15, help="--order-pairs: training epochs")
+    bench.add_argument("--out", default="results/order-pairs", help="--order-pairs: results directory")
     bench.add_argument("--dataset", default="embedded")
     bench.add_argument("--data-root", default=None)
     bench.add_argument("--format", default="table", choices=("table", "json"))
@@ -150,9 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     spec = get_dataset(args.dataset)
     backbone = args.backbone or (EMBEDDED_BACKBONE if spec.generated else REAL_BACKBONE)
+    pretrained = args.pretrained
+    if pretrained is None and backbone == EMBEDDED_BACKBONE:
+        pretrained = "synthetic"
+    if pretrained == "random":
+        pretrained = None
     profile = args.profile or default_profile(args.dataset)
     req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
-                     pretrained=args.pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
+                     pretrained=pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
                      seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,
                      profile=profile, schedule_kind=args.schedule, data_root=args.data_root,
                      splits_root=args.splits_root, cache_dir=args.cache, frames=args.frames,
@@ -290,6 +301,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from harness.measure.data_bench import bench_data_command
 
         return bench_data_command(args)
+    if args.order_pairs:
+        from harness.measure.order_pairs import format_rows, run_order_pairs
+        from methods.registry import parse_method_list
+
+        methods = parse_method_list(args.methods if args.methods != "zeroshot" else "st_adapter,aim,msta,vitaclip,vificlip,zeroshot")
+        rows = run_order_pairs(methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
+        print(format_rows(rows))
+        return 0
     from harness.measure.bench import format_bench, run_bench
     from methods.registry import parse_method_list
 

@@ -75,16 +75,17 @@ class PretrainRecipe:
 
     model: str = "harness-tiny"
     seed: int = 0
-    steps: int = 120
+    steps: int = 320
+    image_steps: int = 200      # first steps: the vision tower alone on the image heads (half the cost)
     batch: int = 32
     text_batch: int = 32        # captions per batch (of the first images; the text tower learns faster)
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup: int = 10
+    warmup: int = 20
     lr_min_ratio: float = 0.02
     scale_lr_gain: float = 10.0    # the logit scale's learning rate, relative to lr
-    image_steps: int = 0           # first steps: the vision tower alone on the image heads (half the cost)
     image_aux_weight: float = 1.0  # weight of the image attribute heads' loss (`_Heads`; 0: none)
+    color_weight: float = 1.0      # the colour head's weight among the image heads
     patch_aux_weight: float = 1.0  # weight of the patch coverage loss (within the image heads' loss)
     text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
@@ -159,6 +160,8 @@ def _class_verbs() -> tuple[str, ...]:
 #: truth test, but a text head must tell them apart (`_TextHead`), so that class names that differ
 #: only in them ("a shape growing" / "a shape shrinking") keep distinct text features.
 VERBS: tuple[str, ...] = _class_verbs()
+#: What a caption of a frame with nothing drawn says.
+EMPTY: tuple[str, ...] = ("an empty background", "a plain background", "an empty frame", "nothing but the background")
 TEMPLATES: tuple[str, ...] = (
     "{}", "{}.", "a photo of {}.", "a photo of a {}.", "a video of {}", "a video of {}.",
     "an image of {}.", "a picture of {}.", "there is {}.", "A video about {} on a plain background.",
@@ -177,6 +180,7 @@ class Scene:
     v: str                # top / middle / bottom
     dark: bool
     faint: bool
+    empty: bool = False   # nothing drawn (the other fields are then meaningless): appearing/blinking frames
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
@@ -188,6 +192,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         v=list(_VBINS)[rng.integers(3)],
         dark=bool(rng.random() < 0.15),
         faint=bool(rng.random() < 0.12),
+        empty=bool(rng.random() < 0.04),
     )
 
 
@@ -202,13 +207,13 @@ def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray)
     angle = rng.uniform(-0.3, 0.3) if rng.random() < 0.5 else rng.uniform(0, 2 * np.pi)
     color = np.asarray(COLORS[scene.color], np.float32) * (rng.uniform(0.15, 0.45) if scene.dark else 1.0)
     color = np.clip(color + rng.uniform(-12, 12, 3).astype(np.float32), 0, 255)
-    opacity = rng.uniform(0.25, 0.5) if scene.faint else 1.0
+    opacity = 0.0 if scene.empty else rng.uniform(0.12, 0.5) if scene.faint else 1.0
     c, s = np.cos(angle), np.sin(angle)
     pts = _outline(scene.shape) @ np.array([[c, s], [-s, c]]) * radius
     mask = np.zeros((S, S), np.uint8)
     cv2.fillPoly(mask, [np.round((pts + (x, y)) * 16).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=4)
     alpha = (mask.astype(np.float32) * (opacity / 255.0))[..., None]
-    return background * (1 - alpha) + color * alpha, mask.astype(np.float32) / 255.0
+    return background * (1 - alpha) + color * alpha, mask.astype(np.float32) * (opacity > 0) / 255.0
 
 
 def background_pool(seed: int, n: int, size: int) -> np.ndarray:
@@ -252,6 +257,10 @@ class Caption:
 def caption_scene(scene: Scene, rng: np.random.Generator) -> Caption:
     """A caption stating a random subset of the attributes of `scene`, in a random template."""
     keep = lambda p: bool(rng.random() < p)  # noqa: E731
+    verb = int(rng.integers(len(VERBS))) if keep(0.4) else len(VERBS)
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    if scene.empty:
+        return Caption(template.format(EMPTY[rng.integers(len(EMPTY))]), {"empty": True}, len(VERBS))
     said: dict[str, object] = {}
     if keep(0.8):
         said["color"] = scene.color
@@ -279,16 +288,17 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> Caption:
     phrase = " ".join(words)
     phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
     pos = _position_phrase(said.get("h"), said.get("v"), rng) if "h" in said or "v" in said else ""  # type: ignore[arg-type]
-    verb = int(rng.integers(len(VERBS))) if keep(0.4) else len(VERBS)
     parts = [phrase] + ([pos, VERBS[verb]] if verb < len(VERBS) and keep(0.7) else
                         [VERBS[verb], pos] if verb < len(VERBS) else [pos])
     text = " ".join(p for p in parts if p)
-    return Caption(TEMPLATES[rng.integers(len(TEMPLATES))].format(text), said, verb)
+    return Caption(template.format(text), said, verb)
 
 
 def _truth(scenes: Sequence[Scene], captions: Sequence[Caption]) -> torch.Tensor:
     """(images, captions) bool: caption j is true of image i (every attribute it states holds)."""
     def holds(sc: Scene, said: dict) -> bool:
+        if sc.empty:
+            return said == {"empty": True}
         return all(getattr(sc, k) == v for k, v in said.items())
     return torch.tensor([[holds(sc, c.said) for c in captions] for sc in scenes])
 
@@ -297,7 +307,7 @@ def vocabulary() -> set[str]:
     """Every word a caption can contain (for checking that prompts are in-distribution)."""
     words = set()
     for text in (list(TEMPLATES) + list(COLORS) + [w for n in SHAPES.values() for w in n] + list(SIZES)
-                 + ["faint", "dark", "shape", "a", "an", "in the centre middle", "at on the"]
+                 + ["faint", "dark", "shape", "a", "an", "in the centre middle", "at on the"] + list(EMPTY)
                  + list(_BINS) + list(_VBINS) + list(VERBS)):
         words.update(text.replace("{}", " ").replace(".", " ").replace("-", " ").lower().split())
     return words
@@ -350,10 +360,12 @@ class _CompactEmbedding(nn.Module):
         return F.embedding(self.remap[tokens], self.weight)
 
 
+#: A label a head skips (the attributes of a scene with nothing drawn).
+IGNORE = object()
 #: Drawn attributes and their values (the image heads' classes).
 ATTRIBUTES: dict[str, tuple] = {
     "shape": tuple(SHAPES), "color": tuple(COLORS), "size": (*SIZES, None), "h": tuple(_BINS),
-    "v": tuple(_VBINS), "dark": (False, True), "faint": (False, True),
+    "v": tuple(_VBINS), "dark": (False, True), "faint": (False, True), "empty": (False, True),
 }
 
 
@@ -366,27 +378,30 @@ class _Heads(nn.Module):
     keep clearly different (normalised) features rather than ones a large weight can tell apart.
     """
 
-    def __init__(self, dim: int, classes: dict[str, tuple], cosine_scale: float | None = None) -> None:
+    def __init__(self, dim: int, classes: dict[str, tuple], cosine_scale: float | None = None,
+                 weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.classes = classes
         self.cosine_scale = cosine_scale
+        self.weights = {k: (weights or {}).get(k, 1.0) for k in classes}
         self.heads = nn.ModuleDict({k: nn.Linear(dim, len(v), bias=cosine_scale is None) for k, v in classes.items()})
 
     def loss(self, features: torch.Tensor, labels: dict[str, Sequence]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean cross-entropy over the heads, and each head's batch accuracy."""
+        """Weighted mean cross-entropy over the heads, and each head's batch accuracy."""
         total, accuracy = features.new_zeros(()), {}
         if self.cosine_scale is not None:
             features = F.normalize(features, dim=-1)
         for key, values in self.classes.items():
-            target = torch.tensor([values.index(x) for x in labels[key]])
+            target = torch.tensor([-100 if x is IGNORE else values.index(x) for x in labels[key]])
             head = self.heads[key]
             if self.cosine_scale is None:
                 logits = head(features)
             else:
                 logits = self.cosine_scale * features @ F.normalize(head.weight, dim=-1).t()
-            total = total + F.cross_entropy(logits, target)
-            accuracy[key] = float((logits.argmax(1) == target).float().mean())
-        return total / len(self.classes), accuracy
+            if (target >= 0).any():
+                total = total + self.weights[key] * F.cross_entropy(logits, target)
+                accuracy[key] = float((logits.argmax(1) == target)[target >= 0].float().mean())
+        return total / sum(self.weights.values()), accuracy
 
 
 def _encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -483,14 +498,15 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
         batches = [(scenes, caps[:recipe.text_batch]) for scenes, caps in batches]
-        tokens = [tokenizer([c.text for c in caps]) for _, caps in batches]
+        tokens = [tokenizer([c.text for c in caps]) if step >= recipe.image_steps else torch.zeros(1, 1, dtype=torch.long)
+                  for step, (_, caps) in enumerate(batches)]
         pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
         ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
         model.token_embedding = _CompactEmbedding(full_embedding, ids)
 
         dim = model.text_projection.shape[-1]
-        image_heads = _Heads(dim, ATTRIBUTES)
+        image_heads = _Heads(dim, ATTRIBUTES, weights={"color": recipe.color_weight})
         model.visual.output_tokens = True  # (pooled, patch tokens) during training
         spec_patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
         patch_head = nn.Linear(model.visual.transformer.width, 1)
@@ -529,13 +545,15 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
                 group["lr"] = lr_at(step, group["side"])
             images, coverage = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
             image_features, patch_tokens = model.visual(to_model_input(images))
-            image_labels = {k: [getattr(sc, k) for sc in scenes] for k in ATTRIBUTES}
+            image_labels = {k: [IGNORE if sc.empty and k != "empty" else getattr(sc, k) for sc in scenes]
+                            for k in ATTRIBUTES}
             aux_image, accuracy = image_heads.loss(image_features, image_labels)
             if recipe.patch_aux_weight > 0:  # which patches the shape covers, from each patch token
                 patch = spec_patch
                 covered = torch.from_numpy(coverage).unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2))
+                covered = covered.flatten(1)  # (B, patches): a soft target that counts half-covered as 0.75
                 aux_image = aux_image + recipe.patch_aux_weight * F.binary_cross_entropy_with_logits(
-                    patch_head(patch_tokens).squeeze(-1), covered.flatten(1) * 2 - covered.flatten(1) ** 2)
+                    patch_head(patch_tokens).squeeze(-1), covered * 2 - covered ** 2)
             loss = recipe.image_aux_weight * aux_image
             if step >= recipe.image_steps:
                 text_features = _encode_captions(model, tok)
@@ -565,7 +583,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
                "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-10:])), 4),
                "trained_token_rows": int(ids.numel()), "logit_scale": round(model.logit_scale.exp().item(), 3)}
     if head_accuracy:  # how well the embeddings encode each attribute, on the last 10 (training) batches
-        summary["attribute_accuracy"] = {k: round(float(np.mean([a[k] for a in head_accuracy[-10:]])), 3)
+        summary["attribute_accuracy"] = {k: round(float(np.mean([a[k] for a in head_accuracy[-10:] if k in a])), 3)
                                          for k in head_accuracy[-1]}
     return model, summary
 

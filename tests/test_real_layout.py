@@ -66,6 +66,7 @@ def mini(tmp_path_factory, upstream_root, embedded_root):
 ])
 def test_protocol_runs_on_real_layout(mini, tmp_path, protocol, dataset, methods, capsys):
     args = ["run", "--methods", methods, "--protocol", protocol, "--dataset", dataset, "--backbone", "harness-tiny",
+            "--pretrained", "random",
             "--profile", "tiny", "--splits-root", str(mini["splits"]), "--data-root", str(mini["data"]),
             "--cache", str(mini["cache"]), "--out", str(tmp_path), "--no-progress", "--shots", "2",
             "--set", "data.max_missing=1.0", "--set", "schedule.batch_size=2", "--set", "schedule.num_workers=0"]

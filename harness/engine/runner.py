@@ -90,7 +90,7 @@ def build_net(job: JobSpec):
     from harness.backbone import create_clip, get_tokenizer
     from methods.registry import build_method
 
-    clip, spec = create_clip(job.backbone, job.pretrained, seed=job.seed)
+    clip, spec = create_clip(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
     backbone_params = sum(p.numel() for p in clip.parameters())
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
