@@ -1,43 +1,54 @@
-"""A miniature CLIP pretraining of this project's own: `harness-tiny` trained contrastively on
-synthetic still frames with captions, deterministically from a seed, once, on first use.
+"""A miniature CLIP pretraining of this project's own: `harness-tiny` trained on synthetic still
+frames with captions, deterministically from a seed, once, on first use (about half a minute).
 
 Why: the embedded default runs on `harness-tiny`, and with random weights its frozen per-frame
 features encode next to nothing, so frozen-backbone methods (adapters) barely learn and zero-shot
-CLIP is at chance. Pretraining it on frames drawn with the SAME vocabulary as the embedded
-videos (`harness.data.embedded`: its shapes, colours, backgrounds and noise) gives features that
-encode appearance (shape, colour, size, position) and a text tower that maps the matching words,
-so that prompts such as "a photo of a {}." and "a video of {}" with the embedded class names land
-in-distribution.
+CLIP is at chance. Pretraining it on frames drawn with the SAME vocabulary as the embedded videos
+(`harness.data.embedded`: its shape outlines, colours, backgrounds, compositing and noise) gives
+image features that encode appearance (colour, position, size; shape only weakly: it is not learnt
+in this budget) and a text tower that maps the matching words, so that prompts such as
+"a photo of a {}." and "a video of {}" with the embedded class names land in-distribution.
 
-What is drawn: one shape (the embedded shapes: circle, square, triangle, diamond, star, arrow) of
-one of the embedded colours (red, blue, yellow, purple, green, orange, and the pair colours white,
-cyan, pink), of a size (tiny/small/large), at a position (left/centre/right x top/middle/bottom),
-optionally dark or faint, optionally with a fading trail of ghost copies behind it (a still-frame
-correlate of "moving left/right/up/down"), on an embedded background (`_background`) with pixel
-noise. The caption mentions a random subset of these attributes in a few templates ("a small red
-circle on the left", "a photo of a ...", "a video of ...", "A video about ... on a plain
-background."), sometimes with a motion verb of the embedded class names ("bouncing", "rotating
-counter-clockwise", ...) that has no visual correlate in a still frame, so the text tower learns
-to ignore it when scoring appearance.
+Data. A frame holds one shape (circle, square, triangle, diamond, star, arrow) of one of the
+embedded colours (red, blue, yellow, purple, green, orange and the pair colours white, cyan, pink),
+tiny/small/medium/large, at left/centre/right x top/middle/bottom, sometimes dark or faint, on an
+embedded background (`embedded._background`, from a pool, turned and re-tinted) with pixel noise;
+4% of frames are empty (the first frames of "appearing", half of "blinking"). Its caption states a
+random subset of the attributes in a random template ("a small red circle on the left", "a photo
+of a ...", "a video of ...", "A video about ... on a plain background.") and, 40% of the time, a
+motion phrase of the embedded class names ("moving left", "bouncing", "rotating counter-clockwise",
+...: `VERBS`), which a still frame cannot show.
 
-Loss: the symmetric InfoNCE of CLIP with the model's `logit_scale`, except that a caption counts
-as a positive of EVERY image in the batch it is true of (captions mention only some attributes,
-so "a red shape" fits several images): the targets are the normalised truth matrix (a
-supervised-contrastive form of CLIP's loss). AdamW (no decay on gains, biases and the logit
-scale, as open_clip), linear warm-up then cosine.
+Objective. CLIP's symmetric InfoNCE with the model's `logit_scale`, except that a caption is a
+positive of EVERY image of the batch it is true of ("a red shape" fits several; `_truth`), plus
+auxiliary linear heads (`_Heads`, discarded afterwards) that make the tiny budget go far:
+- image heads: each drawn attribute from the image embedding, and from each patch token whether
+  the shape covers that patch (this is what teaches position in the budget);
+- text heads: what the caption states of each attribute, and its motion phrase, as cosine
+  classifiers of the normalised text feature: without them, class names that differ only in a
+  phrase no still frame shows ("a shape growing" / "a shape shrinking") end up with identical text
+  features (cosine 1.0000), which no frozen-text method could then tell apart.
+Schedule: the first `image_steps` train the vision tower alone on its heads (half the cost of a
+joint step: the text tower learns its words much faster), then everything jointly; AdamW (no
+decay on gains and biases, as open_clip), warm-up + cosine per tower. Init tweaks: the image
+positional embedding x10 (position is otherwise not learnt in the budget) and the logit scale at
+5 (at open_clip's 14.3 the features collapse to one point within a few steps).
 
-Cost (the budget is <= 40 s on a 2-core CPU, because it runs inside the first embedded run):
-training uses only the token-embedding rows the captions use (the other ~49k rows keep their
-seeded random init and are not touched by the optimiser), and text is encoded up to the longest
-caption in the batch, which is exact for a causal text tower pooled at the end-of-text token
-(`_encode_text`, tested against `model.encode_text`).
+Cost (budget: <= 40 s on a 2-core CPU, since it runs inside the first embedded run). One thread,
+on purpose: the weights are then bit-identical whatever the machine's core count or load (two
+threads give different float rounding, and on a busy machine OpenMP's spinning made a 2-thread
+step 20x slower). Only the token-embedding rows the captions use are trained (the other ~49k rows
+keep their seeded init and cost the optimiser nothing); text is encoded up to the longest caption
+of a length bucket (`_encode_text`: exact for a causal text tower pooled at end-of-text, tested
+against `model.encode_text`).
 
 Reuse: `ensure_pretrained_tiny` caches the state dict at
 `$HARNESS_CACHE/backbones/<model>-synthetic-<hash12>.pt` (`~/.cache/harness/backbones/` by default),
 keyed by `recipe_hash` (the recipe, PRETRAIN_VERSION and the embedded GENERATOR_VERSION, since the
-drawing helpers come from there). It is written to a temp file and renamed into place, under a
-file lock, so concurrent first runs train once and a killed run leaves nothing that looks finished.
-Bump PRETRAIN_VERSION whenever a change here changes the trained weights.
+drawing helpers come from there), with a `.json` sidecar (recipe, timing, losses). It is written to
+a temp file and renamed into place, under a file lock: concurrent first runs train once, and a
+killed run leaves nothing that looks finished. Bump PRETRAIN_VERSION whenever a change here
+changes the trained weights.
 """
 from __future__ import annotations
 
@@ -75,10 +86,10 @@ class PretrainRecipe:
 
     model: str = "harness-tiny"
     seed: int = 0
-    steps: int = 320
+    steps: int = 300
     image_steps: int = 200      # first steps: the vision tower alone on the image heads (half the cost)
     batch: int = 32
-    text_batch: int = 32        # captions per batch (of the first images; the text tower learns faster)
+    text_batch: int = 32        # captions per joint step (those of the first images of the batch)
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 20
@@ -89,8 +100,9 @@ class PretrainRecipe:
     patch_aux_weight: float = 1.0  # weight of the patch coverage loss (within the image heads' loss)
     text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
-    init_logit_scale: float = 5.0
-    pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget  # a low start (open_clip's is 14.3) keeps features from collapsing early
+    verb_weight: float = 4.0       # the motion phrase head's weight among the text heads (keeps class names apart)
+    init_logit_scale: float = 5.0  # a low start (open_clip's is 14.3) keeps the features from collapsing
+    pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget
     image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
     noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
     backgrounds: int = 1024     # size of the pool of embedded backgrounds
@@ -104,6 +116,7 @@ class PretrainRecipe:
             (self.image_size == size, f"image_size must be {size}, the image size of {self.model}"),
             (self.steps >= 1 and self.batch >= 2, "steps must be >= 1 and batch >= 2"),
             (2 <= self.text_batch <= self.batch, "text_batch must be in [2, batch]"),
+            (0 <= self.image_steps < self.steps, "image_steps must be in [0, steps)"),
             (self.lr > 0 and self.weight_decay >= 0, "lr must be > 0 and weight_decay >= 0"),
             (0 <= self.warmup, "warmup must be >= 0"),
             (self.backgrounds >= 1, "backgrounds must be >= 1"),
@@ -157,7 +170,7 @@ def _class_verbs() -> tuple[str, ...]:
 
 
 #: Motion phrases of the embedded class names: no still-frame correlate, so they don't enter the
-#: truth test, but a text head must tell them apart (`_TextHead`), so that class names that differ
+#: truth test, but a text head must tell them apart (`_Heads`), so that class names that differ
 #: only in them ("a shape growing" / "a shape shrinking") keep distinct text features.
 VERBS: tuple[str, ...] = _class_verbs()
 #: What a caption of a frame with nothing drawn says.
@@ -184,6 +197,7 @@ class Scene:
 
 
 def sample_scene(rng: np.random.Generator) -> Scene:
+    """A random scene (every attribute uniform, except dark 15%, faint 12%, empty 4%)."""
     return Scene(
         shape=list(SHAPES)[rng.integers(len(SHAPES))],
         color=list(COLORS)[rng.integers(len(COLORS))],
@@ -230,7 +244,8 @@ def _pick_background(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return bg + rng.uniform(-10, 10, 3).astype(np.float32)
 
 
-def _position_phrase(h: str | None, v: str | None, rng: np.random.Generator) -> str:
+def _position_phrase(h: str | None, v: str | None, rng: np.random.Generator | None) -> str:
+    """Words for a position; `rng` picks between synonyms (needed only when both h and v are given)."""
     if h and v:
         if h == "centre" and v == "middle":
             return ["in the centre", "in the middle"][rng.integers(2)]
@@ -434,24 +449,6 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, 
     return (i2t + t2i) / 2
 
 
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _default_threads() -> int:
-    """The cores this process may use, less those other processes keep busy (1-minute load):
-    on a shared machine, more threads than idle cores make each step several times slower."""
-    cores = _available_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
 @contextlib.contextmanager
 def _torch_state(threads: int):
     """Use `threads` threads and leave the caller's global RNG and thread count as they were."""
@@ -465,6 +462,7 @@ def _torch_state(threads: int):
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temp file next to `path`, then rename it into place."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -484,11 +482,15 @@ def _encode_captions(model: nn.Module, tokens: torch.Tensor, buckets: int = 2) -
 
 
 def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | None = None,
-          threads: int | None = None) -> tuple[nn.Module, dict]:
-    """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary."""
+          threads: int = 1) -> tuple[nn.Module, dict]:
+    """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary.
+
+    `progress(step, steps, loss)` is called after each step. `threads` other than 1 trades the
+    bit-identity of the weights across machines for speed (see the module doc); the caller's
+    thread count and global torch RNG state are left as they were.
+    """
     recipe.validate()
     start = time.perf_counter()
-    threads = threads or 1
     with _torch_state(threads):
         model, spec = create_clip(recipe.model, seed=recipe.seed)
         with torch.no_grad():
@@ -499,7 +501,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
         batches = [(scenes, caps[:recipe.text_batch]) for scenes, caps in batches]
         tokens = [tokenizer([c.text for c in caps]) if step >= recipe.image_steps else torch.zeros(1, 1, dtype=torch.long)
-                  for step, (_, caps) in enumerate(batches)]
+                  for step, (_, caps) in enumerate(batches)]  # the vision-only steps need none
         pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
         ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
@@ -508,11 +510,12 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         dim = model.text_projection.shape[-1]
         image_heads = _Heads(dim, ATTRIBUTES, weights={"color": recipe.color_weight})
         model.visual.output_tokens = True  # (pooled, patch tokens) during training
-        spec_patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
+        patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
         patch_head = nn.Linear(model.visual.transformer.width, 1)
         image_heads.add_module("patch", patch_head)
         text_classes = {k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()}
-        text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale)
+        text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale,
+                            weights={"verb": recipe.verb_weight})
         # Two schedules: the vision tower (and its heads) over all steps; the text side (its tower,
         # heads and the logit scale) from `image_steps` on, with its own warm-up and cosine.
         groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
@@ -522,7 +525,8 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
             side = "vision" if name.startswith("visual.") else "scale" if name == "logit_scale" else "text"
             groups.setdefault((side, p.ndim < 2 or "ln" in name or "bias" in name), []).append(p)
         opt = torch.optim.AdamW([{"params": ps, "side": side, "weight_decay": 0.0 if flat else recipe.weight_decay}
-                                 for (side, flat), ps in groups.items()], lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+                                 for (side, flat), ps in groups.items()],
+                                lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
 
         def cosine(step: int, begin: int) -> float:
             if step < begin:
@@ -549,7 +553,6 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
                             for k in ATTRIBUTES}
             aux_image, accuracy = image_heads.loss(image_features, image_labels)
             if recipe.patch_aux_weight > 0:  # which patches the shape covers, from each patch token
-                patch = spec_patch
                 covered = torch.from_numpy(coverage).unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2))
                 covered = covered.flatten(1)  # (B, patches): a soft target that counts half-covered as 0.75
                 aux_image = aux_image + recipe.patch_aux_weight * F.binary_cross_entropy_with_logits(
@@ -603,6 +606,44 @@ def pretrain_clip(recipe: PretrainRecipe, out_path: str | os.PathLike,
              summary["seconds"], summary["first_loss"], summary["final_loss"])
     _atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     _atomic_write(out, lambda p: torch.save(model.state_dict(), p))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Zero-shot probe
+# --------------------------------------------------------------------------------------------
+
+#: Probe tasks: attribute, the values told apart, the prompt of each value.
+PROBES: dict[str, tuple[str, tuple, Callable[[object], str]]] = {
+    "color4": ("color", ("red", "blue", "green", "yellow"), lambda c: f"a photo of a {c} shape."),
+    "color9": ("color", tuple(COLORS), lambda c: f"a photo of a {c} shape."),
+    "position3": ("h", tuple(_BINS), lambda h: f"a photo of a shape {_position_phrase(h, None, None)}."),
+    "vertical3": ("v", tuple(_VBINS), lambda v: f"a photo of a shape {_position_phrase(None, v, None)}."),
+    "size3": ("size", tuple(SIZES), lambda z: f"a photo of a {z} shape."),
+    "shape6": ("shape", tuple(SHAPES), lambda k: f"a photo of a {k}."),
+}
+
+
+@torch.no_grad()
+def probe_zero_shot(model: nn.Module, tokenizer, n: int = 240, seed: int = 4242) -> dict[str, float]:
+    """Zero-shot accuracy of `model` on held-out synthetic frames, per task of PROBES: frame i of a
+    task shows value i % k (other attributes random; not dark, faint or empty), scored against the
+    k prompts. Chance is 1/k."""
+    rng = np.random.default_rng([seed, 23])
+    pool = background_pool(seed + 1, 64, int(model.visual.image_size[0]))
+    was_training = model.training
+    model.eval()
+    out = {}
+    for task, (attr, values, prompt) in PROBES.items():
+        scenes = [dataclasses.replace(sample_scene(rng), dark=False, faint=False, empty=False,
+                                      **{attr: values[i % len(values)]}) for i in range(n)]
+        frames = np.stack([render_scene(sc, rng, _pick_background(pool, rng))[0] for sc in scenes])
+        frames = np.clip(frames + 3.0 * rng.standard_normal(frames.shape, dtype=np.float32), 0, 255).astype(np.uint8)
+        image = F.normalize(model.encode_image(to_model_input(frames)), dim=-1)
+        text = F.normalize(model.encode_text(tokenizer([prompt(v) for v in values])), dim=-1)
+        hits = (image @ text.t()).argmax(1).numpy() == np.arange(n) % len(values)
+        out[task] = round(float(hits.mean()), 3)
+    model.train(was_training)
     return out
 
 

@@ -327,6 +327,7 @@ def build_video_dataset(
 
     register_transforms()
     from mmaction.registry import DATASETS
+    from mmengine.registry import DefaultScope
 
     common = {"entries": [(e.path, e.label, e.line, e.total_frames) for e in present], "ann_file": ann_file,
                   "pipeline": pipeline, "num_classes": num_classes, "test_mode": test_mode}
@@ -336,7 +337,9 @@ def build_video_dataset(
         cfg = dict(type="HarnessRawframeDataset", data_prefix={"img": str(root)},
                    filename_tmpl=filename_tmpl, **common)
     try:
-        dataset = DATASETS.build(cfg)
+        # An mmengine Runner switches the global default scope; build in mmaction's explicitly.
+        with DefaultScope.overwrite_default_scope("mmaction"):
+            dataset = DATASETS.build(cfg)
     except HarnessError:
         raise
     except Exception as exc:  # a bad transform config: name the option, not mmengine's internals

@@ -113,13 +113,9 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
-    from mmengine.registry import DefaultScope
-
-    with DefaultScope.overwrite_default_scope("mmaction"):  # the Runner may have switched it to mmengine
-        dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                                            modality=lst.modality, on_missing=job.data["on_missing"],
-                                            max_missing=job.data["max_missing"], test_mode=not train)
-    return dataset, info
+    return build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
+                               modality=lst.modality, on_missing=job.data["on_missing"],
+                               max_missing=job.data["max_missing"], test_mode=not train)
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
