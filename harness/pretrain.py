@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -100,7 +101,7 @@ class PretrainRecipe:
     patch_aux_weight: float = 1.0  # weight of the patch coverage loss (within the image heads' loss)
     text_aux_weight: float = 1.0   # weight of the text heads' loss (0: none; both 0: plain CLIP)
     text_head_scale: float = 10.0  # scale of the text side's cosine classifiers
-    verb_weight: float = 4.0       # the motion phrase head's weight among the text heads (keeps class names apart)
+    verb_weight: float = 4.0       # the motion phrase head's weight among the text heads (class names apart)
     init_logit_scale: float = 5.0  # a low start (open_clip's is 14.3) keeps the features from collapsing
     pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget
     image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
@@ -174,7 +175,8 @@ def _class_verbs() -> tuple[str, ...]:
 #: only in them ("a shape growing" / "a shape shrinking") keep distinct text features.
 VERBS: tuple[str, ...] = _class_verbs()
 #: What a caption of a frame with nothing drawn says.
-EMPTY: tuple[str, ...] = ("an empty background", "a plain background", "an empty frame", "nothing but the background")
+EMPTY: tuple[str, ...] = ("an empty background", "a plain background", "an empty frame",
+                          "nothing but the background")
 TEMPLATES: tuple[str, ...] = (
     "{}", "{}.", "a photo of {}.", "a photo of a {}.", "a video of {}", "a video of {}.",
     "an image of {}.", "a picture of {}.", "there is {}.", "A video about {} on a plain background.",
@@ -210,7 +212,8 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
 
 
-def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(scene: Scene, rng: np.random.Generator, background: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `scene` over `background` (float32 (S, S, 3)) as `embedded.render_clip` composites a
     frame; returns it (float32 (S, S, 3), without pixel noise) and the shape's coverage (S, S) in [0, 1]."""
     import cv2
@@ -302,7 +305,8 @@ def caption_scene(scene: Scene, rng: np.random.Generator) -> Caption:
     words.append(nouns[rng.integers(len(nouns))] if "shape" in said else "shape")
     phrase = " ".join(words)
     phrase = ("an " if phrase[0] in "aeiou" else "a ") + phrase
-    pos = _position_phrase(said.get("h"), said.get("v"), rng) if "h" in said or "v" in said else ""  # type: ignore[arg-type]
+    has_pos = "h" in said or "v" in said
+    pos = _position_phrase(said.get("h"), said.get("v"), rng) if has_pos else ""  # type: ignore[arg-type]
     parts = [phrase] + ([pos, VERBS[verb]] if verb < len(VERBS) and keep(0.7) else
                         [VERBS[verb], pos] if verb < len(VERBS) else [pos])
     text = " ".join(p for p in parts if p)
@@ -399,9 +403,11 @@ class _Heads(nn.Module):
         self.classes = classes
         self.cosine_scale = cosine_scale
         self.weights = {k: (weights or {}).get(k, 1.0) for k in classes}
-        self.heads = nn.ModuleDict({k: nn.Linear(dim, len(v), bias=cosine_scale is None) for k, v in classes.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, len(v), bias=cosine_scale is None)
+                                    for k, v in classes.items()})
 
-    def loss(self, features: torch.Tensor, labels: dict[str, Sequence]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, features: torch.Tensor, labels: dict[str, Sequence]
+             ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted mean cross-entropy over the heads, and each head's batch accuracy."""
         total, accuracy = features.new_zeros(()), {}
         if self.cosine_scale is not None:
@@ -439,7 +445,8 @@ def _encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return x @ model.text_projection if model.text_projection is not None else x
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, truth: torch.Tensor
+                     ) -> torch.Tensor:
     """Symmetric InfoNCE over normalised features; `truth` (images, captions) marks all positives."""
     logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).t()
     target = truth.float()
@@ -481,6 +488,40 @@ def _encode_captions(model: nn.Module, tokens: torch.Tensor, buckets: int = 2) -
     return out.index_put((order,), torch.cat(parts))
 
 
+def _optimizer(recipe: PretrainRecipe, named: list[tuple[str, nn.Parameter]]) -> torch.optim.Optimizer:
+    """AdamW with a group per (side, decayed): side is "vision" (names starting `visual.`), "scale"
+    (the logit scale) or "text"; 1-d parameters (gains, biases, the class embedding) are not decayed."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in named:
+        side = "vision" if name.startswith("visual.") else "scale" if name == "logit_scale" else "text"
+        groups.setdefault((side, p.ndim < 2 or "ln" in name or "bias" in name), []).append(p)
+    return torch.optim.AdamW(
+        [{"params": ps, "side": side, "weight_decay": 0.0 if flat else recipe.weight_decay}
+         for (side, flat), ps in groups.items()],
+        lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
+
+
+def _learning_rate(recipe: PretrainRecipe, step: int, side: str) -> float:
+    """Warm-up then cosine, for the vision side over all steps, for the text side (and the logit
+    scale, times `scale_lr_gain`) from `image_steps` on; 0 before its start."""
+    begin = 0 if side == "vision" else recipe.image_steps
+    if step < begin:
+        return 0.0
+    if step - begin < recipe.warmup:
+        lr = recipe.lr * (step - begin + 1) / recipe.warmup
+    else:
+        u = (step - begin - recipe.warmup) / max(1, recipe.steps - begin - recipe.warmup)
+        lr = recipe.lr * (recipe.lr_min_ratio + (1 - recipe.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
+    return lr * (recipe.scale_lr_gain if side == "scale" else 1.0)
+
+
+def _patch_coverage(coverage: np.ndarray, patch: int) -> torch.Tensor:
+    """(B, S, S) shape coverage -> (B, patches) soft targets: the covered fraction c of each patch
+    as 2c - c^2, so that a half-covered patch counts as 0.75 (edges are what locate a shape)."""
+    c = torch.from_numpy(coverage).unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2)).flatten(1)
+    return c * 2 - c ** 2
+
+
 def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | None = None,
           threads: int = 1) -> tuple[nn.Module, dict]:
     """Pretrain a fresh `recipe.model` in memory; returns it (eval mode) and a summary.
@@ -500,80 +541,58 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         # The whole caption stream first (cheap): its token ids decide the trained embedding rows.
         batches = [sample_captions(recipe.seed, step, recipe.batch) for step in range(recipe.steps)]
         batches = [(scenes, caps[:recipe.text_batch]) for scenes, caps in batches]
-        tokens = [tokenizer([c.text for c in caps]) if step >= recipe.image_steps else torch.zeros(1, 1, dtype=torch.long)
-                  for step, (_, caps) in enumerate(batches)]  # the vision-only steps need none
+        tokens = [tokenizer([c.text for c in caps]) if step >= recipe.image_steps else None  # vision-only
+                  for step, (_, caps) in enumerate(batches)]
         pool = background_pool(recipe.seed, recipe.backgrounds, recipe.image_size)
         full_embedding = model.token_embedding
-        ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens]))
+        ids = torch.unique(torch.cat([t.reshape(-1) for t in tokens if t is not None]))
         model.token_embedding = _CompactEmbedding(full_embedding, ids)
+        model.visual.output_tokens = True  # (pooled, patch tokens) while training
 
         dim = model.text_projection.shape[-1]
-        image_heads = _Heads(dim, ATTRIBUTES, weights={"color": recipe.color_weight})
-        model.visual.output_tokens = True  # (pooled, patch tokens) during training
         patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
+        image_heads = _Heads(dim, ATTRIBUTES, weights={"color": recipe.color_weight})
         patch_head = nn.Linear(model.visual.transformer.width, 1)
-        image_heads.add_module("patch", patch_head)
-        text_classes = {k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()}
-        text_heads = _Heads(dim, {**text_classes, "verb": tuple(range(len(VERBS) + 1))}, recipe.text_head_scale,
-                            weights={"verb": recipe.verb_weight})
-        # Two schedules: the vision tower (and its heads) over all steps; the text side (its tower,
-        # heads and the logit scale) from `image_steps` on, with its own warm-up and cosine.
-        groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-        named = [*model.named_parameters(), *(("visual.heads." + n, p) for n, p in image_heads.named_parameters()),
-                 *(("text.heads." + n, p) for n, p in text_heads.named_parameters())]
-        for name, p in named:
-            side = "vision" if name.startswith("visual.") else "scale" if name == "logit_scale" else "text"
-            groups.setdefault((side, p.ndim < 2 or "ln" in name or "bias" in name), []).append(p)
-        opt = torch.optim.AdamW([{"params": ps, "side": side, "weight_decay": 0.0 if flat else recipe.weight_decay}
-                                 for (side, flat), ps in groups.items()],
-                                lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
-
-        def cosine(step: int, begin: int) -> float:
-            if step < begin:
-                return 0.0
-            if step - begin < recipe.warmup:
-                return recipe.lr * (step - begin + 1) / recipe.warmup
-            u = (step - begin - recipe.warmup) / max(1, recipe.steps - begin - recipe.warmup)
-            return recipe.lr * (recipe.lr_min_ratio + (1 - recipe.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * u)))
-
-        def lr_at(step: int, side: str) -> float:
-            if side == "vision":
-                return cosine(step, 0)
-            return cosine(step, recipe.image_steps) * (recipe.scale_lr_gain if side == "scale" else 1.0)
+        text_heads = _Heads(dim, {**{k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()},
+                                  "verb": tuple(range(len(VERBS) + 1))},
+                            recipe.text_head_scale, weights={"verb": recipe.verb_weight})
+        opt = _optimizer(recipe, [*model.named_parameters(),
+                                  *(("visual.heads." + n, p) for n, p in image_heads.named_parameters()),
+                                  *(("visual.patch_head." + n, p) for n, p in patch_head.named_parameters()),
+                                  *(("text.heads." + n, p) for n, p in text_heads.named_parameters())])
 
         model.train()
         losses: list[float] = []
-        head_accuracy: list[dict[str, float]] = []
+        accuracies: list[dict[str, float]] = []
         for step, ((scenes, captions), tok) in enumerate(zip(batches, tokens)):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, group["side"])
+                group["lr"] = _learning_rate(recipe, step, group["side"])
             images, coverage = render_batch(scenes, recipe.seed, step, pool, recipe.noise)
             image_features, patch_tokens = model.visual(to_model_input(images))
-            image_labels = {k: [IGNORE if sc.empty and k != "empty" else getattr(sc, k) for sc in scenes]
-                            for k in ATTRIBUTES}
-            aux_image, accuracy = image_heads.loss(image_features, image_labels)
+            loss, accuracy = image_heads.loss(image_features, {
+                k: [IGNORE if sc.empty and k != "empty" else getattr(sc, k) for sc in scenes]
+                for k in ATTRIBUTES})
             if recipe.patch_aux_weight > 0:  # which patches the shape covers, from each patch token
-                covered = torch.from_numpy(coverage).unfold(1, patch, patch).unfold(2, patch, patch).mean((-1, -2))
-                covered = covered.flatten(1)  # (B, patches): a soft target that counts half-covered as 0.75
-                aux_image = aux_image + recipe.patch_aux_weight * F.binary_cross_entropy_with_logits(
-                    patch_head(patch_tokens).squeeze(-1), covered * 2 - covered ** 2)
-            loss = recipe.image_aux_weight * aux_image
-            if step >= recipe.image_steps:
+                loss = loss + recipe.patch_aux_weight * F.binary_cross_entropy_with_logits(
+                    patch_head(patch_tokens).squeeze(-1), _patch_coverage(coverage, patch))
+            loss = recipe.image_aux_weight * loss
+            if tok is not None:
                 text_features = _encode_captions(model, tok)
                 loss = loss + contrastive_loss(image_features, text_features, model.logit_scale.exp(),
                                                _truth(scenes, captions))
                 if recipe.text_aux_weight > 0:
-                    aux_text, text_accuracy = text_heads.loss(text_features, {
-                        **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES}, "verb": [c.verb for c in captions]})
-                    loss = loss + recipe.text_aux_weight * aux_text
+                    text_loss, text_accuracy = text_heads.loss(text_features, {
+                        **{k: [c.said.get(k) for c in captions] for k in ATTRIBUTES},
+                        "verb": [c.verb for c in captions]})
+                    loss = loss + recipe.text_aux_weight * text_loss
                     accuracy.update({f"text {k}": v for k, v in text_accuracy.items()})
-            head_accuracy.append(accuracy)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
+            accuracies.append(accuracy)
             if progress is not None:
                 progress(step + 1, recipe.steps, losses[-1])
 
@@ -582,21 +601,20 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         model.token_embedding = full_embedding
         model.visual.output_tokens = False
         model.eval()
+    # How well the embeddings encode each attribute: the heads' accuracy on the last 10 (training) batches.
+    heads = {k: round(float(np.mean([a[k] for a in accuracies[-10:] if k in a])), 3) for k in accuracies[-1]}
     summary = {"seconds": round(time.perf_counter() - start, 2), "threads": threads,
                "first_loss": round(losses[0], 4), "final_loss": round(float(np.mean(losses[-10:])), 4),
-               "trained_token_rows": int(ids.numel()), "logit_scale": round(model.logit_scale.exp().item(), 3)}
-    if head_accuracy:  # how well the embeddings encode each attribute, on the last 10 (training) batches
-        summary["attribute_accuracy"] = {k: round(float(np.mean([a[k] for a in head_accuracy[-10:] if k in a])), 3)
-                                         for k in head_accuracy[-1]}
+               "logit_scale": round(model.logit_scale.exp().item(), 3),
+               "trained_token_rows": int(ids.numel()), "head_accuracy": heads}
     return model, summary
 
 
 def pretrain_clip(recipe: PretrainRecipe, out_path: str | os.PathLike,
                   progress: Callable[[int, int, float], None] | None = None) -> Path:
-    """Pretrain `recipe.model` and save its `state_dict()` at `out_path` (atomically: temp + rename).
-
-    A sidecar `<out_path>.json` records the recipe, its hash and the training summary.
-    """
+    """Pretrain `recipe.model` and save its `state_dict()` at `out_path` (atomically: temp + rename;
+    the same weights give the same bytes). A sidecar `<out_path>.json` records the recipe, its hash
+    and the training summary (seconds, losses, the heads' final training accuracies)."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     model, summary = train(recipe, progress)
@@ -604,8 +622,11 @@ def pretrain_clip(recipe: PretrainRecipe, out_path: str | os.PathLike,
             "hash": recipe_hash(recipe), "recipe": dataclasses.asdict(recipe), **summary}
     log.info("pretrained %s on synthetic frames in %.1f s (loss %.3f -> %.3f)", recipe.model,
              summary["seconds"], summary["first_loss"], summary["final_loss"])
-    _atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
-    _atomic_write(out, lambda p: torch.save(model.state_dict(), p))
+    sidecar = json.dumps(meta, indent=2) + "\n"
+    _atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(sidecar))
+    buffer = io.BytesIO()  # saved via a buffer, the archive is named "archive", not after the temp file:
+    torch.save(model.state_dict(), buffer)  # equal weights give byte-identical files (same sha256)
+    _atomic_write(out, lambda p: p.write_bytes(buffer.getvalue()))
     return out
 
 
@@ -638,7 +659,8 @@ def probe_zero_shot(model: nn.Module, tokenizer, n: int = 240, seed: int = 4242)
         scenes = [dataclasses.replace(sample_scene(rng), dark=False, faint=False, empty=False,
                                       **{attr: values[i % len(values)]}) for i in range(n)]
         frames = np.stack([render_scene(sc, rng, _pick_background(pool, rng))[0] for sc in scenes])
-        frames = np.clip(frames + 3.0 * rng.standard_normal(frames.shape, dtype=np.float32), 0, 255).astype(np.uint8)
+        frames += 3.0 * rng.standard_normal(frames.shape, dtype=np.float32)
+        frames = np.clip(frames, 0, 255).astype(np.uint8)
         image = F.normalize(model.encode_image(to_model_input(frames)), dim=-1)
         text = F.normalize(model.encode_text(tokenizer([prompt(v) for v in values])), dim=-1)
         hits = (image @ text.t()).argmax(1).numpy() == np.arange(n) % len(values)
@@ -678,7 +700,8 @@ def pretrained_path(recipe: PretrainRecipe | None = None, cache_dir: str | os.Pa
 
 def ensure_pretrained_tiny(cache_dir: str | os.PathLike | None = None, recipe: PretrainRecipe | None = None,
                            progress: Callable[[int, int, float], None] | None = None) -> Path:
-    """Return the cached pretrained weights of `recipe` (default: harness-tiny), training them first if absent."""
+    """The path of the pretrained weights of `recipe` (default: harness-tiny) in `cache_dir`
+    (default: `default_cache_dir()`), training and saving them first if they are not there."""
     recipe = recipe or PretrainRecipe()
     recipe.validate()
     path = pretrained_path(recipe, cache_dir)
@@ -687,8 +710,11 @@ def ensure_pretrained_tiny(cache_dir: str | os.PathLike | None = None, recipe: P
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(path.with_name(path.name + ".lock")):
+            for stale in path.parent.glob(f".{path.name}*.tmp"):  # a killed run's (we hold the lock)
+                stale.unlink(missing_ok=True)
             if not path.is_file():  # another process may have finished it while we waited
-                log.info("pretraining %s on synthetic frames (once, about half a minute) -> %s", recipe.model, path)
+                log.info("pretraining %s on synthetic frames (once, about half a minute) -> %s",
+                         recipe.model, path)
                 pretrain_clip(recipe, path, progress)
     except OSError as exc:
         raise HarnessError(f"cannot write the pretrained backbone cache {path.parent}: {exc}. Set "

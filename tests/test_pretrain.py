@@ -1,7 +1,6 @@
 """The synthetic pretraining of harness-tiny: data, exactness of the fast paths, determinism,
 caching, loading, and (slow) the quality of the default recipe."""
 import json
-import os
 import threading
 import time
 from dataclasses import replace
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from harness import pretrain as P
 from harness.backbone import _load_local_state, create_clip, get_tokenizer
@@ -56,7 +56,8 @@ def test_captions_are_true_of_their_frame():
     truth = P._truth(scenes, captions)
     assert truth.diagonal().all()
     assert not truth.all()  # and not of every frame
-    assert any(c.verb < len(P.VERBS) for c in captions) and any(sc.empty for sc in P.sample_captions(0, 1, 200)[0])
+    assert any(c.verb < len(P.VERBS) for c in captions)
+    assert any(sc.empty for sc in P.sample_captions(0, 1, 200)[0])
     for sc, c in zip(scenes, captions):
         if sc.empty:
             assert c.said == {"empty": True}
@@ -87,7 +88,8 @@ def test_render_composites_over_the_background():
 def test_fast_text_encoding_equals_open_clip():
     model, spec = create_clip("harness-tiny")
     model.eval()
-    tokens = get_tokenizer(spec)([c.text for c in P.sample_captions(0, 0, 9)[1]] + ["a photo of a a red circle."])
+    captions = [c.text for c in P.sample_captions(0, 0, 9)[1]] + ["a photo of a a red circle."]
+    tokens = get_tokenizer(spec)(captions)
     reference = model.encode_text(tokens)
     assert torch.allclose(P._encode_text(model, tokens), reference, atol=1e-5)
     assert torch.allclose(P._encode_captions(model, tokens, buckets=3), reference, atol=1e-5)
@@ -104,6 +106,7 @@ def test_training_is_deterministic_and_loads_into_harness_tiny(tmp_path):
     second = P.pretrain_clip(TINY, tmp_path / "b.pt")
     a, b = (torch.load(p, weights_only=True) for p in (first, second))
     assert states_equal(a, b)
+    assert first.read_bytes() == second.read_bytes()  # so the recorded weights sha256 is reproducible
     other = torch.load(P.pretrain_clip(replace(TINY, seed=1), tmp_path / "c.pt"), weights_only=True)
     assert not states_equal(a, other)
 
@@ -124,7 +127,11 @@ def test_training_is_deterministic_and_loads_into_harness_tiny(tmp_path):
 
 def test_ensure_caches_and_does_not_retrain(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    leftover = P.pretrained_path(TINY).with_name(f".{P.pretrained_path(TINY).name}.killed.tmp")
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")  # a killed run's temp file
     path = P.ensure_pretrained_tiny(recipe=TINY)
+    assert not leftover.exists()
     assert path == tmp_path / "backbones" / f"harness-tiny-synthetic-{P.recipe_hash(TINY)[:12]}.pt"
     assert path.is_file() and path.with_name(path.name + ".json").is_file()
     stamp = path.stat().st_mtime_ns
@@ -136,7 +143,8 @@ def test_ensure_caches_and_does_not_retrain(tmp_path, monkeypatch):
     assert P.ensure_pretrained_tiny(recipe=TINY) == path
     assert P.ensure_pretrained_tiny(tmp_path / "backbones", TINY) == path
     assert path.stat().st_mtime_ns == stamp
-    assert P.pretrained_path() == tmp_path / "backbones" / f"harness-tiny-synthetic-{P.recipe_hash(P.PretrainRecipe())[:12]}.pt"
+    default = f"harness-tiny-synthetic-{P.recipe_hash(P.PretrainRecipe())[:12]}.pt"
+    assert P.pretrained_path() == tmp_path / "backbones" / default
 
 
 def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
@@ -200,20 +208,21 @@ def test_default_recipe_quality(tmp_path, embedded_root):
     # The embedded videos' appearance classes, frame-averaged, "a photo of a {}.": chance 1/6.
     classes = [c for c in E.MAIN_CLASSES + E.ZS_CLASSES if c.name.split()[1] != "shape"]
     with torch.no_grad():
-        text = torch.nn.functional.normalize(model.encode_text(tokenizer([f"a photo of a {c.name}." for c in classes])), dim=-1)
+        text = F.normalize(model.encode_text(tokenizer([f"a photo of a {c.name}." for c in classes])), dim=-1)
         hits = []
         for i, c in enumerate(classes):
             pool = "zs" if c in E.ZS_CLASSES else "val"
             for video in sorted((embedded_root / "videos").glob(f"{pool}_{c.key}_*.mp4"))[:8]:
                 image = model.encode_image(P.to_model_input(_frames(video)))
-                image = torch.nn.functional.normalize(torch.nn.functional.normalize(image, dim=-1).mean(0), dim=-1)
+                image = F.normalize(F.normalize(image, dim=-1).mean(0), dim=-1)
                 hits.append(int((text @ image).argmax()) == i)
-        print(f"embedded appearance classes, frame-averaged zero-shot: {np.mean(hits):.3f} ({len(hits)} videos)")
+        print(f"embedded appearance classes, frame-averaged zero-shot: {np.mean(hits):.3f} "
+              f"({len(hits)} videos)")
         assert np.mean(hits) >= 0.6
 
         # Class names that differ only in a motion phrase keep distinct text features.
         names = [c.name for c in E.MAIN_CLASSES + E.ZS_CLASSES]
-        feats = torch.nn.functional.normalize(model.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
+        feats = F.normalize(model.encode_text(tokenizer([f"a photo of a {n}." for n in names])), dim=-1)
         cos = feats @ feats.t() - 2 * torch.eye(len(names))
         print(f"max cosine between class-name prompts: {float(cos.max()):.4f}")
         assert float(cos.max()) < 0.995
