@@ -276,15 +276,58 @@ def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRe
     if shots is not None:
         fmt["shots"] = shots
     train_cfg = protocol["train"]
-    train = _list_spec(resolver, "train", train_cfg["ann"], train_cfg["classes"], [1, 1], **fmt)
+    if train_cfg["ann"] == "fewshot_train" and not resolver.has("fewshot_train"):
+        train = _sampled_few_shot(resolver, shots, req.seed, req.cache_dir)
+    else:
+        train = _list_spec(resolver, "train", train_cfg["ann"], train_cfg["classes"], [1, 1], **fmt)
     evals: list[ListSpec] = []
     for ev in protocol.get("evaluate", []):
+        if not resolver.has(ev["ann"]) and ev.get("fallback"):
+            ev = {**ev, "ann": ev["fallback"]}
         evals.append(_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt))
         if protocol.get("single_view_too") and list(views) != [1, 1]:  # the 1x1 number beside multi-view
             evals.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
     if "targets" in protocol:
         evals.extend(_zero_shot_targets(protocol, req, views))
     return train, evals
+
+
+def sample_k_shot(entries: list, shots: int, seed: int) -> list:
+    """K entries per class drawn deterministically (numpy PCG64 seeded with `seed`), in list order.
+    Classes with fewer than K videos keep all of them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        by_class.setdefault(entry.label, []).append(i)
+    keep: list[int] = []
+    for label in sorted(by_class):
+        idx = by_class[label]
+        keep.extend(idx if len(idx) <= shots else sorted(rng.choice(idx, size=shots, replace=False).tolist()))
+    return [entries[i] for i in sorted(keep)]
+
+
+def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cache_dir: str | None) -> ListSpec:
+    """Datasets without upstream few-shot lists: K shots per class from the full training list,
+    sampled with the run's seed, written once to the cache and fingerprinted like any other file."""
+    from harness.data.annotations import read_annotation_list, write_annotation_list
+    from harness.data.upstream import file_sha256
+
+    if shots is None or not resolver.has("train"):
+        raise HarnessError(f"few_shot on {resolver.spec.name!r}: no upstream few-shot lists and no training list to sample")
+    source = resolver.path("train")
+    classes_path = resolver.path("classes")
+    names = _classnames(classes_path)
+    sampled = sample_k_shot(read_annotation_list(source, len(names)), shots, seed)
+    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "harness"
+    out = base / "sampled" / resolver.spec.name / f"train_few_shot_{shots}_seed{seed}_{file_sha256(source)[:10]}.txt"
+    if not out.is_file():
+        write_annotation_list(out, sampled)
+    resolver.provenance[f"sampled:{out.name}"] = {"sha256": file_sha256(out), "seed": seed, "shots": shots,
+                                                  "from": str(source.name)}
+    return ListSpec(name="train", dataset=resolver.spec.name, ann_file=str(out), class_file=str(classes_path),
+                    classnames=names, video_root=str(resolver.video_dir), modality=resolver.spec.modality)
 
 
 def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int]) -> list[ListSpec]:

@@ -81,3 +81,15 @@ def test_unknown_protocol_and_dataset_errors():
         expand_jobs(_request("hmdb5"))
     with pytest.raises(HarnessError, match="not defined on dataset"):
         expand_jobs(_request("ucf101", protocol="zero_shot"))
+
+
+def test_k_shot_sampling_is_deterministic_and_per_class():
+    from harness.data.annotations import AnnotationEntry
+    from harness.jobs import sample_k_shot
+
+    entries = [AnnotationEntry(f"v{i}.mp4", i % 3, i + 1) for i in range(30)]  # 10 per class
+    a = sample_k_shot(entries, 4, seed=7)
+    assert a == sample_k_shot(entries, 4, seed=7)
+    assert [sum(e.label == c for e in a) for c in range(3)] == [4, 4, 4]
+    assert a != sample_k_shot(entries, 4, seed=8)
+    assert len(sample_k_shot(entries, 50, seed=7)) == 30  # fewer than K: keep all

@@ -61,6 +61,7 @@ def mini(tmp_path_factory, upstream_root, embedded_root):
 @pytest.mark.parametrize("protocol, dataset, methods", [
     ("base2novel", "hmdb51", "zeroshot,msta"),
     ("few_shot", "hmdb51", "st_adapter"),
+    ("few_shot", "k400", "st_adapter"),  # no upstream few-shot lists: sampled with the seed
     ("zero_shot", "k400", "aim"),
     ("fully_supervised", "k400", "st_adapter"),
 ])
@@ -85,6 +86,10 @@ def test_protocol_runs_on_real_layout(mini, tmp_path, protocol, dataset, methods
         assert records[0]["metrics"]["evals"]["k600/split1"]["classes"] == 160
         tofu = records[0]["job"]["file_provenance"]["datasets_splits/k400_splits/train.txt"]
         assert tofu["tofu"] is True and len(tofu["sha256"]) == 64
+    if protocol == "few_shot" and dataset == "k400":
+        prov = records[0]["job"]["file_provenance"]
+        sampled = [v for k, v in prov.items() if k.startswith("sampled:")]
+        assert sampled and sampled[0]["seed"] == records[0]["job"]["seed"] and sampled[0]["shots"] == 2
     if protocol == "base2novel":
         msta = next(r for r in records if r["job"]["method"] == "msta")
         assert msta["metrics"]["descriptions"]["n"] == 2
