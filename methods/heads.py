@@ -82,8 +82,9 @@ class LinearHeadMixin:
 
     # -- forward -----------------------------------------------------------------------------
     def head_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Tokens after the last block (B*T, L, D) -> (B, D) input of the linear head."""
-        raise NotImplementedError
+        """Tokens after the last block (B*T, L, D) -> (B, D) input of the linear head. Each method
+        defines its official pooling order (ST-Adapter: mean CLS then ln_post; AIM: the reverse)."""
+        raise NotImplementedError(f"{type(self).__name__} must define its head's frame pooling")
 
     def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         if self.cls_head is None:
