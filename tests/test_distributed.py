@@ -14,6 +14,14 @@ ARGS = ["run", "--methods", "st_adapter", "--protocol", "base2novel", "--profile
         "--set", "schedule.warmup_epochs=0"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(cmd, env):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,7 +35,7 @@ def test_two_gloo_processes_match_one(tmp_path, harness_cache):
     env = {**os.environ, "HARNESS_CACHE": str(harness_cache), "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "harness.cli", *ARGS, "--out", str(one)], env)
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
           "-m", "harness.cli", *ARGS, "--out", str(two)], env)
     m1 = json.loads(next(one.glob("jobs/*/metrics.json")).read_text())["metrics"]
     m2 = json.loads(next(two.glob("jobs/*/metrics.json")).read_text())["metrics"]
