@@ -19,12 +19,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 
 PREFIX = "A video about"
@@ -76,18 +76,6 @@ def chat_completions_url(endpoint: str) -> str:
     """Accept a base URL (`https://host/v1`) or the full `.../chat/completions` URL."""
     endpoint = endpoint.rstrip("/")
     return endpoint if endpoint.endswith("/chat/completions") else endpoint + "/chat/completions"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _request(url: str, model: str, api_key: str | None, messages: list[dict], timeout: float) -> str:
@@ -156,7 +144,7 @@ def _ask(
             f"Its answer was: {answer[:300]!r}. Run again (nothing was cached) or use a stronger model."
         )
     record = {"model": model, "endpoint": url, "messages": messages, "answer": answer}
-    _atomic_write_text(cache_file, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(cache_file, json.dumps(record, indent=2) + "\n")
     return sentences, key
 
 
@@ -211,7 +199,7 @@ def write_descriptions(
             results[kind][str(cid)] = sentences
             keys[kind][str(cid)] = key
     for kind, path in targets.items():
-        _atomic_write_text(path, json.dumps(results[kind], indent=4, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps(results[kind], indent=4, ensure_ascii=False) + "\n")
     provenance = {
         "model": model,
         "endpoint": url,
@@ -223,7 +211,7 @@ def write_descriptions(
         "cache_keys": keys,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(
+    atomic_write_text(
         out_dir / f"{n}_description_{dataset_key}.provenance.json",
         json.dumps(provenance, indent=2, ensure_ascii=False) + "\n",
     )

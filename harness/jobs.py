@@ -120,14 +120,12 @@ class FileResolver:
         if self.spec.generated:
             from harness.data.embedded import (
                 GENERATOR_VERSION,
-                EmbeddedRecipe,
                 ensure_embedded_dataset,
-                recipe_hash,
             )
 
             self.root = ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None)
             recipe = json.loads((self.root / "recipe.json").read_text())
-            self.fingerprint = {"embedded_recipe_hash": recipe.get("hash") or recipe_hash(EmbeddedRecipe()),
+            self.fingerprint = {"embedded_recipe_hash": recipe["hash"],
                                 "generator_version": GENERATOR_VERSION}
             self.store = None
             self.video_dir = video_root(self.spec, self.root)

@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.atomic import atomic_write
 from harness.backbone import TINY_CONFIGS, create_clip, get_tokenizer
 from harness.data import embedded
 from harness.data.embedded import _COLORS, _PAIR_COLORS, _background, _outline
@@ -468,18 +468,6 @@ def _torch_state(threads: int):
         torch.set_num_threads(before)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temp file next to `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _encode_captions(model: nn.Module, tokens: torch.Tensor, buckets: int = 2) -> torch.Tensor:
     """`_encode_text` in `buckets` groups of similar length (less padding), in the input order."""
     order = (tokens != 0).sum(1).argsort(stable=True)
@@ -623,10 +611,10 @@ def pretrain_clip(recipe: PretrainRecipe, out_path: str | os.PathLike,
     log.info("pretrained %s on synthetic frames in %.1f s (loss %.3f -> %.3f)", recipe.model,
              summary["seconds"], summary["first_loss"], summary["final_loss"])
     sidecar = json.dumps(meta, indent=2) + "\n"
-    _atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(sidecar))
+    atomic_write(out.with_name(out.name + ".json"), lambda p: p.write_text(sidecar))
     buffer = io.BytesIO()  # saved via a buffer, the archive is named "archive", not after the temp file:
     torch.save(model.state_dict(), buffer)  # equal weights give byte-identical files (same sha256)
-    _atomic_write(out, lambda p: p.write_bytes(buffer.getvalue()))
+    atomic_write(out, lambda p: p.write_bytes(buffer.getvalue()))
     return out
 
 

@@ -6,7 +6,7 @@ backbone, frames and views.
 """
 from __future__ import annotations
 
-from collections import defaultdict
+import io
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ def plot_ablations(df: pd.DataFrame, run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.store import atomic_write_bytes
+    from harness.atomic import atomic_write_bytes
 
     rows = []
     for label in df["method"].unique():
@@ -170,8 +170,6 @@ def plot_ablations(df: pd.DataFrame, run_dir: Path) -> list[Path]:
         ax.set_title(f"{rows[0]['method']}: {option}")
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=120)
         plt.close(fig)
@@ -191,7 +189,7 @@ def _is_number(text: str) -> bool:
 
 def write_summary(run_dir: Path, records: list[dict[str, Any]]) -> tuple[str, Path]:
     """Write summary.md / summary.csv / per_job.csv; return the Markdown text and its path."""
-    from harness.store import atomic_write_text
+    from harness.atomic import atomic_write_text
 
     df = job_rows(records)
     if df.empty:
@@ -210,10 +208,3 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]]) -> tuple[str, Pa
     path = run_dir / "summary.md"
     atomic_write_text(path, text)
     return text, path
-
-
-def per_split_counts(records: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for rec in records:
-        counts[rec["job"]["method"]] += 1
-    return dict(counts)

@@ -153,7 +153,7 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
     def slow_pretrain(recipe, out, progress=None):
         calls.append(recipe)
         time.sleep(0.3)
-        P._atomic_write(Path(out), lambda p: p.write_bytes(b"weights"))
+        P.atomic_write(Path(out), lambda p: p.write_bytes(b"weights"))
         return Path(out)
 
     monkeypatch.setattr(P, "pretrain_clip", slow_pretrain)

@@ -21,11 +21,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 
 MODALITIES = ("video", "rawframes")
@@ -151,21 +151,6 @@ def read_annotation_list(
     return entries
 
 
-def _atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`, so readers
-    see the old file or the new one, never a prefix."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def format_annotation_line(entry: AnnotationEntry | Sequence) -> str:
     """One list line for an entry or a `(path, label)` / `(path, total_frames, label)` tuple."""
     if isinstance(entry, AnnotationEntry):
@@ -181,7 +166,7 @@ def format_annotation_line(entry: AnnotationEntry | Sequence) -> str:
 def write_annotation_list(path: str | os.PathLike,
                           entries: Iterable[AnnotationEntry | Sequence]) -> None:
     """Write a video list in the upstream format (atomically)."""
-    _atomic_write_text(path, "".join(format_annotation_line(e) + "\n" for e in entries))
+    atomic_write_text(path, "".join(format_annotation_line(e) + "\n" for e in entries))
 
 
 def write_class_csv(path: str | os.PathLike, names: Sequence[str]) -> None:
@@ -193,4 +178,4 @@ def write_class_csv(path: str | os.PathLike, names: Sequence[str]) -> None:
         if not name or "\n" in name:
             raise HarnessError(f"cannot write class {i} with name {name!r}: names must be non-empty, one line.")
         writer.writerow([i, name])
-    _atomic_write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())

@@ -23,13 +23,12 @@ from __future__ import annotations
 import csv
 import difflib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from harness.atomic import atomic_write_text
 from harness.errors import HarnessError, unknown_name_error
 
 
@@ -150,16 +149,7 @@ def build_ssv2_rows(
 
 def write_video_list(rows: Sequence[tuple[str, int]], out_path: Path | str) -> None:
     """Write `<path> <label>` lines (MMAction2 VideoDataset format) atomically."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.writelines(f"{name} {label}\n" for name, label in rows)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(out_path, "".join(f"{name} {label}\n" for name, label in rows))
 
 
 def build_ssv2_list(

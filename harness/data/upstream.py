@@ -29,15 +29,14 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.atomic import atomic_copy, atomic_write_bytes
 from harness.errors import HarnessError
 
 MANIFEST_COLUMNS = ("source", "repo", "commit", "path", "bytes", "sha256", "url")
@@ -136,18 +135,6 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser() / "upstream" if base else Path.home() / ".cache" / "harness" / "upstream"
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _NetworkDownError(HarnessError):
     """The connection itself failed (not an HTTP error): later URLs would fail the same way."""
 
@@ -225,7 +212,7 @@ class UpstreamStore:
             "origin": origin,
             "recorded": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        _atomic_write_bytes(self.tofu_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(self.tofu_path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     def _expected(self, entry: ManifestEntry) -> tuple[str | None, bool]:
         """(expected sha256 or None if unknown yet, whether it comes from trust on first use)."""
@@ -279,14 +266,7 @@ class UpstreamStore:
                 actual = file_sha256(local)
                 if expected is not None and actual != expected:
                     raise self._mismatch(entry, f"--splits-root file {local}", expected, actual, tofu)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-                os.close(fd)
-                try:
-                    shutil.copyfile(local, tmp)
-                    os.replace(tmp, target)
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                atomic_copy(local, target)
                 if expected is None:
                     self._record_tofu(entry, actual, origin=f"splits_root:{local}")
                 return target, "copied"
@@ -298,7 +278,7 @@ class UpstreamStore:
         actual = hashlib.sha256(data).hexdigest()
         if expected is not None and actual != expected:
             raise self._mismatch(entry, f"download of {entry.url}", expected, actual, tofu)
-        _atomic_write_bytes(target, data)
+        atomic_write_bytes(target, data)
         if expected is None:
             self._record_tofu(entry, actual, origin="url")
         return target, "fetched"

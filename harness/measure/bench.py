@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.atomic import atomic_write_json
 from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
 
 BASELINE = "open_clip (plain)"
@@ -689,10 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def save(row: dict[str, Any]) -> None:
         print(format_bench([row], "table").splitlines()[-1], flush=True)
         if args.json_path:
-            tmp = args.json_path + ".tmp"
-            with open(tmp, "w") as handle:
-                json.dump(previous + rows + [row], handle, indent=2, default=str)
-            os.replace(tmp, args.json_path)
+            atomic_write_json(args.json_path, previous + rows + [row], sort_keys=False)
 
     deadline = time.time() + args.time_budget if args.time_budget else None
     run_bench(methods, args.backbone, args.pretrained, args.batch, args.frames, args.image_size, args.amp,
