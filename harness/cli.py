@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset", default="embedded")
     bench.add_argument("--data-root", default=None)
     bench.add_argument("--format", default="table", choices=("table", "json"))
+    bench.add_argument("--synthetic", default=None, choices=("kinetics-like", "ssv2-like"),
+                       help="--data: every decode path on generated videos shaped like that dataset (cached), "
+                       "checked for exact frames, CPU time per clip")
+    bench.add_argument("--decoders", default=None, help="--synthetic: comma list of paths (default: all available)")
+    bench.add_argument("--samples", type=int, default=None, help="--data: clips per timed run")
+    bench.add_argument("--runs", type=int, default=5, help="--synthetic: timed runs (the median is reported)")
+    bench.add_argument("--subsampling", default="420", choices=("420", "444"),
+                       help="--synthetic: JPEG chroma subsampling of the prepared frames")
+    bench.add_argument("--gop", type=int, default=None, help="--synthetic: keyframe interval of the generated videos")
+    bench.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
 
     data = sub.add_parser("data", help="check videos on disk / fetch the pinned upstream split files")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -114,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits-root", default=None)
     check.add_argument("--role", default=None, help="list role to check (default: every list of the dataset)")
     check.add_argument("--sample", type=int, default=20, help="decode this many videos per list for timing")
+    check.add_argument("--gpu-rate", type=float, default=None,
+                       help="clips/s the GPU trains at: print how many DataLoader workers that needs")
+    prep = dsub.add_parser("prepare", help="one-time conversion of a dataset's videos to per-video JPEG frame "
+                           "folders that runs read instead (exact, ~8x cheaper per clip); see docs/performance.md")
+    prep.add_argument("--dataset", required=True)
+    prep.add_argument("--data-root", default=None)
+    prep.add_argument("--splits-root", default=None)
+    prep.add_argument("--cache", default=None)
+    prep.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    prep.add_argument("--short-side", type=int, default=256, help="frames larger than this are resized to it "
+                      "(the training pipeline's resize target for 224 px)")
+    prep.add_argument("--subsampling", default="420", choices=("420", "444"), help="JPEG chroma subsampling "
+                      "(444: closer to the video's pixels, ~1.7x the disk, slower to decode)")
+    prep.add_argument("--workers", type=int, default=1, help="processes")
     fetch = dsub.add_parser("fetch", help="download + verify the split/label/description files (or copy from --splits-root)")
     fetch.add_argument("--splits-root", default=None)
     fetch.add_argument("--cache", default=None)
@@ -297,6 +321,10 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.data and args.synthetic:
+        from harness.measure.decode_bench import bench_synthetic_command
+
+        return bench_synthetic_command(args)
     if args.data:
         from harness.measure.data_bench import bench_data_command
 
@@ -325,6 +353,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         from harness.data.upstream import fetch_command
 
         return fetch_command(args.splits_root, args.cache, args.only)
+    if args.data_command == "prepare":
+        from harness.data.check import prepare_command
+
+        return prepare_command(args.dataset, args.data_root, args.splits_root, args.cache, args.quality,
+                               args.short_side, args.workers, args.subsampling)
     if args.data_command == "build-ssv2":
         return _build_ssv2(args)
     if args.data_command == "describe":
@@ -338,7 +371,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from harness.data.check import check_command
 
-    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample)
+    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample, args.gpu_rate)
 
 
 def _build_ssv2(args: argparse.Namespace) -> int:

@@ -61,6 +61,10 @@ class DataOptions:
     color_jitter: bool = _opt(False, "colour jitter p0.8 + grayscale p0.2 in training (MSTA runs)")
     train_augment: bool = _opt(True, "random crop/flip in training; false = the deterministic test transform "
                                "(exact 1-vs-N-process comparisons)")
+    decoder: str = _opt("auto", "video decode path, all exact (same frames as decord): auto (prepared frames "
+                        "where `harness data prepare` ran, else decord), decord, pyav, frames, gpu (torchcodec "
+                        "CUDA extra)", choices=("auto", "decord", "pyav", "frames", "gpu"))
+    decode_threads: int = _opt(1, "decoder threads per DataLoader worker (exact; helps wall time, not CPU time)")
 
 
 def parse_value(text: str) -> Any:

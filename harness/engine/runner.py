@@ -115,7 +115,9 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
     return build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
                                modality=lst.modality, on_missing=job.data["on_missing"],
-                               max_missing=job.data["max_missing"], test_mode=not train)
+                               max_missing=job.data["max_missing"], test_mode=not train,
+                               decoder=job.data.get("decoder", "auto"),
+                               decode_threads=job.data.get("decode_threads", 1))
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
