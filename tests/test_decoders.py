@@ -215,3 +215,27 @@ def test_bad_decoder_options():
         build_dataclass(DataOptions, {"decoder": "ffmpeg"}, "data")
     with pytest.raises(HarnessError, match="no video loading step"):
         swap_decoder(_loading(8, 1, False, "rawframes"), "pyav")
+
+
+@pytest.mark.slow
+def test_cli_prepare_and_check_embedded(tmp_path, monkeypatch, capsys):
+    """`harness data prepare` on a private embedded dataset, then `data check --gpu-rate`."""
+    from harness.cli import main
+    from harness.data.pipeline import build_video_dataset, train_pipeline
+    from harness.data.prepared import load_manifest
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    assert main(["data", "prepare", "--dataset", "embedded", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    root = next((tmp_path / "embedded").glob("*/videos"))
+    manifest = load_manifest(root)
+    assert f"{len(manifest['videos'])} videos prepared" in out and len(manifest["videos"]) > 100
+    ann = root.parent / "datasets_splits" / "embedded_splits" / "val.txt"
+    _, info = build_video_dataset(ann, root, train_pipeline(8, 32), num_classes=12)  # default: decord
+    assert info["decoder"]["used"] == "decord"
+    _, info = build_video_dataset(ann, root, train_pipeline(8, 32), num_classes=12, decoder="auto")
+    assert info["decoder"]["used"] == "frames" and info["decoder"]["from_video"] == 0
+    assert main(["data", "check", "--dataset", "embedded", "--role", "b2n_base_val", "--sample", "2",
+                 "--gpu-rate", "300"]) == 0
+    out = capsys.readouterr().out
+    assert "300 clips/s on the GPU needs" in out and "DataLoader workers" in out
