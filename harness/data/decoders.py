@@ -96,7 +96,7 @@ class _PyAVVideo:
     def _key_before(self, index: int) -> int:
         return self.keyframes[max(0, bisect.bisect_right(self.keyframes, index) - 1)]
 
-    def frames_at(self, indices: Sequence[int], threads: int = 1) -> list[np.ndarray]:
+    def frames_at(self, indices: Sequence[int], threads: int = 1, skip_nonref: bool = True) -> list[np.ndarray]:
         """RGB frames for `indices` (any order, repeats allowed), each decoded once.
 
         For each wanted frame in order: if its keyframe is ahead of what has been read, seek
@@ -109,8 +109,8 @@ class _PyAVVideo:
         wanted_set = set(wanted)
         got: dict[int, np.ndarray] = {}
         ctx = self.stream.codec_context
-        skip_ok = threads <= 1  # frame threading reorders work: leave skipping off there
-        if not skip_ok:
+        skip_ok = skip_nonref and threads <= 1  # frame threading reorders work: no skipping there
+        if threads > 1:
             self.stream.thread_type, ctx.thread_count = "AUTO", threads
         packets = None
         read_up_to = -1  # highest display index among the packets read since the last seek
