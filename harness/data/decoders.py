@@ -88,7 +88,11 @@ class _PyAVVideo:
                 keys.append(self.index(packet.pts))
         self.total_frames = count
         self.keyframes = sorted(keys) or [0]
-        self._next = None  # index the decoder will produce next without a seek; None = must seek
+        from av.video.reformatter import VideoReformatter
+
+        # one colour converter for all frames: a frame's own `to_ndarray` sets up a new swscale
+        # context each call (~2x the conversion here); same pixels
+        self._rgb = VideoReformatter()
 
     def index(self, pts: int) -> int:
         return int(round((pts - self._start) * self._scale))
@@ -133,7 +137,7 @@ class _PyAVVideo:
                 for frame in packet.decode():
                     i = self.index(frame.pts)
                     if i in wanted_set and i not in got:
-                        got[i] = frame.to_ndarray(format="rgb24")
+                        got[i] = self._rgb.reformat(frame, format="rgb24").to_ndarray()
         ctx.skip_frame = "DEFAULT"
         return [got[int(i)] for i in indices]
 
