@@ -310,7 +310,7 @@ def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path
         log.warning("%s: decoding those from the video", what)
     representation = (f"{manifest.get('format')} q{manifest.get('quality')} {manifest.get('subsampling')} "
                       f"short side {manifest.get('short_side')}")
-    log.info("reading prepared frames (%s) for %d of %d videos from %s", representation, len(usable), len(rels),
+    log.warning("reading prepared frames (%s) for %d of %d videos from %s", representation, len(usable), len(rels),
              manifest_path(root).parent)
     record.update(representation=representation, manifest=str(manifest_path(root)),
                   prepared=len(usable), from_video=len(stale))

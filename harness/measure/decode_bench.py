@@ -18,7 +18,6 @@ samples, and on a shared machine wall time swings too much to compare paths. So,
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -198,7 +197,3 @@ def bench_synthetic_command(args: Any) -> int:
             print(f"inexact (returned other frames than requested; never used by data.decoder): {', '.join(slow)}")
     return 0
 
-
-def workers_for(gpu_clips_per_s: float, cpu_ms_per_clip: float) -> int:
-    """Cores (DataLoader workers) that feed `gpu_clips_per_s` at `cpu_ms_per_clip` each."""
-    return math.ceil(gpu_clips_per_s * cpu_ms_per_clip / 1e3)
