@@ -247,3 +247,17 @@ def test_workers_report_arithmetic():
     # 80 ms per clip = 12.5 clips/s per worker; 300 clips/s needs ceil(24.0) = 24, 301 needs 25
     assert "needs 24 DataLoader workers" in workers_report(300, 0.08)
     assert "needs 25 DataLoader workers" in workers_report(301, 0.08)
+
+
+def test_warns_when_prepared_frames_are_smaller_than_the_resize_target(prepared, caplog):
+    from harness.data.pipeline import build_video_dataset, train_pipeline
+
+    (prepared / "list.txt").write_text("".join(f"{r} {i}\n" for i, r in enumerate(_rels(prepared))))
+    with caplog.at_level(logging.WARNING):
+        build_video_dataset(prepared / "list.txt", prepared / "videos", train_pipeline(8, 224), num_classes=2,
+                            decoder="auto")
+    assert "upscaled" not in caplog.text  # 224 px: resize target 256 = prepared short side
+    with caplog.at_level(logging.WARNING):
+        build_video_dataset(prepared / "list.txt", prepared / "videos", train_pipeline(8, 336), num_classes=2,
+                            decoder="auto")
+    assert "resizes to 384" in caplog.text and "--short-side 384" in caplog.text

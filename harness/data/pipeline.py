@@ -308,6 +308,12 @@ def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path
             raise HarnessError(f"{what}. Rerun `harness data prepare`, or set data.on_missing=skip to decode those "
                                f"videos instead.")
         log.warning("%s: decoding those from the video", what)
+    wanted = max((step["scale"][1] for step in pipeline if step.get("type") == "Resize"
+                  and tuple(step.get("scale", ()))[:1] == (-1,)), default=0)
+    if wanted > int(manifest.get("short_side") or 0):
+        log.warning("prepared frames in %s have short side <= %s but the pipeline resizes to %d: frames larger than "
+                    "that were downscaled and are now upscaled again; rerun `harness data prepare --short-side %d`",
+                    manifest_path(root).parent, manifest.get("short_side"), wanted, wanted)
     representation = (f"{manifest.get('format')} q{manifest.get('quality')} {manifest.get('subsampling')} "
                       f"short side {manifest.get('short_side')}")
     log.warning("reading prepared frames (%s) for %d of %d videos from %s", representation, len(usable), len(rels),
