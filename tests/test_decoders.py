@@ -261,3 +261,16 @@ def test_warns_when_prepared_frames_are_smaller_than_the_resize_target(prepared,
         build_video_dataset(prepared / "list.txt", prepared / "videos", train_pipeline(8, 336), num_classes=2,
                             decoder="auto")
     assert "resizes to 384" in caplog.text and "--short-side 384" in caplog.text
+
+
+def test_unreadable_video_names_the_file_on_every_path(tmp_path):
+    from harness.data.pipeline import build_video_dataset, train_pipeline
+
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "bad.mp4").write_bytes(b"\x00" * 4096)
+    (tmp_path / "list.txt").write_text("bad.mp4 0\n")
+    for decoder in ("decord", "pyav"):
+        dataset, _ = build_video_dataset(tmp_path / "list.txt", tmp_path / "videos", train_pipeline(8, 32),
+                                         num_classes=1, probe=0, decoder=decoder)
+        with pytest.raises(HarnessError, match=r"cannot decode .*bad\.mp4 \(listed in .*list\.txt:1\)"):
+            dataset[0]
