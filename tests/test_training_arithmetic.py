@@ -45,7 +45,7 @@ def _job(lr=1.0, epochs=3, warmup=1, lr_min_ratio=0.01, weight_decay=0.0):
     return SimpleNamespace(schedule=schedule, method_options={"lr": lr, "weight_decay": weight_decay}, method="toy")
 
 
-def _applied_lrs(accumulate: int, epoch_length: int, iters: int) -> list[float]:
+def _applied_lrs(accumulate: int, epoch_length: int, iters: int, warmup: float = 1) -> list[float]:
     """Drive the engine's schedulers the way mmengine's Runner does (built with the train loader's
     length, stepped after every iteration) around an SGD parameter whose loss has gradient 1:
     the change of the parameter at an update is exactly the learning rate that update used."""
@@ -55,7 +55,7 @@ def _applied_lrs(accumulate: int, epoch_length: int, iters: int) -> list[float]:
     param = nn.Parameter(torch.zeros((), dtype=torch.float64))
     wrapper = OptimWrapper(torch.optim.SGD([param], lr=1.0), accumulative_counts=accumulate)
     schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": epoch_length}, default_args={"optimizer": wrapper})
-                  for cfg in _schedulers(_job())]
+                  for cfg in _schedulers(_job(warmup=warmup))]
     steps = []
     for _ in range(iters):
         before = float(param.detach())
@@ -93,6 +93,13 @@ def test_warmup_cosine_lr_with_accumulation():
     # 11: t=23 -> 0.01 + 0.99 * (1 + cos(15 pi/16)) / 2 = 0.01 + 0.99 * 0.00960736
     for j, value in hand.items():
         assert updates[j] == pytest.approx(value, abs=1e-6), j
+
+
+def test_fractional_warmup_epochs():
+    # AIM warms up 2.5 epochs. Here 0.5 of 3 epochs of 4 iterations: warm-up over iterations 0..1
+    # (0.001, then 1), cosine over 2..11 with T = 10: iteration 7 -> 0.01 + 0.99 * (1 + cos(pi/2)) / 2 = 0.505.
+    lrs = _applied_lrs(1, 4, 12, warmup=0.5)
+    assert [round(v, 7) for v in (lrs[0], lrs[1], lrs[2], lrs[7])] == [0.001, 1.0, 1.0, 0.505]
 
 
 def test_micro_batch_accumulation_equals_full_batch_step():
