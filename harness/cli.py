@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
-    ls.add_argument("what", nargs="?", default="all", choices=("all", "methods", "protocols", "datasets", "profiles", "settings"))
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes"))
+    ls.add_argument("--method", default=None, help="ls recipes: only this method")
+    ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
     params = sub.add_parser("params", help="trainable / total parameters (and GFLOPs) per method")
     params.add_argument("--methods", default="all")
@@ -306,7 +309,21 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Settings (--set key=value):")
         for key, default, text in settings_help():
             print(f"  {key} = {default!r} — {text}")
+    if what == "recipes":
+        _ls_recipes(args.method, args.protocol)
     return 0
+
+
+def _ls_recipes(method: str | None, protocol: str | None) -> None:
+    from harness.recipes import format_recipes, recipe_rows
+    from methods.registry import get_method, list_methods
+    from protocols import list_protocols, load_protocol
+
+    if method:
+        get_method(method)  # unknown name -> one-line error with suggestions
+    if protocol:
+        load_protocol(protocol)
+    print(format_recipes(recipe_rows([method] if method else list_methods(), [protocol] if protocol else list_protocols())))
 
 
 def cmd_params(args: argparse.Namespace) -> int:

@@ -65,6 +65,9 @@ class JobSpec:
     file_provenance: dict[str, Any] = field(default_factory=dict)
     splits_root: str | None = None
     cache_dir: str | None = None
+    #: The method's published recipe as this job applies it (harness.recipes): scope, source,
+    #: what it set, and the ingredients the engine does not implement (`not_applied`).
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     #: Machine-specific locations: recorded, but not part of the job's identity (the files'
     #: checksums in `file_provenance` are).
@@ -216,6 +219,7 @@ def default_profile(dataset: str) -> str | None:
 def expand_jobs(req: RunRequest) -> list[JobSpec]:
     """All jobs of a run, in a deterministic order (method-major), validated up front so that a
     bad option or a missing file fails before any training starts."""
+    from harness.recipes import job_recipe
     from harness.settings import DataOptions, build_dataclass, resolve_schedule
     from methods.registry import make_config
     from protocols import check_dataset, get_profile, load_protocol
@@ -237,12 +241,14 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
 
     jobs: list[JobSpec] = []
     for method in req.methods:
-        options = {**(profile or {}).get("method_options", {}).get(method, {}), **req.method_options.get(method, {})}
+        recipe = job_recipe(method, protocol["name"], req.dataset, req.schedule_kind)  # recipe < profile < --set
+        options = {**recipe.method_options, **(profile or {}).get("method_options", {}).get(method, {}),
+                   **req.method_options.get(method, {})}
         config = make_config(method, options)
         overrides = dict(req.schedule_overrides)
         if req.frames:
             overrides.setdefault("frames", req.frames)
-        schedule = resolve_schedule(protocol, profile, method, req.schedule_kind == "paper", overrides, req.dataset)
+        schedule = resolve_schedule(protocol, profile, method, recipe.schedule, overrides, req.dataset)
         for split in splits:
             for shots in shots_list:
                 train, evals = _protocol_lists(protocol, resolver, req, split, shots, schedule.views)
@@ -256,7 +262,7 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
                     summary=protocol["summary"],
                     descriptions=_descriptions_ref(resolver, protocol, data, train),
                     file_provenance=dict(resolver.provenance),
-                    splits_root=req.splits_root, cache_dir=req.cache_dir,
+                    splits_root=req.splits_root, cache_dir=req.cache_dir, recipe=recipe.record,
                 )
                 job.protocol_hash = protocol_hash(protocol, req.profile, job.file_provenance)
                 jobs.append(job)

@@ -14,19 +14,25 @@ import pandas as pd
 
 from harness.metrics import base2novel_summary, mean_std
 
+PER_METHOD_RECIPE = "per-method recipe"
+
 
 def method_label(job: dict[str, Any]) -> str:
-    """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its defaults."""
+    """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its
+    defaults and from its recipe; ` (per-method recipe)` when the run used `--schedule paper`."""
     from methods.registry import make_config
 
+    recipe = job.get("recipe") or {}
+    suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
     try:
         defaults = make_config(job["method"]).to_dict()
     except Exception:  # a method removed since the run: show the raw name
-        return job["method"]
+        return job["method"] + suffix
+    defaults.update(recipe.get("method_options") or {})
     diff = {k: v for k, v in job["method_options"].items() if defaults.get(k) != v}
     if not diff:
-        return job["method"]
-    return job["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(diff.items())) + "]"
+        return job["method"] + suffix
+    return job["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(diff.items())) + "]" + suffix
 
 
 def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
@@ -47,8 +53,36 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "dataset": job["dataset"], "backbone": job["backbone"], "pretrained": job.get("pretrained") or "random",
                 "job_id": rec["job_id"], "missing": (ev.get("videos") or {}).get("missing", 0),
                 "git_sha": (rec.get("provenance", {}).get("code") or {}).get("git_sha"),
+                **_recipe_columns(job),
             })
     return pd.DataFrame(rows)
+
+
+def _recipe_columns(job: dict[str, Any]) -> dict[str, Any]:
+    """Which schedule and recipe a job ran with (harness.recipes), for the tables' notes."""
+    recipe = job.get("recipe") or {}
+    not_applied = recipe.get("not_applied") or {}
+    return {"schedule": PER_METHOD_RECIPE if recipe.get("schedule_kind") == "paper" else "shared",
+            "recipe_scope": recipe.get("scope", "method default"),
+            "lr": job["method_options"].get("lr"), "weight_decay": job["method_options"].get("weight_decay"),
+            "not_applied": ", ".join(f"{k}={v}" for k, v in sorted(not_applied.items()))}
+
+
+def recipe_lines(df: pd.DataFrame) -> list[str]:
+    """Notes on optimiser recipes: which rows use a per-method (published) schedule, which methods
+    fall back to their protocol-level default, and the recipe ingredients that were not applied."""
+    lines = []
+    if (df["schedule"] == PER_METHOD_RECIPE).any():
+        lines.append(f"Rows marked '{PER_METHOD_RECIPE}' ran each method's published schedule (`--schedule paper`), "
+                     "not the shared one: they are not an identical-protocol comparison.")
+    fallback = sorted(set(df.loc[df["recipe_scope"] != "published", "method"]))
+    if fallback:
+        lines.append(f"No published recipe for `{df['dataset'].iloc[0]}`: {', '.join(fallback)} use their "
+                     "protocol-level default (or option defaults) for lr / wd / method options.")
+    skipped = sorted({(m, n) for m, n in zip(df["method"], df["not_applied"]) if n})
+    for method, text in skipped:
+        lines.append(f"{method}: recipe ingredients not applied by the engine: {text}.")
+    return lines
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -131,6 +165,7 @@ def header_lines(df: pd.DataFrame) -> list[str]:
         lines.append("HM = harmonic mean of the split-averaged base and novel top-1 (as the papers report); "
                      "'HM std (splits)' = std of the per-split HM. 'Select': `last` checkpoint, or `best_*` "
                      "on base validation (which is also the reported base test set, as upstream).")
+    lines.extend(recipe_lines(df))
     lines.append("GMACs/view = multiply-adds of one clip through the video encoder (what papers call GFLOPs).")
     if df["missing"].sum():
         lines.append(f"Missing videos skipped: {int(df['missing'].sum())} (see per-job metrics).")

@@ -31,7 +31,8 @@ class Schedule:
     """Shared by every method of a protocol (the protocol's YAML sets the defaults)."""
 
     epochs: int = _opt(50, "training epochs")
-    warmup_epochs: int = _opt(5, "linear warm-up epochs (then cosine to lr * lr_min_ratio)")
+    warmup_epochs: int = _opt(5, "linear warm-up epochs (then cosine to lr * lr_min_ratio); may be fractional "
+                              "(AIM warms up 2.5 epochs)", number=True)
     batch_size: int = _opt(32, "global batch size (kept with gradient accumulation)")
     micro_batch: int = _opt(0, "clips per forward pass per process; 0 = batch_size / world size")
     frames: int = _opt(8, "frames per clip (segment-based sampling)")
@@ -42,6 +43,7 @@ class Schedule:
     lr_min_ratio: float = _opt(0.01, "cosine schedule ends at lr * lr_min_ratio")
     betas: list = _opt([0.9, 0.98], "AdamW betas")
     eps: float = _opt(1e-8, "AdamW eps")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training cross-entropy (ViFi-CLIP's recipes: 0.1)")
     amp: str = _opt("auto", "mixed precision: auto (bf16 on CUDA, none on CPU), bf16, none",
                     choices=("auto", "bf16", "none"))
     grad_checkpointing: bool = _opt(False, "gradient checkpointing in both towers (saves memory)")
@@ -124,7 +126,11 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         if isinstance(default, bool) and not isinstance(value, bool):
             raise HarnessError(f"{where}.{key}={value!r}: expected true/false")
-        if isinstance(default, int) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, int)):
+        if f.metadata.get("number"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise HarnessError(f"{where}.{key}={value!r}: expected a number")
+            value = int(value) if float(value).is_integer() else float(value)
+        elif isinstance(default, int) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, int)):
             raise HarnessError(f"{where}.{key}={value!r}: expected an integer")
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -148,16 +154,15 @@ def settings_help() -> list[tuple[str, Any, str]]:
     return rows
 
 
-def resolve_schedule(protocol: dict[str, Any], profile: dict[str, Any] | None, method: str, paper: bool,
-                     overrides: dict[str, Any], dataset: str) -> Schedule:
-    """protocol schedule < protocol test views for the dataset < method's paper schedule (with
-    --schedule paper) < profile < --set schedule.*"""
+def resolve_schedule(protocol: dict[str, Any], profile: dict[str, Any] | None, method: str,
+                     recipe: dict[str, Any], overrides: dict[str, Any], dataset: str) -> Schedule:
+    """protocol schedule < protocol test views for the dataset < the method's recipe schedule
+    (non-empty only with --schedule paper; harness.recipes) < profile < --set schedule.*"""
     from protocols import test_views
 
     values: dict[str, Any] = dict(protocol.get("schedule", {}))
     values["views"] = test_views(protocol, dataset)
-    if paper:
-        values.update(protocol.get("paper_schedules", {}).get(method, {}))
+    values.update(recipe)
     if profile:
         values.update(profile.get("schedule", {}))
     values.update(overrides)

@@ -37,6 +37,9 @@ from methods.layers import DropPath, drop_path_rates
 from methods.registry import register_method
 
 FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
+#: Official `paramwise_cfg.custom_keys` with decay_mult 0 (configs/recognition/vit/vitclip_base_k400.py
+#: L97-102): a parameter whose name contains one of these is not decayed.
+NO_DECAY_KEYS = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
 
 
 def official_key(name: str) -> str | None:
@@ -63,7 +66,7 @@ class AIMConfig(MethodConfig):
     head: str = head_option()
     head_dropout: float = head_dropout_option()
     lr: float = option(3e-4, "AdamW lr (official K400 config)")
-    weight_decay: float = option(0.05, "AdamW weight decay (official; it exempts ln_post from decay)")
+    weight_decay: float = option(0.05, "AdamW weight decay (official; embeddings and LayerNorms exempt, see NO_DECAY_KEYS)")
 
     def validate(self) -> None:
         if self.mlp_ratio <= 0:
@@ -145,6 +148,9 @@ class AIM(LinearHeadMixin, VideoTextModel):
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
         # Official rule (ViT_CLIP.init_weights): substring match on these names.
         return self.named_parameters_matching("temporal_embedding", "ln_post", "Adapter", "cls_head")
+
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        return any(key in name for key in NO_DECAY_KEYS)
 
     def temporal_embedding_for(self, frames: int) -> torch.Tensor:
         """(1, frames, D): the learned embedding, or its linear interpolation when allowed."""

@@ -95,6 +95,7 @@ def build_net(job: JobSpec):
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
     net.check_protocol(job.protocol, job.closed_set)
+    net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     net.backbone_params = backbone_params
     return net, spec
 
@@ -144,13 +145,24 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 
 
+def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
+    """torch param groups from the method's own grouping (`param_groups()`: its official
+    weight-decay exemptions); a module without the hook gets one decayed group."""
+    groups = net.param_groups() if hasattr(net, "param_groups") else None
+    if groups is None:
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "weight_decay": weight_decay,
+                 "group": "decay"}]
+    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
+            for g in groups]
+
+
 def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-    params = [p for p in net.parameters() if p.requires_grad]
     sched = job.schedule
-    optimizer = torch.optim.AdamW(params, lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
-                                  eps=float(sched["eps"]), weight_decay=float(job.method_options["weight_decay"]))
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"])),
+                                  lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+                                  eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
         if not getattr(net, "allows_grad_clip", True):
