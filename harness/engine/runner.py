@@ -194,7 +194,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
     from mmengine.runner import Runner
 
-    from harness.engine.hooks import ProgressBarHook, TrainableCheckpointHook
+    from harness.engine.hooks import NonFiniteLossHook, ProgressBarHook, TrainableCheckpointHook
     from harness.engine.metric import SelectionMetric
 
     net = model.net
@@ -231,7 +231,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         default_hooks=dict(checkpoint=ckpt, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(),
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
         # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
