@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 
 DEFAULT_SEED = 2048  # MSTA's logged seed
 EMBEDDED_BACKBONE = "harness-tiny"
@@ -237,6 +237,8 @@ def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bo
     job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
     try:
         metrics = run_job(job, job_dir, progress=progress and rank0)
+    except ConfigurationError:
+        raise
     except Exception as err:  # one job's failure must not lose the others' results
         where = store.fail_job(job, err) if rank0 else store.job_dir(job) / "error.json"
         kind = "" if isinstance(err, HarnessError) else f"{type(err).__name__}: "

@@ -82,6 +82,7 @@ class NonFiniteLossHook(Hook):
         import math
 
         for key, value in (outputs or {}).items():
+            value = value.detach() if hasattr(value, "detach") else value
             if "loss" in key and not math.isfinite(float(value)):
                 raise HarnessError(f"non-finite training loss ({key}={float(value)}) at iteration {runner.iter + 1} "
                                    f"(epoch {runner.epoch + 1}): training diverged; lower the learning rate "

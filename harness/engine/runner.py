@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
@@ -94,7 +94,10 @@ def build_net(job: JobSpec):
     backbone_params = sum(p.numel() for p in clip.parameters())
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
-    net.check_protocol(job.protocol, job.closed_set)
+    try:
+        net.check_protocol(job.protocol, job.closed_set)
+    except HarnessError as err:  # the options cannot run under this protocol: stop the invocation
+        raise ConfigurationError(str(err)) from None
     net.backbone_params = backbone_params
     return net, spec
 
