@@ -2,6 +2,7 @@
 failure isolation (issue: a row means exactly one configuration; one bad job never ends a run)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -214,3 +215,20 @@ def test_non_finite_loss_is_a_failed_job(harness_cache, tmp_path, capsys):
     (error,) = tmp_path.glob("jobs/*/error.json")
     assert "non-finite training loss" in json.loads(error.read_text())["message"]
     assert "non-finite training loss" in err
+
+
+def test_open_clip_tag_identity_uses_the_checksum_in_its_url(monkeypatch, tmp_path):
+    import harness.weights as weights
+
+    monkeypatch.setattr(weights, "_cached_download", lambda cfg: None)  # as on a machine without the download
+    ident = weights.weights_identity("ViT-B-16", "openai", tmp_path)
+    # open_clip's URL for the OpenAI ViT-B/16 weights carries their sha256
+    assert ident == {"kind": "open_clip", "from": "url",
+                     "sha256": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"}
+    assert weights.weights_identity("ViT-B-16", "laion2b_s34b_b88k", tmp_path) == {
+        "kind": "open_clip", "name": "ViT-B-16", "tag": "laion2b_s34b_b88k"}  # no checksum published
+    download = tmp_path / "open_clip_model.safetensors"
+    download.write_bytes(b"weights")
+    monkeypatch.setattr(weights, "_cached_download", lambda cfg: download)
+    assert weights.weights_identity("ViT-B-16", "laion2b_s34b_b88k", tmp_path) == {
+        "kind": "open_clip", "sha256": hashlib.sha256(b"weights").hexdigest()}
