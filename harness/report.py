@@ -121,7 +121,12 @@ def _setting_columns(g: pd.DataFrame, columns: list[str]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
-    return ",".join(map(str, value)) if isinstance(value, list) else ("-" if value is None else value)
+    """A setting as a table cell: lists joined, None as '-', sha256 digests shortened to 12."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12]
+    return "-" if value is None else value
 
 
 def _columns(df: pd.DataFrame) -> list[str]:
