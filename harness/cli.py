@@ -6,11 +6,10 @@ import argparse
 import dataclasses
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 
 DEFAULT_SEED = 2048  # MSTA's logged seed
 EMBEDDED_BACKBONE = "harness-tiny"
@@ -236,41 +235,57 @@ def _print_dry_run(jobs: list) -> int:
 
 
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
-    """Run every unfinished job; one failing job is recorded and does not stop the others."""
-    from harness.engine.runner import run_job
+    """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
+    recorded in its error.json and the run goes on with the next. Exit code 1 if any failed."""
     from harness.provenance import provenance
-    from harness.report import write_summary
 
     prov = provenance()
     rank0 = _rank() == 0
     if rank0:
         store.write_run(dataclasses.asdict(req), prov)
-    failures = 0
+    failed = []
     for number, job in enumerate(jobs, 1):
+        tag = f"[{number}/{len(jobs)}] {job.job_id}"
         if store.is_finished(job):
-            print(f"[{number}/{len(jobs)}] {job.job_id}: finished earlier, skipped", file=sys.stderr)
+            print(f"{tag}: finished earlier, skipped", file=sys.stderr)
             continue
-        print(f"[{number}/{len(jobs)}] {job.job_id} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
-        job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
-        try:
-            metrics = run_job(job, job_dir, progress=progress and rank0)
-        except HarnessError:
-            raise
-        except Exception:  # a crash in one job must not lose the others' results
-            failures += 1
-            if rank0:
-                store.fail_job(job, traceback.format_exc())
-            print(f"  job {job.job_id} failed; traceback in {store.job_dir(job) / 'error.txt'}", file=sys.stderr)
-            continue
-        if rank0:
-            store.finish_job(job, metrics, prov)
-            line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
-            print(f"  {line}", file=sys.stderr)
+        if not _run_one_job(job, store, prov, tag, rank0, progress):
+            failed.append(job)
     if rank0:
-        text, path = write_summary(store.root, store.finished_records())
-        print(text)
-        print(f"results: {store.root} (table: {path})")
-    return 1 if failures else 0
+        _print_summary(store)
+    return 1 if failed else 0
+
+
+def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
+    """Run one job and record its result or its error; True if it finished."""
+    from harness.engine.runner import run_job
+
+    print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
+    job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
+    try:
+        metrics = run_job(job, job_dir, progress=progress and rank0)
+    except ConfigurationError:
+        raise
+    except Exception as err:  # one job's failure must not lose the others' results
+        where = store.fail_job(job, err) if rank0 else store.job_dir(job) / "error.json"
+        kind = "" if isinstance(err, HarnessError) else f"{type(err).__name__}: "
+        print(f"  job {job.job_id} failed: {kind}{err} (details: {where})", file=sys.stderr)
+        return False
+    if rank0:
+        store.finish_job(job, metrics, prov)
+        line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
+        print(f"  {line}", file=sys.stderr)
+    return True
+
+
+def _print_summary(store: Any) -> None:
+    """(Re)write the run's tables from every finished job; list the jobs that failed."""
+    from harness.report import write_summary
+
+    failures = store.failed_records()
+    text, path = write_summary(store.root, store.finished_records(), failures)
+    print(text)
+    print(f"results: {store.root} (table: {path})")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -414,7 +429,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = RunStore(Path(args.run_dir))
     if not (store.root / "jobs").is_dir():
         raise HarnessError(f"{store.root}: not a results directory (no jobs/ folder)")
-    text, path = write_summary(store.root, store.finished_records())
+    text, path = write_summary(store.root, store.finished_records(), store.failed_records())
     print(text)
     print(f"table: {path}")
     return 0

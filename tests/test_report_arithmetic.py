@@ -43,7 +43,7 @@ def test_base2novel_hm_of_split_means(tmp_path):
     # base mean 80, novel mean 50, HM = 2*80*50/130 = 61.538 (not the mean of per-split HMs, 61.48)
     assert (float(row["Base"]), float(row["Novel"]), float(row["HM"])) == (80.0, 50.0, 61.54)
     # per-split HM 50.909, 61.538, 72.0 -> population std 8.610
-    assert float(row["HM std (splits)"]) == 8.61 and row["Splits"] == "3"
+    assert float(row["HM std (splits)"]) == 8.61 and row["n"] == "3" and row["Splits"] == "1,2,3"
 
 
 def test_few_shot_mean_std_over_seeds_and_recipe_rows_apart(tmp_path):
@@ -54,7 +54,7 @@ def test_few_shot_mean_std_over_seeds_and_recipe_rows_apart(tmp_path):
     by_method = {r["Method"]: r for r in rows}
     shared, paper = by_method["msta"], by_method["msta (per-method recipe)"]
     # top-1 50/60/70 -> mean 60, population std sqrt(200/3) = 8.165; top-5 mean 90
-    assert shared["Runs"] == "3" and paper["Runs"] == "1"
+    assert shared["n"] == "3" and paper["n"] == "1"
     assert (float(shared["Top-1"]), float(shared["Top-1 std"]), float(shared["Top-5"])) == (60.0, 8.16, 90.0)
     assert float(paper["Top-1"]) == 20.0
     assert "per-method recipe" in text and "not applied by the engine: mixup=0.8" in text

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
@@ -94,7 +94,10 @@ def build_net(job: JobSpec):
     backbone_params = sum(p.numel() for p in clip.parameters())
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
-    net.check_protocol(job.protocol, job.closed_set)
+    try:
+        net.check_protocol(job.protocol, job.closed_set)
+    except HarnessError as err:  # the options cannot run under this protocol: stop the invocation
+        raise ConfigurationError(str(err)) from None
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     net.backbone_params = backbone_params
     return net, spec
@@ -208,7 +211,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
     from mmengine.runner import Runner
 
-    from harness.engine.hooks import ProgressBarHook, TrainableCheckpointHook
+    from harness.engine.hooks import NonFiniteLossHook, ProgressBarHook, TrainableCheckpointHook
     from harness.engine.metric import SelectionMetric
 
     net = model.net
@@ -245,7 +248,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         default_hooks=dict(checkpoint=ckpt, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(),
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
         # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
