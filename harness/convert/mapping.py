@@ -69,12 +69,13 @@ def _clip_list(items: Sequence[str], limit: int = 20) -> str:
 
 
 def map_release(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source_of: SourceRule,
-                ignore: IgnoreRule, what: str, adapt: Callable[[str, torch.Tensor, torch.Size], torch.Tensor]
-                | None = None) -> Mapped:
+                ignore: IgnoreRule, what: str,
+                adapt: Callable[[str, torch.Tensor, torch.Size], torch.Tensor | None] | None = None) -> Mapped:
     """Fill `params` (target name -> current tensor, for names and shapes) from `state`.
 
     `adapt(name, value, target_shape)` may reshape a value whose shape differs for a documented
-    reason (AIM's temporal embedding for another T); it raises a HarnessError otherwise.
+    reason (AIM's temporal embedding for another T), raise a HarnessError explaining why it may
+    not, or return None (an ordinary shape mismatch).
     Raises one HarnessError listing: target parameters whose official keys are absent, release
     keys neither consumed nor ignored, and shape mismatches (each with both shapes).
     """
@@ -96,14 +97,16 @@ def map_release(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
         consumed.update(src.keys)
         try:
             value = src.combine([state[k] for k in src.keys])
-        except (RuntimeError, IndexError) as err:
-            wrong_shape.append(f"{'+'.join(src.keys)} cannot be combined into {name}: {err}")
+        except (RuntimeError, IndexError):
+            parts = " + ".join(f"{k} {tuple(state[k].shape)}" for k in src.keys)
+            wrong_shape.append(f"{parts} do not combine into {name} {tuple(current.shape)} (shapes differ)")
             continue
         if value.shape != current.shape:
-            if adapt is None:
+            adapted = adapt(name, value, current.shape) if adapt is not None else None
+            if adapted is None:
                 wrong_shape.append(f"{'+'.join(src.keys)} has shape {tuple(value.shape)}, {name} needs {tuple(current.shape)}")
                 continue
-            value = adapt(name, value, current.shape)
+            value = adapted
         values[name] = value
         sources[name] = src.keys
     ignored: dict[str, str] = {}
