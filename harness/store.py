@@ -56,5 +56,7 @@ class RunStore:
 
 
 def default_run_dir(base: Path, protocol: str, dataset: str, profile: str | None) -> Path:
+    if dataset.startswith("folder:"):  # --dataset folder:/videos/mine -> results/<protocol>-folder-mine
+        dataset = "folder-" + Path(dataset[len("folder:"):]).name
     name = f"{protocol}-{dataset}" + (f"-{profile}" if profile else "")
     return base / name
