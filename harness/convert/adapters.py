@@ -24,6 +24,16 @@ class VisualReleaseConverter(Converter):
     head_key: ClassVar[str]  # official key of the head's weight
     official_key = staticmethod(lambda name: None)
 
+    def prepare(self, release) -> BuildPlan:
+        options = dict(self.request.options)
+        frames, notes = self.release_options(release.state, options)
+        classnames, head_notes = self.head_options(options)
+        return BuildPlan(options, frames, classnames, notes + head_notes)
+
+    def release_options(self, state: dict[str, torch.Tensor], options: dict) -> tuple[int, list[str]]:
+        """Set the options the release determines (sizes, variant) in `options`; (frames, notes)."""
+        raise NotImplementedError
+
     def head_options(self, options: dict) -> tuple[list[str] | None, list[str]]:
         """Set `head` (default linear) and return (class names, notes)."""
         head = options.setdefault("head", "linear")
@@ -48,45 +58,39 @@ class VisualReleaseConverter(Converter):
 
 class STAdapterConverter(VisualReleaseConverter):
     name = method = "st_adapter"
-    anchor = "class_embedding"
-    head_key = "fc.weight"
     upstream = "linziyi96/st-adapter models_adapter.py (frozen CLIP weights stored in fp16)"
+    anchor, head_key = "class_embedding", "fc.weight"
     official_key = staticmethod(st_adapter.official_key)
 
-    def prepare(self, release) -> BuildPlan:
-        state = release.state
-        options = dict(self.request.options)
-        fc1 = require_rows(state, "transformer.resblocks.0.adapter_pre_mlp.fc1.weight", "--from st_adapter")
-        conv = require_rows(state, "transformer.resblocks.0.adapter_pre_mlp.conv.weight", "--from st_adapter")
+    def release_options(self, state: dict[str, torch.Tensor], options: dict) -> tuple[int, list[str]]:
+        fc1, conv = (require_rows(state, f"transformer.resblocks.0.adapter_pre_mlp.{k}.weight", "--from st_adapter")
+                     for k in ("fc1", "conv"))
         options.setdefault("variant", "24x384" if any(".adapter_pre_attn." in k for k in state) else "12x384")
         options.setdefault("bottleneck", int(fc1.shape[0]))
         options.setdefault("kernel_t", int(conv.shape[2]))
-        classnames, notes = self.head_options(options)
-        return BuildPlan(options, self.request.frames or 8, classnames, notes)
+        return self.request.frames or 8, []
 
 
 class AIMConverter(VisualReleaseConverter):
-    name = method = "aim"
-    anchor = "backbone.class_embedding"
-    head_key = "cls_head.fc_cls.weight"
-    upstream = "taoyang1122/adapt-image-models mmaction ViT_CLIP + I3DHead"
-    official_key = staticmethod(aim.official_key)
+    """AIM's mmaction checkpoints; the one T-dependent parameter is `temporal_embedding`."""
 
-    def prepare(self, release) -> BuildPlan:
-        state = release.state
-        options = dict(self.request.options)
+    name = method = "aim"
+    official_key = staticmethod(aim.official_key)
+    anchor, head_key = "backbone.class_embedding", "cls_head.fc_cls.weight"
+    upstream = "taoyang1122/adapt-image-models mmaction ViT_CLIP + I3DHead"
+
+    def release_options(self, state: dict[str, torch.Tensor], options: dict) -> tuple[int, list[str]]:
         temporal = require_rows(state, "backbone.temporal_embedding", "--from aim")
         fc1 = require_rows(state, "backbone.transformer.resblocks.0.T_Adapter.D_fc1.weight", "--from aim")
-        self.release_frames = int(temporal.shape[1])
+        release_frames = int(temporal.shape[1])
         ratio = fc1.shape[0] / temporal.shape[2]
         if ratio != aim.AIMConfig.mlp_ratio:
             options.setdefault("mlp_ratio", ratio)
         self.frames_mismatch = options.get("frames_mismatch", aim.AIMConfig.frames_mismatch)
-        classnames, notes = self.head_options(options)
-        frames = self.request.frames or self.release_frames
-        if frames != self.release_frames:
-            notes.append(f"temporal_embedding interpolated linearly from T={self.release_frames} to T={frames}")
-        return BuildPlan(options, frames, classnames, notes)
+        frames = self.request.frames or release_frames
+        notes = [f"temporal_embedding of T={release_frames} interpolated linearly to T={frames}"] \
+            if frames != release_frames and self.frames_mismatch == "interpolate" else []
+        return frames, notes
 
     def adapt(self, name: str, value: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         same_but_t = name == "temporal_embedding" and value.shape[::2] == shape[::2]

@@ -125,22 +125,19 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
         recipe = meta
         backbone = dict(meta["backbone"])
         pretrained = base or backbone["pretrained"]
-        kind, seed, required = "converted", 0, None
-        state = obj["state_dict"]
+        kind, seed, state = "converted", 0, obj["state_dict"]
     else:
         recipe, backbone, pretrained, seed, state = _run_recipe(path, obj)
         kind, cache_dir = "run", cache_dir or recipe.get("cache_dir")
-        required = None
     if method is not None and method != recipe["method"]:
         raise HarnessError(f"--method {method}: {path} is a checkpoint of method {recipe['method']!r}")
     net, built = build_model(recipe["method"], backbone["name"], pretrained, recipe["frames"],
                              recipe["method_options"], recipe.get("classnames"), seed, cache_dir)
     check_identity(backbone, built, str(path))
     params = dict(net.named_parameters())
-    if kind == "converted":
-        required = set(params) - set(meta.get("from_base", []))
-    else:
-        required = {n for n, p in params.items() if p.requires_grad}
+    # Converted: all but what the base fills; run: the trainable parameters (the rest is the backbone).
+    required = (set(params) - set(meta.get("from_base", []))) if kind == "converted" else \
+        {n for n, p in params.items() if p.requires_grad}
     _apply(net, state, required, str(path))
     return LoadedModel(net=net, backbone=built, classnames=recipe.get("classnames"), kind=kind, meta=meta,
                        sha256=file_sha256(path))
