@@ -6,6 +6,8 @@ own tensors. The backbone is `harness-b16-2l` (ViT-B/16 widths, 2 blocks per tow
 listings are cut to 2 blocks, everything else keeps the official shapes."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,34 +78,28 @@ EXPECTED = {
 }
 
 # -- corrupted releases -----------------------------------------------------------------------
-A_KEY = {"st_adapter": "transformer.resblocks.1.adapter_pre_mlp.fc2.bias",
-         "aim": "backbone.transformer.resblocks.0.S_Adapter.D_fc2.weight",
-         "vitaclip": "visual.blocks.1.attn.k_proj.weight",
-         "vificlip": "text_encoder.ln_final.weight",
-         "vificlip_prompt": "text_encoder.transformer.resblocks.1.VPT_shallow"}
+#: Per code base: a key to delete and a key to give a wrong shape.
+CORRUPT = {"st_adapter": ("transformer.resblocks.1.adapter_pre_mlp.fc2.bias", "ln_post.weight"),
+           "aim": ("backbone.transformer.resblocks.0.S_Adapter.D_fc2.weight", "backbone.temporal_embedding"),
+           "vitaclip": ("visual.blocks.1.summary_ln.bias", "visual.blocks.1.attn.k_proj.weight"),
+           "vificlip": ("text_encoder.ln_final.weight", "image_encoder.proj"),
+           "vificlip_prompt": ("text_encoder.transformer.resblocks.1.VPT_shallow", "image_encoder.VPT")}
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_missing_key_is_named(method, base, tmp_path):
+def test_corrupted_release_names_every_bad_key(method, base, tmp_path):
+    """One error lists the missing key, the key of the wrong shape and the unknown key."""
+    missing, reshaped = CORRUPT[method]
     state = consistent_release(method, base)
-    del state[A_KEY[method]]
-    with pytest.raises(HarnessError, match=A_KEY[method].replace(".", r"\.")):
+    del state[missing]
+    state[reshaped] = state[reshaped][..., :-1].clone()
+    state["extra.unknown_weight"] = torch.zeros(3)
+    with pytest.raises(HarnessError) as err:
         run_convert(method, state, base, tmp_path)
-
-
-@pytest.mark.parametrize("method", METHODS)
-def test_wrong_shape_is_named(method, base, tmp_path):
-    state = consistent_release(method, base)
-    state[A_KEY[method]] = state[A_KEY[method]][..., :-1].clone()
-    with pytest.raises(HarnessError, match=A_KEY[method].replace(".", r"\.") + r".*shape"):
-        run_convert(method, state, base, tmp_path)
-
-
-def test_unknown_key_is_named(base, tmp_path):
-    state = consistent_release("aim", base)
-    state["backbone.transformer.resblocks.0.X_Adapter.D_fc1.weight"] = torch.zeros(3)
-    with pytest.raises(HarnessError, match=r"match nothing.*X_Adapter"):
-        run_convert("aim", state, base, tmp_path)
+    message = str(err.value)
+    assert f"not in the checkpoint: {missing} (for " in message
+    assert re.search(re.escape(reshaped) + r" (\(\d+, \d+\) )?.*(has shape|shapes differ)", message), message
+    assert "match nothing in the model: extra.unknown_weight (3,)" in message
 
 
 def test_vitaclip_patch_bias(base, tmp_path):
