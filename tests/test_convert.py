@@ -172,3 +172,20 @@ def test_400_way_head_class_order_checked_against_k400(base, tmp_path):
     swapped = [k400[1], k400[0], *k400[2:]]
     with pytest.raises(HarnessError, match="another order"):
         run_convert("st_adapter", state, base, tmp_path, classes=swapped, splits_root=str(UPSTREAM))
+
+
+def test_cli_convert_writes_checkpoint_and_report(base, tmp_path, capsys):
+    from harness.cli import main
+
+    ckpt = save_release(consistent_release("aim", base), "aim", tmp_path / "aim_release.pth")
+    out = tmp_path / "aim.harness.pt"
+    args = ["convert", ckpt, "--from", "aim", "--backbone", "harness-b16-2l", "--base", str(base[0]),
+            "--classes", ",".join(CLASSES), "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "aim -> method aim (8 frames)" in printed and "frozen weights vs --base: largest |diff|" in printed
+    report = __import__("json").loads((tmp_path / "aim.harness.pt.json").read_text())
+    assert report["release"]["unwrapped"] == ["state_dict"] and report["filled_from_release"] > 0
+    assert load_checkpoint(out).net.num_frames == 8
+    assert main(["convert", ckpt, "--from", "aimm"]) == 2
+    assert "Did you mean 'aim'" in capsys.readouterr().err
