@@ -303,6 +303,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Datasets:")
         for name, spec in DATASETS.items():
             print(f"  {name}: {spec.title} (roles: {', '.join(sorted(spec.files))})")
+        print("  folder:/path: your videos, one sub-folder per class (fully_supervised, few_shot; docs/checkpoints.md)")
     if what in ("all", "profiles"):
         from protocols import load_profiles
 
