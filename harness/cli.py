@@ -159,7 +159,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)write the summary tables of a results directory")
     report.add_argument("run_dir")
+    add_checkpoint_commands(sub)
     return parser
+
+
+def add_checkpoint_commands(sub: Any) -> None:
+    """`convert` (official releases -> this project's checkpoints) and `predict` (videos -> classes)."""
+    convert = sub.add_parser("convert", help="convert an official released checkpoint into one this project loads")
+    convert.add_argument("checkpoint", help="the released checkpoint file")
+    convert.add_argument("--from", dest="source", required=True,
+                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt")
+    convert.add_argument("--out", default=None, help="output file (default <checkpoint>.harness.pt beside it)")
+    convert.add_argument("--base", default=None, help="the CLIP the release was trained from: open_clip tag "
+                         "(e.g. openai) or local file; fills weights the release lacks and verifies its frozen ones")
+    convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
+    convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
+    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c' or an id,name CSV "
+                         "(default for 400-row heads: Kinetics-400)")
+    convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    convert.add_argument("--splits-root", default=None, help="local copy of the upstream files (K400 class list)")
+    convert.add_argument("--cache", default=None)
+
+    predict = sub.add_parser("predict", help="top-k classes with scores for video files")
+    predict.add_argument("videos", nargs="+", help="video files")
+    predict.add_argument("--method", default=None, help="method (default: the checkpoint's; zeroshot without one)")
+    predict.add_argument("--checkpoint", default=None, help="a converted checkpoint or a run checkpoint")
+    predict.add_argument("--classes", default=None, help="'a,b,c' or an id,name CSV (default: the checkpoint's classes)")
+    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--base", default=None, help="base backbone location if it moved (converted checkpoints)")
+    predict.add_argument("--backbone", default=None, help=f"without --checkpoint (default {EMBEDDED_BACKBONE})")
+    predict.add_argument("--pretrained", default=None, help="without --checkpoint (default: synthetic for harness-tiny)")
+    predict.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's)")
+    predict.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    predict.add_argument("--cache", default=None)
+    predict.add_argument("--format", default="table", choices=("table", "json"))
 
 
 def _parse_sets_for_params(sets: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -312,6 +345,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Datasets:")
         for name, spec in DATASETS.items():
             print(f"  {name}: {spec.title} (roles: {', '.join(sorted(spec.files))})")
+        print("  folder:/path: your videos, one sub-folder per class (fully_supervised, few_shot; docs/checkpoints.md)")
     if what in ("all", "profiles"):
         from protocols import load_profiles
 
@@ -435,8 +469,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from harness.convert.cli import convert_command
+
+    return convert_command(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harness.convert.predict import predict_command
+
+    return predict_command(args)
+
+
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
-            "report": cmd_report}
+            "report": cmd_report, "convert": cmd_convert, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,7 +141,12 @@ class FileResolver:
 
         self.spec = get_dataset(dataset)
         self.provenance: dict[str, Any] = {}
-        if self.spec.generated:
+        if self.spec.folder is not None:  # the user's videos: lists generated from the folder
+            from harness.data.folder import prepare_folder
+
+            self.root, self.fingerprint = prepare_folder(self.spec, cache_dir)
+            self.store, self.video_dir = None, Path(self.spec.folder)
+        elif self.spec.generated:
             from harness.data.embedded import (
                 GENERATOR_VERSION,
                 ensure_embedded_dataset,
@@ -165,6 +170,8 @@ class FileResolver:
 
     def path(self, role: str, **fmt: Any) -> Path:
         rel = self.spec.file(role, **fmt)
+        if self.spec.folder is not None:
+            return self._generated_file(rel)
         if self.spec.generated:
             path = self.root / rel
             if not path.is_file():
@@ -176,6 +183,14 @@ class FileResolver:
         upstream_rel = f"vifi-clip/{rel}"
         path = self.store.path(upstream_rel)
         self.provenance[rel] = self.store.provenance(upstream_rel)
+        return path
+
+    def _generated_file(self, rel: str) -> Path:
+        """A list generated from a video folder: fingerprinted by its sha256 and the split rule."""
+        from harness.data.upstream import file_sha256
+
+        path = self.root / rel
+        self.provenance[rel] = {"sha256": file_sha256(path), **self.fingerprint}
         return path
 
     def has(self, role: str) -> bool:

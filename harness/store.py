@@ -104,5 +104,7 @@ def error_record(job: JobSpec, error: BaseException) -> dict[str, Any]:
 
 
 def default_run_dir(base: Path, protocol: str, dataset: str, profile: str | None) -> Path:
+    if dataset.startswith("folder:"):  # --dataset folder:/videos/mine -> results/<protocol>-folder-mine
+        dataset = "folder-" + Path(dataset[len("folder:"):]).name
     name = f"{protocol}-{dataset}" + (f"-{profile}" if profile else "")
     return base / name

@@ -54,6 +54,13 @@ def official_key(name: str) -> str | None:
     return None
 
 
+def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
+    """(1, T0, D) temporal embedding -> (1, frames, D) by linear interpolation over time
+    (`frames_mismatch=interpolate`; also used to convert a release trained with another T)."""
+    emb = F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=False)
+    return emb.transpose(1, 2)
+
+
 @dataclass
 class AIMConfig(MethodConfig):
     mlp_ratio: float = option(0.25, "adapter bottleneck = int(width * mlp_ratio): 192 at ViT-B/16 (official)")
@@ -162,9 +169,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
                 f"frame) but got a video of {frames} frames; sample {self.num_frames} frames, rebuild "
                 "with the new count, or --set aim.frames_mismatch=interpolate"
             )
-        emb = F.interpolate(self.temporal_embedding.transpose(1, 2), size=frames, mode="linear",
-                            align_corners=False)
-        return emb.transpose(1, 2)
+        return interpolate_frames(self.temporal_embedding, frames)
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Add the temporal embedding of frame t to every token of frame t (before ln_pre)."""

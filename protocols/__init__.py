@@ -54,7 +54,7 @@ def test_views(protocol: dict[str, Any], dataset: str) -> list[int]:
 
 
 def check_dataset(protocol: dict[str, Any], dataset: str) -> None:
-    if dataset not in protocol["datasets"]:
+    if ("folder" if dataset.startswith("folder:") else dataset) not in protocol["datasets"]:
         raise HarnessError(
             f"protocol {protocol['name']!r} is not defined on dataset {dataset!r}; "
             f"it runs on: {', '.join(protocol['datasets'])}"
