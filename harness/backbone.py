@@ -154,6 +154,8 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
                 force_quick_gelu=bool(resolved.endswith("-quickgelu")),
             )
     except Exception as err:  # open_clip / huggingface_hub / urllib raise many kinds when offline
+        if local:  # the file is there: the advice is about its content, not about downloading
+            raise checkpoint_error(Path(pretrained).expanduser(), resolved, err) from None
         raise HarnessError(
             f"could not load weights {pretrained!r} for {resolved}: {type(err).__name__}: {err}. "
             "If this machine is offline (or HF_HUB_OFFLINE=1), download the checkpoint elsewhere "
@@ -185,15 +187,40 @@ class _silence_root_warnings:
         logging.getLogger().setLevel(self.level)
 
 
+def checkpoint_error(path: Path, resolved: str, err: BaseException) -> HarnessError:
+    """One line for a local checkpoint that cannot be loaded into `resolved`: the first
+    mismatched key when torch names one. A ConfigurationError: every job shares the backbone."""
+    from harness.errors import ConfigurationError
+
+    text = str(err).replace("\n", " ").replace("\t", " ")
+    mismatch = text.find("size mismatch for ")
+    reason = text[mismatch:].split(". ")[0][:300] if mismatch >= 0 else f"{type(err).__name__}: {text[:300]}"
+    return ConfigurationError(f"--pretrained {path}: cannot be loaded into {resolved} ({reason}); pass a "
+                              f"checkpoint of {resolved}, or the --backbone it was trained with")
+
+
 def _load_local_state(model: nn.Module, path: Path) -> None:
     """Load a plain state dict (optionally under 'state_dict') into a small CLIP."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from harness.errors import ConfigurationError
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch.save file, or one holding more than tensors
+        raise checkpoint_error(path, "the backbone", err) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigurationError(f"--pretrained {path}: holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and getattr(value, "shape", None) is not None and value.shape != own[key].shape:
+            raise ConfigurationError(f"--pretrained {path}: checkpoint key {key!r} has shape {tuple(value.shape)}, "
+                                     f"the backbone expects {tuple(own[key].shape)}; pass a checkpoint of this "
+                                     "backbone, or the --backbone it was trained with")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise HarnessError(
-            f"{path}: checkpoint does not match the backbone (missing {len(missing)} keys, e.g. "
+        raise ConfigurationError(
+            f"--pretrained {path}: checkpoint does not match the backbone (missing {len(missing)} keys, e.g. "
             f"{missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
         )
 

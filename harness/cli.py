@@ -41,6 +41,8 @@ def _rank() -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true", default=bool(os.environ.get("HARNESS_DEBUG")),
+                        help="show the Python traceback of an error (also: HARNESS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run methods under a protocol and print the comparison table")
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits-root", default=None)
     check.add_argument("--role", default=None, help="list role to check (default: every list of the dataset)")
     check.add_argument("--sample", type=int, default=20, help="decode this many videos per list for timing")
+    check.add_argument("--all", dest="decode_all", action="store_true",
+                       help="decode every listed video, not only --sample per list (every video is header-probed)")
     check.add_argument("--gpu-rate", type=float, default=None,
                        help="clips/s the GPU trains at: print how many DataLoader workers that needs")
     prep = dsub.add_parser("prepare", help="one-time conversion of a dataset's videos to per-video JPEG frame "
@@ -205,11 +209,30 @@ def _parse_sets_for_params(sets: list[str], methods: list[str]) -> dict[str, dic
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.jobs import RunRequest, default_profile, expand_jobs
+    """Validate everything (all problems listed together), then run; see harness.validate."""
+    from harness.jobs import RunRequest, default_profile
     from harness.settings import parse_set_args
+    from harness.validate import (
+        Problems,
+        check_method_names,
+        check_positive,
+        check_pretrained_file,
+        check_results_dir,
+    )
     from methods.registry import parse_method_list
 
-    methods = parse_method_list(args.methods)
+    problems = Problems()
+    check_method_names(problems, args.methods)
+    check_positive(problems, {"--frames": args.frames})
+    methods = problems.attempt(lambda: parse_method_list(args.methods)) or []
+    for item in args.sets:  # each --set on its own, so every typo is listed
+        problems.attempt(lambda item=item: parse_set_args([item], methods))
+    problems.attempt(lambda: check_pretrained_file(args.pretrained))
+    if problems.lines:  # list the other option problems found without expanding jobs too
+        problems.attempt(lambda: sweep_grid(args.sweeps))
+        if args.out:
+            problems.attempt(lambda: check_results_dir(Path(args.out), create=False))
+    problems.raise_if_any()
     method_opts, schedule, data = parse_set_args(args.sets, methods)
     from harness.data.datasets import get_dataset
 
@@ -227,19 +250,40 @@ def cmd_run(args: argparse.Namespace) -> int:
                      profile=profile, schedule_kind=args.schedule, data_root=args.data_root,
                      splits_root=args.splits_root, cache_dir=args.cache, frames=args.frames,
                      shots=_int_list(args.shots, "--shots") if args.shots else None)
-    jobs = []
-    for extra in sweep_grid(args.sweeps):
-        m_opts, sched, dat = parse_set_args(args.sets + extra, methods)
-        jobs.extend(expand_jobs(dataclasses.replace(req, method_options=m_opts, schedule_overrides=sched,
-                                                    data_overrides=dat)))
-    index, count = _shard(args.shard)
-    jobs = jobs[index::count]
-    if args.dry_run:
-        return _print_dry_run(jobs)
     from harness.store import RunStore, default_run_dir
 
     run_dir = Path(args.out) if args.out else default_run_dir(Path("results"), args.protocol, args.dataset, profile)
-    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+    jobs = _expand_all(req, args, methods, problems, run_dir)
+    if args.dry_run:
+        return _print_dry_run(jobs)
+    store = RunStore(run_dir)
+    from harness.validate import fail_jobs_with_bad_data
+
+    bad = fail_jobs_with_bad_data(jobs, store, args.cache, write=_rank() == 0)
+    code = run_jobs([j for j in jobs if j not in bad], store, req, progress=not args.no_progress)
+    return 2 if bad and code in (0, 1) else code
+
+
+def _expand_all(req: Any, args: argparse.Namespace, methods: list[str], problems: Any, run_dir: Path) -> list:
+    """Every job of every sweep value, checked; every problem of the invocation raised together."""
+    from harness.jobs import expand_jobs
+    from harness.settings import parse_set_args
+    from harness.validate import check_jobs, check_results_dir
+
+    jobs: list = []
+    for extra in problems.attempt(lambda: sweep_grid(args.sweeps)) or []:
+        def expand(extra: list[str] = extra) -> list:
+            m_opts, sched, dat = parse_set_args(args.sets + extra, methods)
+            return expand_jobs(dataclasses.replace(req, method_options=m_opts, schedule_overrides=sched,
+                                                   data_overrides=dat))
+        jobs.extend(problems.attempt(expand) or [])
+    index, count = problems.attempt(lambda: _shard(args.shard)) or (0, 1)
+    jobs = jobs[index::count]
+    check_jobs(jobs, problems)
+    problems.attempt(lambda: check_results_dir(run_dir, "--out" if args.out else "results folder",
+                                               create=not args.dry_run))
+    problems.raise_if_any()
+    return jobs
 
 
 def sweep_grid(sweeps: list[str]) -> list[list[str]]:
@@ -379,6 +423,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     from harness.measure.params import format_params_table, params_rows
     from methods.registry import parse_method_list
 
+    _check_counts({"--frames": args.frames, "--classes": args.classes})
     methods = parse_method_list(args.methods)
     overrides = _parse_sets_for_params(args.sets, methods)
     rows = params_rows(methods, args.backbone, args.pretrained, args.frames, args.classes, overrides, with_flops=args.flops)
@@ -386,7 +431,19 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_counts(values: dict[str, Any], at_least_zero: dict[str, Any] | None = None) -> None:
+    """Counts given on the command line: every bad one listed (one line each), before any work."""
+    from harness.validate import Problems, check_positive
+
+    problems = Problems()
+    check_positive(problems, values)
+    check_positive(problems, at_least_zero or {}, minimum=0)
+    problems.raise_if_any()
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    _check_counts({"--batch": args.batch, "--frames": args.frames, "--iters": args.iters, "--epochs": args.epochs,
+                   "--samples": args.samples, "--runs": args.runs, "--gop": args.gop}, {"--warmup": args.warmup})
     if args.data and args.synthetic:
         from harness.measure.decode_bench import bench_synthetic_command
 
@@ -437,7 +494,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from harness.data.check import check_command
 
-    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample, args.gpu_rate)
+    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample, args.gpu_rate,
+                         args.decode_all)
 
 
 def _build_ssv2(args: argparse.Namespace) -> int:
@@ -459,8 +517,10 @@ def _build_ssv2(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_summary
     from harness.store import RunStore
+    from harness.validate import check_results_dir
 
     store = RunStore(Path(args.run_dir))
+    check_results_dir(store.root, "harness report", create=False)
     if not (store.root / "jobs").is_dir():
         raise HarnessError(f"{store.root}: not a results directory (no jobs/ folder)")
     text, path = write_summary(store.root, store.finished_records(), store.failed_records())
@@ -490,7 +550,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except HarnessError as err:
-        print(f"harness: error: {err}", file=sys.stderr)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        for line in str(err).splitlines() or [type(err).__name__]:  # several problems: one line each
+            print(f"harness: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted (finished jobs are kept; rerun the same command to resume)", file=sys.stderr)

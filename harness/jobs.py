@@ -340,7 +340,7 @@ def _method_settings(req: RunRequest, protocol: dict[str, Any], profile: dict[st
     options = {**recipe.method_options, **(profile or {}).get("method_options", {}).get(method, {}),
                **req.method_options.get(method, {})}
     overrides = dict(req.schedule_overrides)
-    if req.frames:
+    if req.frames is not None:
         overrides.setdefault("frames", req.frames)
     schedule = resolve_schedule(protocol, profile, method, recipe.schedule, overrides, req.dataset)
     return make_config(method, options).to_dict(), schedule, recipe.record

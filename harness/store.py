@@ -10,6 +10,7 @@ older results format are rerun but stay readable by `harness report`.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import traceback
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write_json
+from harness.errors import HarnessError
 from harness.jobs import RESULTS_FORMAT, JobSpec
 
 #: Error records of failed jobs (`error.txt`: written by results format 1).
@@ -36,37 +38,35 @@ class RunStore:
         if not path.is_file():
             return False
         try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+            record = read_result(path)
+        except HarnessError:  # truncated (a crash of an older version, a full disk): rerun
             return False
         return record_format(record) >= RESULTS_FORMAT
 
     def write_run(self, request: dict[str, Any], provenance: dict[str, Any]) -> None:
         """Each invocation appends its own record (a rerun or shard never erases another's)."""
         invocations = self.root / "invocations"
-        invocations.mkdir(parents=True, exist_ok=True)
         stamp = provenance["time_utc"].replace(":", "")
         name = f"{stamp}-{os.getpid()}.json"
-        atomic_write_json(invocations / name, {"request": request, "provenance": provenance})
+        _write(invocations / name, {"request": request, "provenance": provenance})
 
     def start_job(self, job: JobSpec, provenance: dict[str, Any]) -> Path:
         d = self.job_dir(job)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(d / "config.json", {"job": job.to_dict(), "provenance": provenance})
+        _write(d / "config.json", {"job": job.to_dict(), "provenance": provenance})
         return d
 
     def finish_job(self, job: JobSpec, metrics: dict[str, Any], provenance: dict[str, Any]) -> None:
         """Write the result, then drop the error record of an earlier failed attempt."""
         record = {"results_format": RESULTS_FORMAT, "job_id": job.job_id, "job": job.to_dict(),
                   "metrics": metrics, "provenance": provenance}
-        atomic_write_json(self.job_dir(job) / "metrics.json", record)
+        _write(self.job_dir(job) / "metrics.json", record)
         for name in ERROR_FILES:
             (self.job_dir(job) / name).unlink(missing_ok=True)
 
     def fail_job(self, job: JobSpec, error: BaseException) -> Path:
         """Record why a job failed (`error.json`); return its path."""
         path = self.job_dir(job) / "error.json"
-        atomic_write_json(path, error_record(job, error))
+        _write(path, error_record(job, error))
         return path
 
     def failed_records(self) -> list[dict[str, Any]]:
@@ -82,11 +82,34 @@ class RunStore:
         return out
 
     def finished_records(self) -> list[dict[str, Any]]:
-        out = []
-        for path in sorted((self.root / "jobs").glob("*/metrics.json")):
-            with open(path) as handle:
-                out.append(json.load(handle))
-        return out
+        return [read_result(path) for path in sorted((self.root / "jobs").glob("*/metrics.json"))]
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A job's metrics.json; a truncated or damaged one is named (`is_finished` never counts it)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise HarnessError(f"{path}: unreadable result ({type(err).__name__}: {err}); it does not count as "
+                           "finished: rerun the same `harness run` to recompute that job, or delete its folder") from None
+    if not isinstance(record, dict):
+        raise HarnessError(f"{path}: not a result record (a JSON {type(record).__name__}); delete its folder "
+                           "and rerun the same `harness run`")
+    return record
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    """Atomic JSON write; a full disk or a read-only folder is the user's to fix, named in one line
+    (the file is left as it was: the atomic writer never leaves a prefix)."""
+    try:
+        atomic_write_json(path, record)
+    except OSError as err:
+        hint = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "over the disk quota: free space",
+                errno.EROFS: "the file system is read-only: use another --out",
+                errno.EACCES: "permission denied: use another --out or fix its permissions"}.get(
+            err.errno, "check the results folder")
+        raise HarnessError(f"cannot write {path} ({err.strerror or err}): {hint}, then rerun the same command "
+                           "(finished jobs are kept)") from None
 
 
 def record_format(record: dict[str, Any]) -> int:

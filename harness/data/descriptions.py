@@ -268,7 +268,8 @@ def _select(
             if on_short != "use_available":
                 raise HarnessError(
                     f"{path}: class id {cid} has {len(sentences)} description(s){hint}, N={n} needed. Use a "
-                    "smaller N, or on_short='use_available' to average over the ones it has."
+                    "smaller N (`--set msta.n_descriptions=...`) or write more descriptions for that class "
+                    "(Python callers: on_short='use_available' averages over the ones it has)."
                 )
             notes.append(
                 f"{path.name}: class {cid} has {len(sentences)} of {n} descriptions{hint}; used those"
@@ -339,3 +340,18 @@ def load_upstream_descriptions(
         )
     files = {k: store.path(r) for k, r in rel.items()}
     return load_description_files(files, n, class_ids, on_short=on_short)
+
+
+def load_job_descriptions(ref: dict, n: int, cache_dir: str | None, splits_root: str | None) -> DescriptionSet:
+    """The descriptions a job's reference (`JobSpec.descriptions`) points at: a local folder
+    (the embedded dataset) or the pinned upstream store. Used by the engine and by the up-front
+    check of `harness run`, which finds a missing class before any training."""
+    if ref["root"] is not None:
+        return load_descriptions(ref["source"], Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"],
+                                 subset=ref["subset"])
+    from harness.data.upstream import UpstreamStore
+
+    store = UpstreamStore(cache_dir=Path(cache_dir) / "upstream" if cache_dir else None,
+                          splits_root=Path(splits_root) if splits_root else None)
+    return load_upstream_descriptions(store, ref["source"], ref["dataset_key"], n, ref["class_ids"],
+                                      subset=ref["subset"])

@@ -324,6 +324,38 @@ def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path
     return swap_decoder(pipeline, "frames", threads, prepared), record
 
 
+def usable_entries(ann_file: str, root: Path, num_classes: int, modality: str, on_missing: str,
+                   max_missing: float, classes_file: str | os.PathLike | None = None) -> tuple[list[AnnotationEntry], dict]:
+    """The entries of a validated list whose videos exist, and the missing-video account; raises
+    a HarnessError when the list is empty or too many are missing. Shared by the dataset build
+    and the up-front check of `harness run` (harness.validate), so both apply one rule."""
+    if on_missing not in ON_MISSING:
+        raise HarnessError(f"data.on_missing={on_missing!r} is not valid; use one of {', '.join(ON_MISSING)}.")
+    if not 0.0 <= max_missing <= 1.0:
+        raise HarnessError(f"data.max_missing={max_missing} must be a fraction in [0, 1].")
+    entries = read_annotation_list(ann_file, num_classes, modality=modality, classes_file=classes_file)
+    if not entries:
+        raise HarnessError(f"{ann_file}: the list is empty; it needs one 'path label' line per video.")
+    present = [e for e in entries if _exists(root / e.path, modality)]
+    missing = [e for e in entries if not _exists(root / e.path, modality)]
+    info = {"ann_file": ann_file, "listed": len(entries), "missing": len(missing),
+            "missing_examples": [str(root / e.path) for e in missing[:5]], "used": len(present)}
+    if missing:
+        examples = ", ".join(f"{e.path} (line {e.line})" for e in missing[:5])
+        what = (f"{len(missing)} of {len(entries)} videos listed in {ann_file} are missing under {root} "
+                f"(e.g. {examples}).")
+        if not root.is_dir():
+            what += f" The folder {root} does not exist: check --data-root / HARNESS_DATA_ROOT."
+        if on_missing == "error":
+            raise HarnessError(f"{what} Provide them, or set data.on_missing=skip to leave them out.")
+        if len(missing) / len(entries) > max_missing:
+            raise HarnessError(f"{what} That is more than data.max_missing={max_missing:g} of the list; fix the "
+                               f"data root or raise data.max_missing to skip them.")
+        log.warning("skipping %d of %d missing videos listed in %s (e.g. %s)", len(missing), len(entries),
+                    ann_file, examples)
+    return present, info
+
+
 def build_video_dataset(
     ann_file: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -350,32 +382,9 @@ def build_video_dataset(
     dataset; `info['decoder']` records the one used.
     Returns `(dataset, info)` with `info = {'listed', 'missing', 'missing_examples', 'used', 'decoder'}`.
     """
-    if on_missing not in ON_MISSING:
-        raise HarnessError(f"data.on_missing={on_missing!r} is not valid; use one of {', '.join(ON_MISSING)}.")
-    if not 0.0 <= max_missing <= 1.0:
-        raise HarnessError(f"data.max_missing={max_missing} must be a fraction in [0, 1].")
     ann_file = str(ann_file)
-    entries = read_annotation_list(ann_file, num_classes, modality=modality, classes_file=classes_file)
-    if not entries:
-        raise HarnessError(f"{ann_file}: the list is empty; it needs one 'path label' line per video.")
     root = Path(data_root)
-    present = [e for e in entries if _exists(root / e.path, modality)]
-    missing = [e for e in entries if not _exists(root / e.path, modality)]
-    info = {"ann_file": ann_file, "listed": len(entries), "missing": len(missing),
-            "missing_examples": [str(root / e.path) for e in missing[:5]], "used": len(present)}
-    if missing:
-        examples = ", ".join(f"{e.path} (line {e.line})" for e in missing[:5])
-        what = (f"{len(missing)} of {len(entries)} videos listed in {ann_file} are missing under {root} "
-                f"(e.g. {examples}).")
-        if not root.is_dir():
-            what += f" The folder {root} does not exist: check --data-root / HARNESS_DATA_ROOT."
-        if on_missing == "error":
-            raise HarnessError(f"{what} Provide them, or set data.on_missing=skip to leave them out.")
-        if len(missing) / len(entries) > max_missing:
-            raise HarnessError(f"{what} That is more than data.max_missing={max_missing:g} of the list; fix the "
-                               f"data root or raise data.max_missing to skip them.")
-        log.warning("skipping %d of %d missing videos listed in %s (e.g. %s)", len(missing), len(entries),
-                    ann_file, examples)
+    present, info = usable_entries(ann_file, root, num_classes, modality, on_missing, max_missing, classes_file)
     if probe > 0 and present:  # spread over the list: one bad folder/codec is caught early
         for i in sorted(set(np.linspace(0, len(present) - 1, probe).round().astype(int).tolist())):
             _probe(root / present[i].path, present[i], ann_file, modality)

@@ -27,7 +27,29 @@ class TrainableCheckpointHook(Hook):
         checkpoint.setdefault("meta", {})["backbone"] = self.backbone
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        saved = checkpoint.get("meta", {}).get("backbone")
+        self._check_backbone(checkpoint.get("meta", {}).get("backbone"))
+        self._complete_state(runner, checkpoint)
+
+    @staticmethod
+    def _complete_state(runner, checkpoint: dict) -> None:
+        """Resume: the checkpoint holds only the trainable tensors; fill in the frozen ones from
+        the model (they are the backbone's, checked above) so mmengine does not report every frozen
+        weight as "missing". A trainable tensor really absent is said in one line."""
+        import sys
+
+        state = checkpoint.get("state_dict")
+        if state is None:
+            return
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        trainable = set(model.trainable_state_names())
+        absent = sorted(k for k in trainable if k not in state)
+        for key, value in model.state_dict().items():
+            state.setdefault(key, value)
+        if absent:
+            print(f"resume: {len(absent)} trainable tensor(s) not in the checkpoint keep their initial values "
+                  f"(e.g. {', '.join(absent[:3])})", file=sys.stderr)
+
+    def _check_backbone(self, saved: dict | None) -> None:
         if saved is None:
             return
         mine = {k: self.backbone.get(k) for k in ("resolved_name", "pretrained", "weights_sha256")}
@@ -64,7 +86,9 @@ class ProgressBarHook(Hook):
             return
         self.bar.update(1)
         if outputs:
-            self.bar.set_postfix({k: f"{float(v):.3f}" for k, v in outputs.items() if "loss" in k}, refresh=False)
+            # detach: float() of a tensor that requires grad warns (torch UserWarning) on every step
+            self.bar.set_postfix({k: f"{float(v.detach() if hasattr(v, 'detach') else v):.3f}"
+                                  for k, v in outputs.items() if "loss" in k}, refresh=False)
 
     def after_train(self, runner) -> None:
         if self.bar is not None:

@@ -128,22 +128,14 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     """Give MSTA its LLM descriptions of the training classes (when its consistency loss is on)."""
     if not hasattr(net, "set_descriptions") or not job.method_options.get("use_consistency", True):
         return None
-    from harness.data.descriptions import load_descriptions, load_upstream_descriptions
+    from harness.data.descriptions import load_job_descriptions
 
     ref = job.descriptions
     if ref is None:
         raise HarnessError(f"msta's consistency loss needs class descriptions, and dataset {job.dataset!r} has none; "
                            "pass --set msta.use_consistency=false")
     n = int(job.method_options.get("n_descriptions", 2))
-    args = (ref["source"],)
-    if ref["root"] is not None:
-        descs = load_descriptions(*args, Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])
-    else:
-        from harness.data.upstream import UpstreamStore
-
-        store = UpstreamStore(cache_dir=Path(job.cache_dir) / "upstream" if job.cache_dir else None,
-                              splits_root=Path(job.splits_root) if job.splits_root else None)
-        descs = load_upstream_descriptions(store, *args, ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])
+    descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
     net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 

@@ -1,0 +1,268 @@
+"""Every input of a `harness run` checked before the first training step.
+
+Why a module of its own: a value that cannot produce a meaningful result (zero frames, zero
+epochs, a warm-up longer than the training, a negative learning rate, an output folder that
+cannot be written, a file that is no checkpoint) must stop the invocation at once, with every
+such problem listed together, one line each, naming the option: fixing them one rerun at a time
+wastes the user's time, and finding one only when its job starts (a sweep value, a corrupt list
+of the novel classes after hours of training) wastes compute. Data problems (a malformed list,
+a corrupt video, a missing description) concern only the jobs reading that data: those jobs are
+recorded as failed (`error.json`) and the others run.
+
+The checks are cheap: options are plain values; lists are parsed and every listed video gets
+an existence check and a container-header probe (`harness.data.probe`, cached by path, size and
+mtime); full decoding stays in `harness data check`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.errors import ConfigurationError, HarnessError
+
+T = TypeVar("T")
+
+#: File suffixes that make a `--pretrained` value a path rather than an open_clip tag.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+class InvalidInvocation(ConfigurationError):
+    """Several option/configuration problems of one invocation, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(dict.fromkeys(problems))  # the same problem from many jobs: once
+        super().__init__("\n".join(self.problems))
+
+
+class Problems:
+    """Collects the one-line problems of an invocation instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def attempt(self, step: Callable[[], T]) -> T | None:
+        """Run `step`; a HarnessError becomes a listed problem (None returned)."""
+        try:
+            return step()
+        except HarnessError as err:
+            self.lines.extend(str(err).splitlines() or [type(err).__name__])
+            return None
+
+    def need(self, ok: bool, line: str) -> None:
+        if not ok:
+            self.lines.append(line)
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise InvalidInvocation(self.lines)
+
+
+# ---- command-line values ---------------------------------------------------------------------
+
+def check_positive(problems: Problems, values: dict[str, Any], minimum: int = 1) -> None:
+    """`{"--frames": 0}` -> '--frames 0: must be >= 1' (None = not given, fine)."""
+    for option, value in values.items():
+        if value is not None:
+            problems.need(value >= minimum, f"{option} {value}: must be >= {minimum}")
+
+
+def check_method_names(problems: Problems, text: str) -> None:
+    """A method listed twice would run (and count) once: say so instead of dropping it silently."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    problems.need(not repeated, f"--methods {text}: {', '.join(repr(n) for n in repeated)} listed more than once")
+
+
+def check_results_dir(path: Path, option: str = "--out", create: bool = True) -> None:
+    """A results folder that can be read and written: not a file, not under a file, writable."""
+    where = f"{option} {path}"
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            if parent == path:
+                raise HarnessError(f"{where}: is a file; give a folder (it is created if it does not exist)")
+            raise HarnessError(f"{where}: {parent} is a file, so no folder can be created under it")
+    try:
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            os.listdir(path)
+            jobs = path / "jobs"
+            if jobs.is_dir():
+                os.listdir(jobs)
+            if create:
+                with tempfile.TemporaryFile(dir=path):
+                    pass
+    except OSError as err:
+        raise HarnessError(f"{where}: cannot {'write' if create else 'read'} there ({err.strerror or err}); "
+                           "choose another folder or fix its permissions") from None
+
+
+def check_pretrained_file(pretrained: str | None) -> None:
+    """A local `--pretrained` must exist and be a checkpoint file (torch.save zip or pickle,
+    safetensors): a header probe, no loading. Tags are checked when the backbone is built."""
+    from harness.backbone import SYNTHETIC_TAG
+
+    if pretrained is None or pretrained == SYNTHETIC_TAG:
+        return
+    path = Path(pretrained).expanduser()
+    where = f"--pretrained {pretrained}"
+    if path.is_dir():
+        raise HarnessError(f"{where}: is a folder; pass a checkpoint file")
+    if not path.exists():
+        if os.sep in pretrained or pretrained.endswith(CHECKPOINT_SUFFIXES):
+            raise HarnessError(f"{where}: no such file")
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError as err:
+        raise HarnessError(f"{where}: cannot read it ({err.strerror or err})") from None
+    if not _looks_like_checkpoint(head):
+        shown = head[:12].decode("utf-8", "replace")
+        raise HarnessError(f"{where}: not a checkpoint (it starts with {shown!r}; expected a file written by "
+                           "torch.save, or .safetensors)")
+
+
+def _looks_like_checkpoint(head: bytes) -> bool:
+    if head.startswith(b"PK\x03\x04"):  # torch.save (zip), TorchScript archives
+        return True
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # legacy torch.save (pickle)
+        return True
+    if len(head) >= 9:  # safetensors: little-endian header length, then a JSON object
+        return head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000
+    return False
+
+
+# ---- jobs ------------------------------------------------------------------------------------
+
+def job_option_problems(job: Any) -> list[str]:
+    """Values that parse but cannot produce a meaningful result (one line each, naming the key)."""
+    s, opts, data = job.schedule, job.method_options, job.data
+    p = Problems()
+    p.need(s["frames"] >= 1, f"schedule.frames={s['frames']}: must be >= 1 (frames per clip)")
+    p.need(s["epochs"] >= 1, f"schedule.epochs={s['epochs']}: must be >= 1 (a result needs training; "
+                             "--methods zeroshot evaluates without any)")
+    p.need(s["warmup_epochs"] >= 0, f"schedule.warmup_epochs={s['warmup_epochs']}: must be >= 0")
+    if s["epochs"] >= 1:
+        p.need(s["warmup_epochs"] <= s["epochs"], f"schedule.warmup_epochs={s['warmup_epochs']} exceeds "
+               f"schedule.epochs={s['epochs']}: the warm-up must fit in the training")
+    p.need(s["batch_size"] >= 1, f"schedule.batch_size={s['batch_size']}: must be >= 1")
+    p.need(s["micro_batch"] >= 0, f"schedule.micro_batch={s['micro_batch']}: must be >= 0 (0 = automatic)")
+    p.need(s["val_interval"] >= 0, f"schedule.val_interval={s['val_interval']}: must be >= 0 (0 = only at the end)")
+    views = s["views"]
+    p.need(len(views) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in views),
+           f"schedule.views={views}: expected [clips, crops], two integers >= 1")
+    betas = s["betas"]
+    p.need(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
+           f"schedule.betas={betas}: expected two numbers in [0, 1)")
+    p.need(s["eps"] > 0, f"schedule.eps={s['eps']}: must be > 0")
+    p.need(s["lr_min_ratio"] >= 0, f"schedule.lr_min_ratio={s['lr_min_ratio']}: must be >= 0")
+    p.need(0 <= s["label_smoothing"] < 1, f"schedule.label_smoothing={s['label_smoothing']}: must be in [0, 1)")
+    p.need(s["grad_clip"] >= 0, f"schedule.grad_clip={s['grad_clip']}: must be >= 0 (0 = off)")
+    p.need(0 <= data["max_missing"] <= 1, f"data.max_missing={data['max_missing']}: must be a fraction in [0, 1]")
+    if "lr" in opts:  # 0 only for a method that trains nothing (zeroshot's default)
+        p.need(opts["lr"] > 0 or opts["lr"] == _default_option(job.method, "lr") == 0,
+               f"{job.method}.lr={opts['lr']}: must be > 0")
+    if "weight_decay" in opts:
+        p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    return p.lines
+
+
+def _default_option(method: str, name: str) -> Any:
+    from methods.registry import make_config
+
+    return getattr(make_config(method, {}), name, None)
+
+
+def check_jobs(jobs: list[Any], problems: Problems) -> None:
+    """Option problems of every job, and jobs that repeat (a value given twice in a sweep)."""
+    seen: dict[str, Any] = {}
+    for job in jobs:
+        problems.lines.extend(job_option_problems(job))
+        if job.job_id in seen:
+            problems.lines.append(f"job {job.job_id} appears twice: a value repeats in --methods or --sweep")
+        seen[job.job_id] = job
+
+
+class DataCheck:
+    """The cheap up-front data check of a run's jobs; lists shared by several jobs are read once."""
+
+    def __init__(self, cache_dir: str | None) -> None:
+        from harness.data.probe import ProbeCache
+
+        self.probes = ProbeCache(cache_dir)
+        self.lists: dict[tuple, str | None] = {}
+
+    def problem(self, job: Any) -> str | None:
+        """None if every list, video and description file the job reads looks usable."""
+        for lst in [job.train, *job.evals]:
+            if lst is None:
+                continue
+            key = (lst.ann_file, len(lst.classnames), lst.video_root, lst.modality, lst.class_file,
+                   job.data["on_missing"], job.data["max_missing"])
+            if key not in self.lists:
+                self.lists[key] = self._list_problem(lst, job.data)
+            if self.lists[key]:
+                return self.lists[key]
+        return self._descriptions_problem(job)
+
+    def _list_problem(self, lst: Any, data: dict[str, Any]) -> str | None:
+        import logging
+
+        from harness.data.pipeline import usable_entries
+
+        root = Path(lst.video_root)
+        log = logging.getLogger("harness.data.pipeline")
+        level = log.level
+        log.setLevel(logging.ERROR)  # the skip notice is printed when the job builds its dataset
+        try:
+            present, _ = usable_entries(lst.ann_file, root, len(lst.classnames), lst.modality,
+                                        data["on_missing"], data["max_missing"], lst.class_file)
+        except HarnessError as err:
+            return str(err)
+        finally:
+            log.setLevel(level)
+        if lst.modality != "video":
+            return None
+        bad = [(e, why) for e in present if (why := self.probes.check(root / e.path))]
+        self.probes.save()
+        if not bad:
+            return None
+        shown = "; ".join(f"{e.path} (line {e.line}): {why}" for e, why in bad[:5])
+        more = f"; and {len(bad) - 5} more (`harness data check` lists them all)" if len(bad) > 5 else ""
+        return (f"{len(bad)} of {len(present)} videos listed in {lst.ann_file} are not readable videos: {shown}{more}. "
+                "Replace those files or remove their lines from the list")
+
+    @staticmethod
+    def _descriptions_problem(job: Any) -> str | None:
+        opts = job.method_options
+        if job.descriptions is None or "n_descriptions" not in opts or not opts.get("use_consistency", True):
+            return None
+        from harness.data.descriptions import load_job_descriptions
+
+        try:
+            load_job_descriptions(job.descriptions, int(opts["n_descriptions"]), job.cache_dir, job.splits_root)
+        except HarnessError as err:
+            return str(err)
+        return None
+
+
+def fail_jobs_with_bad_data(jobs: list[Any], store: Any, cache_dir: str | None, write: bool = True) -> list[Any]:
+    """Record (error.json) and return the unfinished jobs whose data is unusable; print one line each."""
+    check = DataCheck(cache_dir)
+    failed = []
+    for job in jobs:
+        if store.is_finished(job):
+            continue
+        problem = check.problem(job)
+        if problem is None:
+            continue
+        err = HarnessError(problem)
+        where = store.fail_job(job, err) if write else store.job_dir(job) / "error.json"
+        print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
+        failed.append(job)
+    return failed
