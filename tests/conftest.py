@@ -64,3 +64,11 @@ def b16_meta():
 # Tests measure behaviour, not speed: one intra-op thread avoids OpenMP's collapse when the
 # 2-core CI machine runs anything beside the test process.
 __import__("torch").set_num_threads(1)
+
+
+@pytest.fixture
+def skip_training(monkeypatch):
+    """Jobs evaluate without the training step (fast CLI tests; `schedule.epochs=0` is an error)."""
+    import harness.engine.runner as runner_mod
+
+    monkeypatch.setattr(runner_mod, "train", lambda *args, **kwargs: {"iters": 0, "skipped": "skip_training fixture"})

@@ -124,10 +124,10 @@ def test_data_check_embedded(capsys, harness_cache, monkeypatch):
 
 
 @pytest.mark.slow
-def test_shards_fill_one_results_dir(tmp_path, harness_cache, capsys):
+def test_shards_fill_one_results_dir(tmp_path, harness_cache, capsys, skip_training):
     base = ["run", "--methods", "zeroshot,vificlip_prompt", "--protocol", "fully_supervised", "--profile", "tiny",
             "--cache", str(harness_cache), "--out", str(tmp_path), "--no-progress",
-            "--set", "schedule.views=[2,3]", "--set", "schedule.epochs=0"]  # evaluation only: fast
+            "--set", "schedule.views=[2,3]"]  # evaluation only (skip_training): fast
     assert main(base + ["--shard", "0/2"]) == 0
     first = capsys.readouterr().out
     assert "zeroshot" in first and "vificlip_prompt" not in first.split("| Method |", 1)[1]
@@ -139,9 +139,9 @@ def test_shards_fill_one_results_dir(tmp_path, harness_cache, capsys):
     assert len(list(tmp_path.glob("invocations/*.json"))) == 2
 
 
-def test_sweep_runs_every_value_and_plots(tmp_path, harness_cache, capsys):
+def test_sweep_runs_every_value_and_plots(tmp_path, harness_cache, capsys, skip_training):
     args = ["run", "--methods", "msta", "--protocol", "base2novel", "--profile", "tiny", "--cache", str(harness_cache),
-            "--out", str(tmp_path), "--no-progress", "--sweep", "msta.rank=8,16", "--set", "schedule.epochs=0"]
+            "--out", str(tmp_path), "--no-progress", "--sweep", "msta.rank=8,16"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "msta[rank=8]" in out and "msta[rank=16]" in out

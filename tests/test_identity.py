@@ -162,12 +162,12 @@ def _run(args, capsys):
 
 
 def _cli(cache, out, methods, *extra):
-    """A fast run: random backbone (no pretraining), nothing trained unless asked."""
+    """A fast run: random backbone (no pretraining); with `skip_training`, nothing trained."""
     return ["run", "--methods", methods, "--protocol", "base2novel", "--profile", "tiny", "--cache", str(cache),
-            "--out", str(out), "--no-progress", "--pretrained", "random", "--set", "schedule.epochs=0", *extra]
+            "--out", str(out), "--no-progress", "--pretrained", "random", *extra]
 
 
-def test_same_job_from_another_invocation_is_skipped(harness_cache, tmp_path, capsys):
+def test_same_job_from_another_invocation_is_skipped(harness_cache, tmp_path, capsys, skip_training):
     code, _, _ = _run(_cli(harness_cache, tmp_path, "zeroshot,aim", "--splits", "1"), capsys)
     assert code == 0
     before = {p: p.stat().st_mtime_ns for p in tmp_path.glob("jobs/*/metrics.json")}
@@ -179,7 +179,7 @@ def test_same_job_from_another_invocation_is_skipped(harness_cache, tmp_path, ca
     assert len({r["job"]["protocol_hash"] for r in records}) == 1
 
 
-def test_a_failing_job_lets_the_others_finish(harness_cache, tmp_path, capsys, monkeypatch):
+def test_a_failing_job_lets_the_others_finish(harness_cache, tmp_path, capsys, monkeypatch, skip_training):
     import harness.engine.runner as runner_mod
 
     real = runner_mod.run_job
@@ -199,7 +199,7 @@ def test_a_failing_job_lets_the_others_finish(harness_cache, tmp_path, capsys, m
     assert record["type"] == "HarnessError" and record["message"] == "simulated bad video file"
     assert "flaky" in record["where"] and "Traceback" in record["traceback"]
     assert "## Failed jobs" in out and "simulated bad video file" in (tmp_path / "summary.md").read_text()
-    monkeypatch.undo()
+    monkeypatch.setattr(runner_mod, "run_job", real)
     code, out, err = _run(args, capsys)  # the rerun retries the failed job only
     assert code == 0 and err.count("finished earlier, skipped") == 1
     assert not error.exists() and (error.parent / "metrics.json").is_file()
