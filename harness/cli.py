@@ -244,6 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if pretrained == "random":
         pretrained = None
     profile = args.profile or default_profile(args.dataset)
+    from harness.validate import check_backbone_name
+
+    problems.attempt(lambda: check_backbone_name(backbone, pretrained))
     req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
                      pretrained=pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
                      seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,

@@ -127,6 +127,21 @@ def check_pretrained_file(pretrained: str | None) -> None:
                            "torch.save, or .safetensors)")
 
 
+def check_backbone_name(backbone: str, pretrained: str | None) -> None:
+    """An open_clip model name (or one of the project's small configs), checked before any job."""
+    from harness.backbone import TINY_CONFIGS, resolve_model_name
+
+    resolved, _ = resolve_model_name(backbone, pretrained)
+    if resolved in TINY_CONFIGS:
+        return
+    import open_clip
+
+    if resolved not in open_clip.list_models():
+        from harness.errors import unknown_name_error
+
+        raise unknown_name_error("backbone", backbone, set(open_clip.list_models()) | set(TINY_CONFIGS))
+
+
 def _looks_like_checkpoint(head: bytes) -> bool:
     if head.startswith(b"PK\x03\x04"):  # torch.save (zip), TorchScript archives
         return True
