@@ -398,8 +398,6 @@ def test_progress_bar_does_not_warn_on_a_loss_that_requires_grad():
 def test_resume_fills_frozen_weights_and_names_what_is_missing(capsys):
     """mmengine reports every key absent from a resumed checkpoint ("do not match exactly"): the
     hook completes the frozen ones, and says in one line when a trainable one is really absent."""
-    import logging
-
     import torch
     from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
@@ -418,17 +416,10 @@ def test_resume_fills_frozen_weights_and_names_what_is_missing(capsys):
     runner = type("R", (), {"model": net})()
     checkpoint = {"state_dict": {k: v for k, v in saved.state_dict().items() if k.startswith("adapter")}}
     TrainableCheckpointHook({})._complete_state(runner, checkpoint)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logging.getLogger().addHandler(handler)
-    try:
-        _load_checkpoint_to_model(net, checkpoint)
-    finally:
-        logging.getLogger().removeHandler(handler)
-    assert not any("do not match" in r.getMessage() for r in records)
+    _load_checkpoint_to_model(net, checkpoint)  # mmengine print()s its mismatch report (logger=None)
+    captured = capsys.readouterr()
+    assert "do not match" not in captured.out and captured.err == ""
     assert torch.equal(net.adapter.weight, saved.adapter.weight)
-    assert capsys.readouterr().err == ""
     partial = {"state_dict": {"adapter.weight": saved.adapter.weight}}
     TrainableCheckpointHook({})._complete_state(runner, partial)
     err = capsys.readouterr().err
