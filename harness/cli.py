@@ -303,9 +303,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_data_command(args)
     if args.order_pairs:
         from harness.measure.order_pairs import format_rows, run_order_pairs
-        from methods.registry import parse_method_list
+        from methods.registry import list_methods, parse_method_list
 
-        methods = parse_method_list(args.methods if args.methods != "zeroshot" else "st_adapter,aim,msta,vitaclip,vificlip,zeroshot")
+        methods = parse_method_list(args.methods) if args.methods != "zeroshot" else list_methods(True) + list_methods(False)
         rows = run_order_pairs(methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
         print(format_rows(rows))
         return 0

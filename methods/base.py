@@ -62,6 +62,11 @@ class VideoTextModel(nn.Module):
     #: True when no parameter of the text path is trained, so class text features can be
     #: computed once per class set (also while training) instead of once per step.
     text_is_frozen: ClassVar[bool] = True
+    #: True when the video feature depends on the order of the frames (a temporal module); False
+    #: for mean-pooled per-frame features, whose output is the same for the time-reversed clip.
+    #: The generic tests check this claim (reversed clips after perturbing every trainable
+    #: tensor) and the order-pair benchmark reads it.
+    models_frame_order: ClassVar[bool] = False
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:
