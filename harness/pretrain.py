@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.atomic import atomic_write
-from harness.backbone import TINY_CONFIGS, create_clip, get_tokenizer
+from harness.backbone import SMALL_CONFIGS, create_clip, get_tokenizer, small_config
 from harness.data import embedded
 from harness.data.embedded import _COLORS, _PAIR_COLORS, _background, _outline
 from harness.errors import HarnessError
@@ -104,15 +104,15 @@ class PretrainRecipe:
     verb_weight: float = 4.0       # the motion phrase head's weight among the text heads (class names apart)
     init_logit_scale: float = 5.0  # a low start (open_clip's is 14.3) keeps the features from collapsing
     pos_init_gain: float = 10.0    # image positional embedding init x10: position is learnt in the budget
-    image_size: int = TINY_CONFIGS["harness-tiny"]["vision_cfg"]["image_size"]
+    image_size: int = small_config("harness-tiny")["vision_cfg"]["image_size"]
     noise: float = 3.0          # std of pixel noise (0-255), as the embedded videos
     backgrounds: int = 1024     # size of the pool of embedded backgrounds
 
     def validate(self) -> None:
-        if self.model not in TINY_CONFIGS:
+        if self.model not in SMALL_CONFIGS:
             raise HarnessError(f"pretrain recipe: model {self.model!r} is not one of this project's small "
-                               f"configs ({', '.join(TINY_CONFIGS)}).")
-        size = TINY_CONFIGS[self.model]["vision_cfg"]["image_size"]
+                               f"configs ({', '.join(SMALL_CONFIGS)}).")
+        size = small_config(self.model)["vision_cfg"]["image_size"]
         checks = [
             (self.image_size == size, f"image_size must be {size}, the image size of {self.model}"),
             (self.steps >= 1 and self.batch >= 2, "steps must be >= 1 and batch >= 2"),
@@ -538,7 +538,7 @@ def train(recipe: PretrainRecipe, progress: Callable[[int, int, float], None] | 
         model.visual.output_tokens = True  # (pooled, patch tokens) while training
 
         dim = model.text_projection.shape[-1]
-        patch = TINY_CONFIGS[recipe.model]["vision_cfg"]["patch_size"]
+        patch = small_config(recipe.model)["vision_cfg"]["patch_size"]
         image_heads = _Heads(dim, ATTRIBUTES, weights={"color": recipe.color_weight})
         patch_head = nn.Linear(model.visual.transformer.width, 1)
         text_heads = _Heads(dim, {**{k: tuple(dict.fromkeys((*v, None))) for k, v in ATTRIBUTES.items()},

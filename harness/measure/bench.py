@@ -337,10 +337,11 @@ def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings:
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
                options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.backbone import get_tokenizer
+    from harness.weights import create_backbone
 
     device = torch.device(settings.device)
-    clip, spec = create_clip(settings.backbone, settings.pretrained)
+    clip, spec = create_backbone(settings.backbone, settings.pretrained)
     image_size = settings.image_size or spec.image_size
     classnames = [f"class {i}" for i in range(settings.num_classes)]
     base = _row_base(method, replace(settings, image_size=image_size), env)
