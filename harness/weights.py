@@ -30,7 +30,7 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | os.PathL
         return None
     if name != "harness-tiny":
         raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only harness-tiny has synthetic weights (got --backbone {name})")
-    from harness.pretrain import ensure_pretrained_tiny
+    from harness.pretrain.cache import ensure_pretrained_tiny
 
     return ensure_pretrained_tiny(Path(cache_dir) / "backbones" if cache_dir else None)
 
