@@ -16,6 +16,7 @@ from torch import nn
 
 from harness.backbone import BackboneSpec, create_clip
 from harness.errors import HarnessError
+from harness.paths import cache_root
 
 #: Tag of the project's own weights for `harness-tiny`: contrastively pretrained on synthetic
 #: captioned frames (`harness.pretrain`), generated once and cached, so that frozen-backbone
@@ -32,7 +33,7 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | os.PathL
         raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only harness-tiny has synthetic weights (got --backbone {name})")
     from harness.pretrain.cache import ensure_pretrained_tiny
 
-    return ensure_pretrained_tiny(Path(cache_dir) / "backbones" if cache_dir else None)
+    return ensure_pretrained_tiny(cache_root(cache_dir) / "backbones")
 
 
 def create_backbone(name: str = "harness-tiny", pretrained: str | None = None, seed: int | None = 0,

@@ -9,7 +9,6 @@ adding a method is adding one file here that calls `register_method`; no central
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Mapping, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError, unknown_name_error
+from harness.options import build_dataclass
 from methods.base import MethodConfig, VideoTextModel
 
 
@@ -84,43 +84,10 @@ def parse_method_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _coerce(method: str, field: dataclasses.Field, value: Any) -> Any:
-    """Check an override's type against the field's default (YAML already parsed it)."""
-    default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, int) and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-    elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(default, str):
-        return str(value)
-    elif default is None or isinstance(default, (list, tuple)):
-        return value
-    choices = field.metadata.get("choices")
-    raise HarnessError(
-        f"--set {method}.{field.name}={value!r}: expected {type(default).__name__} (default {default!r})"
-        + (f", one of {choices}" if choices else "")
-    )
-
-
 def make_config(name: str, options: Mapping[str, Any] | None = None) -> MethodConfig:
     """The method's config with `options` applied; unknown options or bad values raise."""
     info = get_method(name)
-    fields = {f.name: f for f in dataclasses.fields(info.config_cls)}
-    values: dict[str, Any] = {}
-    for key, value in (options or {}).items():
-        if key not in fields:
-            raise unknown_name_error(f"option of method {name!r}", key, fields)
-        value = _coerce(name, fields[key], value)
-        choices = fields[key].metadata.get("choices")
-        if choices and value not in choices:
-            raise HarnessError(f"--set {name}.{key}={value!r}: must be one of {', '.join(map(str, choices))}")
-        values[key] = value
-    config = info.config_cls(**values)
+    config = build_dataclass(info.config_cls, dict(options or {}), name, kind=f"option of method {name!r}")
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()

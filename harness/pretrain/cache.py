@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.data import embedded
 from harness.errors import HarnessError
+from harness.paths import CACHE_ENV, cache_root
 from harness.pretrain.recipe import PretrainRecipe, recipe_hash
 from harness.pretrain.train import pretrain_clip
 
@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     """`$HARNESS_CACHE/backbones`, else `~/.cache/harness/backbones`."""
-    env = os.environ.get(embedded.CACHE_ENV)
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "harness") / "backbones"
+    return cache_root() / "backbones"
 
 
 @contextlib.contextmanager
@@ -73,5 +72,5 @@ def ensure_pretrained_tiny(cache_dir: str | os.PathLike | None = None, recipe: P
                 pretrain_clip(recipe, path, progress)
     except OSError as exc:
         raise HarnessError(f"cannot write the pretrained backbone cache {path.parent}: {exc}. Set "
-                           f"{embedded.CACHE_ENV} to a writable folder.") from exc
+                           f"{CACHE_ENV} to a writable folder.") from exc
     return path
