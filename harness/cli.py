@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.errors import ConfigurationError, HarnessError
-
-DEFAULT_SEED = 2048  # MSTA's logged seed
-EMBEDDED_BACKBONE = "harness-tiny"
-REAL_BACKBONE = "ViT-B-16"
 
 
 def _int_list(text: str, option: str) -> list[int]:

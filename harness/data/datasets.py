@@ -200,10 +200,12 @@ DATASETS: dict[str, DatasetSpec] = _specs()
 
 def get_dataset(name: str) -> DatasetSpec:
     """The spec called `name` (or `folder:/path`), or a HarnessError listing the valid names."""
-    from harness.data.folder import folder_spec, is_folder_dataset
+    from harness.data import folder
 
-    if is_folder_dataset(name):
-        return folder_spec(name)
+    if folder.is_folder_dataset(name):
+        path = folder.folder_path(name)
+        return DatasetSpec(name=f"{folder.PREFIX}{path}", title=f"videos in {path}", files=dict(folder.FILES),
+                           video_subdir="", video_ext="", folder=str(path), split_ids=(1,), notes=folder.SPLIT_RULE)
     try:
         return DATASETS[name]
     except KeyError:
