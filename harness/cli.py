@@ -428,7 +428,8 @@ def _check_counts(values: dict[str, Any], at_least_zero: dict[str, Any] | None =
 
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_counts({"--batch": args.batch, "--frames": args.frames, "--iters": args.iters, "--epochs": args.epochs,
-                   "--samples": args.samples, "--runs": args.runs, "--gop": args.gop}, {"--warmup": args.warmup})
+                   "--samples": args.samples, "--runs": args.runs, "--gop": args.gop, "--image-size": args.image_size,
+                   "--num-classes": args.num_classes}, {"--warmup": args.warmup})
     if args.data and args.synthetic:
         from harness.measure.decode_bench import bench_synthetic_command
 

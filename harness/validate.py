@@ -104,7 +104,7 @@ def check_results_dir(path: Path, option: str = "--out", create: bool = True) ->
 def check_pretrained_file(pretrained: str | None) -> None:
     """A local `--pretrained` must exist and be a checkpoint file (torch.save zip or pickle,
     safetensors): a header probe, no loading. Tags are checked when the backbone is built."""
-    from harness.backbone import SYNTHETIC_TAG
+    from harness.weights import SYNTHETIC_TAG
 
     if pretrained is None or pretrained == SYNTHETIC_TAG:
         return
@@ -128,18 +128,15 @@ def check_pretrained_file(pretrained: str | None) -> None:
 
 
 def check_backbone_name(backbone: str, pretrained: str | None) -> None:
-    """An open_clip model name (or one of the project's small configs), checked before any job."""
-    from harness.backbone import TINY_CONFIGS, resolve_model_name
+    """An open_clip model name (this project's small configs are registered there), checked
+    before any job instead of when the first one builds its model."""
+    from harness.backbone import _known_names, resolve_model_name
+    from harness.errors import unknown_name_error
 
     resolved, _ = resolve_model_name(backbone, pretrained)
-    if resolved in TINY_CONFIGS:
-        return
-    import open_clip
-
-    if resolved not in open_clip.list_models():
-        from harness.errors import unknown_name_error
-
-        raise unknown_name_error("backbone", backbone, set(open_clip.list_models()) | set(TINY_CONFIGS))
+    known = _known_names()
+    if resolved not in known:
+        raise unknown_name_error("backbone", backbone, known)
 
 
 def _looks_like_checkpoint(head: bytes) -> bool:
