@@ -88,9 +88,9 @@ class ProbeCache:
     """Verdicts of `probe_video`, persisted under the harness cache (a damaged cache is ignored)."""
 
     def __init__(self, cache_dir: str | os.PathLike | None) -> None:
-        from harness.data.embedded import default_cache_dir
+        from harness.paths import cache_root
 
-        self.path = (Path(cache_dir) if cache_dir else default_cache_dir().parent) / _CACHE_NAME
+        self.path = cache_root(cache_dir) / _CACHE_NAME
         try:
             data = json.loads(self.path.read_text()) if self.path.is_file() else {}
         except (OSError, ValueError):
