@@ -32,6 +32,10 @@ def _init_mm() -> None:
 
     init_default_scope("mmaction")
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
+    import warnings
+
+    # set on purpose above (mmengine's resume pickles more than tensors): not news at every resume
+    warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
 
 
 def world_size() -> int:
