@@ -424,3 +424,11 @@ def test_resume_fills_frozen_weights_and_names_what_is_missing(capsys):
     TrainableCheckpointHook({})._complete_state(runner, partial)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1 trainable tensor(s) not in the checkpoint" in err and "adapter.bias" in err
+
+
+def test_debug_shows_the_traceback(capsys, monkeypatch):
+    code = main(["--debug", "params", "--methods", "aim", "--frames", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err and err.rstrip().endswith("harness: error: --frames 0: must be >= 1")
+    monkeypatch.setenv("HARNESS_DEBUG", "1")
+    assert main(["params", "--methods", "aim", "--frames", "0"]) == 2 and "Traceback" in capsys.readouterr().err
