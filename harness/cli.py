@@ -211,15 +211,18 @@ def _print_dry_run(jobs: list) -> int:
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
     """Run every unfinished job; one failing job is recorded and does not stop the others."""
     from harness.engine.runner import run_job
+    from harness.locks import claim_jobs, folder_lock
     from harness.provenance import provenance
     from harness.report import write_summary
 
     prov = provenance()
     rank0 = _rank() == 0
     if rank0:
-        store.write_run(dataclasses.asdict(req), prov)
+        with folder_lock(store.root):
+            store.write_run(dataclasses.asdict(req), prov)
     failures = 0
-    for number, job in enumerate(jobs, 1):
+    # One writer per job: jobs another live run holds are skipped, then waited for (harness/locks.py).
+    for number, job in claim_jobs(jobs, store.job_lock_path, store.claim_job):
         if store.is_finished(job):
             print(f"[{number}/{len(jobs)}] {job.job_id}: finished earlier, skipped", file=sys.stderr)
             continue
@@ -240,7 +243,8 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
             line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
             print(f"  {line}", file=sys.stderr)
     if rank0:
-        text, path = write_summary(store.root, store.finished_records())
+        with folder_lock(store.root):
+            text, path = write_summary(store.root, store.finished_records())
         print(text)
         print(f"results: {store.root} (table: {path})")
     return 1 if failures else 0

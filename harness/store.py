@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import atomic_write_json, atomic_write_text
+from harness.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from harness.jobs import JobSpec
+from harness.locks import JOB_LOCK
 
 
 class RunStore:
@@ -23,6 +24,14 @@ class RunStore:
     def job_dir(self, job: JobSpec) -> Path:
         return self.root / "jobs" / job.job_id
 
+    def job_lock_path(self, job: JobSpec) -> Path:
+        """The job's lock file (harness/locks.py): whoever holds it is the job's only writer."""
+        return self.job_dir(job) / JOB_LOCK
+
+    def claim_job(self, job: JobSpec, lock: Any) -> None:
+        """Called on taking a job's lock: temp files a killed writer left behind are garbage now."""
+        remove_stale_temps(self.job_dir(job), recursive=True)
+
     def is_finished(self, job: JobSpec) -> bool:
         return (self.job_dir(job) / "metrics.json").is_file()
 
@@ -30,6 +39,8 @@ class RunStore:
         """Each invocation appends its own record (a rerun or shard never erases another's)."""
         invocations = self.root / "invocations"
         invocations.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(invocations)  # callers hold the folder lock (harness/locks.py)
+        remove_stale_temps(self.root)
         stamp = provenance["time_utc"].replace(":", "")
         name = f"{stamp}-{os.getpid()}.json"
         atomic_write_json(invocations / name, {"request": request, "provenance": provenance})
