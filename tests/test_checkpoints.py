@@ -199,10 +199,11 @@ def test_claim_jobs_skips_a_held_job_then_waits_for_it(tmp_path):
 
 
 # -- chaos -------------------------------------------------------------------------------------
-CHAOS = ["run", "--methods", "st_adapter,vificlip", "--protocol", "base2novel", "--profile", "tiny", "--no-progress",
+CHAOS = ["run", "--methods", "st_adapter", "--splits", "1,2", "--protocol", "base2novel", "--profile", "tiny",
          "--pretrained", "random",  # no synthetic pretraining in the test cache: the chaos is what is timed
-         "--set", "schedule.epochs=3", "--set", "schedule.warmup_epochs=1", "--set", "schedule.select=best",
-         "--set", "schedule.val_interval=1", "--set", "schedule.num_workers=0", "--set", "schedule.cpu_threads=1"]
+         "--no-progress", "--set", "schedule.epochs=3", "--set", "schedule.warmup_epochs=1",
+         "--set", "schedule.select=best", "--set", "schedule.val_interval=1", "--set", "schedule.num_workers=0",
+         "--set", "schedule.cpu_threads=1"]
 
 
 def _cli(out: Path, cache: Path, faults: str | None = None) -> int:
@@ -224,21 +225,27 @@ def test_chaos_kills_then_reruns_match_an_uninterrupted_run(tmp_path, harness_ca
     assert _cli(straight, harness_cache) == 0
     rng = random.Random(11)
     plan = [f"train.iter:{rng.randint(10, 60)}", f"atomic.before_rename:{rng.randint(3, 8)}",
-            f"ckpt.before_pointer:{rng.randint(1, 3)}", f"ckpt.before_remove:{rng.randint(1, 3)}",
-            f"atomic.before_rename:{rng.randint(8, 14)}"]
+            f"ckpt.before_pointer:{rng.randint(1, 3)}", f"ckpt.before_remove:{rng.randint(1, 3)}"]
     killed = sum(_cli(chaos, harness_cache, faults) != 0 for faults in plan)
     for _ in range(3):
         if _cli(chaos, harness_cache) == 0:
             break
-    assert killed >= 4  # the plan really interrupted the run
+    assert killed == len(plan)  # every planned point was reached: the run really was interrupted
     assert (chaos / "summary.md").read_text() == (straight / "summary.md").read_text()
+    resumed = []
     for job_dir in sorted((straight / "jobs").iterdir()):
         other = chaos / "jobs" / job_dir.name
         a, b = (json.loads((d / "metrics.json").read_text())["metrics"] for d in (job_dir, other))
         assert a["evals"] == b["evals"] and a["train"]["final_loss"] == b["train"]["final_loss"]
         assert a["train"]["selected"] == b["train"]["selected"]
-    resumed = [json.loads(p.read_text())["metrics"]["train"]["resumed"] for p in chaos.glob("jobs/*/metrics.json")]
+        resumed.append(b["train"]["resumed"])
+        wa, wb = (torch.load(d / "work" / "epoch_3.pth", map_location="cpu", weights_only=False)["state_dict"]
+                  for d in (job_dir, other))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert sorted(p.name for p in (other / "work").glob("*.pth")) == sorted(
+            p.name for p in (job_dir / "work").glob("*.pth"))  # no spare checkpoints left behind
     assert any(resumed)
-    assert not list(chaos.rglob("*.part")) and not list(chaos.rglob("*.lock"))
+    assert not list(chaos.rglob("*.part")) and not list(chaos.rglob("*.lock*"))
     for path in chaos.rglob("*.json"):
-        json.loads(path.read_text())
+        if "work" not in path.relative_to(chaos).parts:  # mmengine's own logs there are JSON lines
+            json.loads(path.read_text())

@@ -80,12 +80,19 @@ def choose_resume_checkpoint(work_dir: Path, need_best: bool) -> tuple[Path | No
             continue
         if notes:
             notes.append(f"resumed from {path.name} (epoch {checkpoint['meta'].get('epoch')}) instead")
+        _remove_spares(work_dir, keep={path.name, best})  # a kill between save and clean-up leaves some
         return path, notes
     if candidates or pointer.exists():
         notes.append("no usable checkpoint; the job restarted from scratch")
         for path in [pointer, *_epoch_files(work_dir), *work_dir.glob("best_*.pth")]:
             path.unlink(missing_ok=True)
     return None, notes
+
+
+def _remove_spares(work_dir: Path, keep: set[str | None]) -> None:
+    for path in [*work_dir.glob("epoch_*.pth"), *work_dir.glob("best_*.pth")]:
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -165,10 +172,7 @@ class SafeCheckpointHook(Hook):
         fault_point("ckpt.before_pointer")
         atomic_write_text(self.work_dir / POINTER, name)
         fault_point("ckpt.before_remove")
-        keep = {name, runner.message_hub.get_info(BEST_FILE)}
-        for path in [*self.work_dir.glob("epoch_*.pth"), *self.work_dir.glob("best_*.pth")]:
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
+        _remove_spares(self.work_dir, keep={name, runner.message_hub.get_info(BEST_FILE)})
 
     def _maybe_save_best(self, runner, epoch: int, score: float) -> None:
         hub = runner.message_hub
