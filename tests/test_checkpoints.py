@@ -37,6 +37,7 @@ def _record(out: Path) -> dict:
 
 
 # -- exact resume ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path, harness_cache, monkeypatch):
     """Crash in the middle of epoch 2 (iteration 30 of 2 x 24); the rerun resumes from the epoch-1
     checkpoint and must end with exactly the uninterrupted run's adapter weights and metrics."""
