@@ -6,11 +6,10 @@ import argparse
 import dataclasses
 import os
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 
 DEFAULT_SEED = 2048  # MSTA's logged seed
 EMBEDDED_BACKBONE = "harness-tiny"
@@ -75,7 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
-    ls.add_argument("what", nargs="?", default="all", choices=("all", "methods", "protocols", "datasets", "profiles", "settings"))
+    ls.add_argument("what", nargs="?", default="all",
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes"))
+    ls.add_argument("--method", default=None, help="ls recipes: only this method")
+    ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
     params = sub.add_parser("params", help="trainable / total parameters (and GFLOPs) per method")
     params.add_argument("--methods", default="all")
@@ -87,24 +89,27 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--flops", action="store_true", help="also count GFLOPs per view (slower)")
     params.add_argument("--format", default="table", choices=("table", "json"))
 
+    from harness.measure.bench_cli import add_bench_arguments
+
     bench = sub.add_parser("bench", help="training/inference throughput, MFU and memory (or --data: decoding)")
-    bench.add_argument("--methods", default="zeroshot")
-    bench.add_argument("--backbone", default=REAL_BACKBONE)
-    bench.add_argument("--batch", type=int, default=32)
-    bench.add_argument("--frames", type=int, default=8)
-    bench.add_argument("--amp", default="bf16", choices=("bf16", "none"))
-    bench.add_argument("--compile", action="store_true")
-    bench.add_argument("--iters", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    add_bench_arguments(bench)
     bench.add_argument("--data", action="store_true", help="measure the MMAction2 decode+augment pipeline instead")
     bench.add_argument("--order-pairs", action="store_true", help="train briefly on the embedded dataset and report "
                        "accuracy on its order-only class pairs (do methods see frame order?)")
     bench.add_argument("--epochs", type=int, default=15, help="--order-pairs: training epochs")
     bench.add_argument("--out", default="results/order-pairs", help="--order-pairs: results directory")
-    bench.add_argument("--dataset", default="embedded")
-    bench.add_argument("--data-root", default=None)
-    bench.add_argument("--format", default="table", choices=("table", "json"))
+    bench.add_argument("--dataset", default="embedded", help="--data: the dataset whose training list is decoded")
+    bench.add_argument("--data-root", default=None, help="--data: folder holding <dataset>/videos/")
+    bench.add_argument("--synthetic", default=None, choices=("kinetics-like", "ssv2-like"),
+                       help="--data: every decode path on generated videos shaped like that dataset (cached), "
+                       "checked for exact frames, CPU time per clip")
+    bench.add_argument("--decoders", default=None, help="--synthetic: comma list of paths (default: all available)")
+    bench.add_argument("--samples", type=int, default=None, help="--data: clips per timed run")
+    bench.add_argument("--runs", type=int, default=5, help="--synthetic: timed runs (the median is reported)")
+    bench.add_argument("--subsampling", default="420", choices=("420", "444"),
+                       help="--synthetic: JPEG chroma subsampling of the prepared frames")
+    bench.add_argument("--gop", type=int, default=None, help="--synthetic: keyframe interval of the generated videos")
+    bench.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
 
     data = sub.add_parser("data", help="check videos on disk / fetch the pinned upstream split files")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -114,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--splits-root", default=None)
     check.add_argument("--role", default=None, help="list role to check (default: every list of the dataset)")
     check.add_argument("--sample", type=int, default=20, help="decode this many videos per list for timing")
+    check.add_argument("--gpu-rate", type=float, default=None,
+                       help="clips/s the GPU trains at: print how many DataLoader workers that needs")
+    prep = dsub.add_parser("prepare", help="one-time conversion of a dataset's videos to per-video JPEG frame "
+                           "folders that runs read instead (exact, ~8x cheaper per clip); see docs/performance.md")
+    prep.add_argument("--dataset", required=True)
+    prep.add_argument("--data-root", default=None)
+    prep.add_argument("--splits-root", default=None)
+    prep.add_argument("--cache", default=None)
+    prep.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    prep.add_argument("--short-side", type=int, default=256, help="frames larger than this are resized to it "
+                      "(the training pipeline's resize target for 224 px)")
+    prep.add_argument("--subsampling", default="420", choices=("420", "444"), help="JPEG chroma subsampling "
+                      "(444: closer to the video's pixels, ~1.7x the disk, slower to decode)")
+    prep.add_argument("--workers", type=int, default=1, help="processes")
     fetch = dsub.add_parser("fetch", help="download + verify the split/label/description files (or copy from --splits-root)")
     fetch.add_argument("--splits-root", default=None)
     fetch.add_argument("--cache", default=None)
@@ -133,16 +152,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)write the summary tables of a results directory")
     report.add_argument("run_dir")
+    add_checkpoint_commands(sub)
     return parser
 
 
-def _parse_sets_for_params(sets: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    from harness.settings import parse_set_args
+def add_checkpoint_commands(sub: Any) -> None:
+    """`convert` (official releases -> this project's checkpoints) and `predict` (videos -> classes)."""
+    convert = sub.add_parser("convert", help="convert an official released checkpoint into one this project loads")
+    convert.add_argument("checkpoint", help="the released checkpoint file")
+    convert.add_argument("--from", dest="source", required=True,
+                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt")
+    convert.add_argument("--out", default=None, help="output file (default <checkpoint>.harness.pt beside it)")
+    convert.add_argument("--base", default=None, help="the CLIP the release was trained from: open_clip tag "
+                         "(e.g. openai) or local file; fills weights the release lacks and verifies its frozen ones")
+    convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
+    convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
+    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c' or an id,name CSV "
+                         "(default for 400-row heads: Kinetics-400)")
+    convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    convert.add_argument("--splits-root", default=None, help="local copy of the upstream files (K400 class list)")
+    convert.add_argument("--cache", default=None)
 
-    method_opts, schedule, data = parse_set_args(sets, methods)
-    if schedule or data:
-        raise HarnessError("harness params takes only <method>.<option>=value overrides")
-    return method_opts
+    predict = sub.add_parser("predict", help="top-k classes with scores for video files")
+    predict.add_argument("videos", nargs="+", help="video files")
+    predict.add_argument("--method", default=None, help="method (default: the checkpoint's; zeroshot without one)")
+    predict.add_argument("--checkpoint", default=None, help="a converted checkpoint or a run checkpoint")
+    predict.add_argument("--classes", default=None, help="'a,b,c' or an id,name CSV (default: the checkpoint's classes)")
+    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--base", default=None, help="base backbone location if it moved (converted checkpoints)")
+    predict.add_argument("--backbone", default=None, help=f"without --checkpoint (default {EMBEDDED_BACKBONE})")
+    predict.add_argument("--pretrained", default=None, help="without --checkpoint (default: synthetic for harness-tiny)")
+    predict.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's)")
+    predict.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    predict.add_argument("--cache", default=None)
+    predict.add_argument("--format", default="table", choices=("table", "json"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -209,45 +252,61 @@ def _print_dry_run(jobs: list) -> int:
 
 
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
-    """Run every unfinished job; one failing job is recorded and does not stop the others."""
-    from harness.engine.runner import run_job
+    """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
+    recorded in its error.json and the run goes on with the next. Exit code 1 if any failed."""
     from harness.locks import claim_jobs, folder_lock
     from harness.provenance import provenance
-    from harness.report import write_summary
 
     prov = provenance()
     rank0 = _rank() == 0
     if rank0:
         with folder_lock(store.root):
             store.write_run(dataclasses.asdict(req), prov)
-    failures = 0
+    failed = []
     # One writer per job: jobs another live run holds are skipped, then waited for (harness/locks.py).
     for number, job in claim_jobs(jobs, store.job_lock_path, store.claim_job):
+        tag = f"[{number}/{len(jobs)}] {job.job_id}"
         if store.is_finished(job):
-            print(f"[{number}/{len(jobs)}] {job.job_id}: finished earlier, skipped", file=sys.stderr)
+            print(f"{tag}: finished earlier, skipped", file=sys.stderr)
             continue
-        print(f"[{number}/{len(jobs)}] {job.job_id} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
-        job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
-        try:
-            metrics = run_job(job, job_dir, progress=progress and rank0)
-        except HarnessError:
-            raise
-        except Exception:  # a crash in one job must not lose the others' results
-            failures += 1
-            if rank0:
-                store.fail_job(job, traceback.format_exc())
-            print(f"  job {job.job_id} failed; traceback in {store.job_dir(job) / 'error.txt'}", file=sys.stderr)
-            continue
-        if rank0:
-            store.finish_job(job, metrics, prov)
-            line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
-            print(f"  {line}", file=sys.stderr)
+        if not _run_one_job(job, store, prov, tag, rank0, progress):
+            failed.append(job)
     if rank0:
         with folder_lock(store.root):
-            text, path = write_summary(store.root, store.finished_records())
-        print(text)
-        print(f"results: {store.root} (table: {path})")
-    return 1 if failures else 0
+            _print_summary(store)
+    return 1 if failed else 0
+
+
+def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
+    """Run one job and record its result or its error; True if it finished."""
+    from harness.engine.runner import run_job
+
+    print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
+    job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
+    try:
+        metrics = run_job(job, job_dir, progress=progress and rank0)
+    except ConfigurationError:
+        raise
+    except Exception as err:  # one job's failure must not lose the others' results
+        where = store.fail_job(job, err) if rank0 else store.job_dir(job) / "error.json"
+        kind = "" if isinstance(err, HarnessError) else f"{type(err).__name__}: "
+        print(f"  job {job.job_id} failed: {kind}{err} (details: {where})", file=sys.stderr)
+        return False
+    if rank0:
+        store.finish_job(job, metrics, prov)
+        line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
+        print(f"  {line}", file=sys.stderr)
+    return True
+
+
+def _print_summary(store: Any) -> None:
+    """(Re)write the run's tables from every finished job; list the jobs that failed."""
+    from harness.report import write_summary
+
+    failures = store.failed_records()
+    text, path = write_summary(store.root, store.finished_records(), failures)
+    print(text)
+    print(f"results: {store.root} (table: {path})")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -274,6 +333,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Datasets:")
         for name, spec in DATASETS.items():
             print(f"  {name}: {spec.title} (roles: {', '.join(sorted(spec.files))})")
+        print("  folder:/path: your videos, one sub-folder per class (fully_supervised, few_shot; docs/checkpoints.md)")
     if what in ("all", "profiles"):
         from protocols import load_profiles
 
@@ -286,42 +346,55 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Settings (--set key=value):")
         for key, default, text in settings_help():
             print(f"  {key} = {default!r} — {text}")
+    if what == "recipes":
+        _ls_recipes(args.method, args.protocol)
     return 0
+
+
+def _ls_recipes(method: str | None, protocol: str | None) -> None:
+    from harness.recipes import format_recipes, recipe_rows
+    from methods.registry import get_method, list_methods
+    from protocols import list_protocols, load_protocol
+
+    if method:
+        get_method(method)  # unknown name -> one-line error with suggestions
+    if protocol:
+        load_protocol(protocol)
+    print(format_recipes(recipe_rows([method] if method else list_methods(), [protocol] if protocol else list_protocols())))
 
 
 def cmd_params(args: argparse.Namespace) -> int:
     from harness.measure.params import format_params_table, params_rows
+    from harness.settings import parse_method_sets
     from methods.registry import parse_method_list
 
     methods = parse_method_list(args.methods)
-    overrides = _parse_sets_for_params(args.sets, methods)
+    overrides = parse_method_sets(args.sets, methods)
     rows = params_rows(methods, args.backbone, args.pretrained, args.frames, args.classes, overrides, with_flops=args.flops)
     print(format_params_table(rows, args.format))
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.data and args.synthetic:
+        from harness.measure.decode_bench import bench_synthetic_command
+
+        return bench_synthetic_command(args)
     if args.data:
         from harness.measure.data_bench import bench_data_command
 
         return bench_data_command(args)
     if args.order_pairs:
         from harness.measure.order_pairs import format_rows, run_order_pairs
-        from methods.registry import parse_method_list
+        from methods.registry import list_methods, parse_method_list
 
-        methods = parse_method_list(args.methods if args.methods != "zeroshot" else "st_adapter,aim,msta,vitaclip,vificlip,zeroshot")
+        methods = parse_method_list(args.methods) if args.methods else list_methods(True) + list_methods(False)
         rows = run_order_pairs(methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
         print(format_rows(rows))
         return 0
-    from harness.measure.bench import format_bench, run_bench
-    from methods.registry import parse_method_list
+    from harness.measure.bench_cli import run_bench_command
 
-    methods = parse_method_list(args.methods)
-    overrides = _parse_sets_for_params(args.sets, methods)
-    rows = run_bench(methods, backbone=args.backbone, batch=args.batch, frames=args.frames, amp=args.amp,
-                     compile=args.compile, iters=args.iters, warmup=args.warmup, overrides=overrides)
-    print(format_bench(rows, args.format))
-    return 0
+    return run_bench_command(args)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -329,6 +402,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         from harness.data.upstream import fetch_command
 
         return fetch_command(args.splits_root, args.cache, args.only)
+    if args.data_command == "prepare":
+        from harness.data.check import prepare_command
+
+        return prepare_command(args.dataset, args.data_root, args.splits_root, args.cache, args.quality,
+                               args.short_side, args.workers, args.subsampling)
     if args.data_command == "build-ssv2":
         return _build_ssv2(args)
     if args.data_command == "describe":
@@ -342,7 +420,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from harness.data.check import check_command
 
-    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample)
+    return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample, args.gpu_rate)
 
 
 def _build_ssv2(args: argparse.Namespace) -> int:
@@ -368,14 +446,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = RunStore(Path(args.run_dir))
     if not (store.root / "jobs").is_dir():
         raise HarnessError(f"{store.root}: not a results directory (no jobs/ folder)")
-    text, path = write_summary(store.root, store.finished_records())
+    text, path = write_summary(store.root, store.finished_records(), store.failed_records())
     print(text)
     print(f"table: {path}")
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from harness.convert.cli import convert_command
+
+    return convert_command(args)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from harness.convert.predict import predict_command
+
+    return predict_command(args)
+
+
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
-            "report": cmd_report}
+            "report": cmd_report, "convert": cmd_convert, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

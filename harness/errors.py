@@ -20,3 +20,10 @@ def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> HarnessErr
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return HarnessError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid)}")
+
+
+class ConfigurationError(HarnessError):
+    """A combination of options that cannot run at all (e.g. a closed-set head under an
+    open-set protocol), found only once the method is built. Unlike a job's other failures,
+    which are recorded and let the run go on, it stops the invocation: every job with that
+    configuration would fail the same way."""

@@ -8,6 +8,7 @@ needs.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+
+#: Schedule keys that change how a job runs, not what it computes: recorded in the job's config,
+#: never hashed into its id (another machine, more memory or more workers -> the same job).
+#: Extend here when adding such a key.
+EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_batch", "grad_checkpointing")
+#: The same for `data.*` keys (decoder threads change CPU time, never the decoded frames).
+EXECUTION_ONLY_DATA_KEYS: tuple[str, ...] = ("decode_threads",)
+
+#: Version of the layout of a job's config/metrics records and of its identity. Bump it when
+#: either changes meaning: folders written by an older format are rerun, not reused (and stay
+#: readable by `harness report`).
+RESULTS_FORMAT = 2
 
 
 def canonical_json(obj: Any) -> str:
@@ -65,6 +78,11 @@ class JobSpec:
     file_provenance: dict[str, Any] = field(default_factory=dict)
     splits_root: str | None = None
     cache_dir: str | None = None
+    #: The method's published recipe as this job applies it (harness.recipes): scope, source,
+    #: what it set, and the ingredients the engine does not implement (`not_applied`).
+    recipe: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    results_format: int = RESULTS_FORMAT
 
     #: Machine-specific locations: recorded, but not part of the job's identity (the files'
     #: checksums in `file_provenance` are).
@@ -80,8 +98,14 @@ class JobSpec:
         return "-".join(parts)
 
     def identity(self) -> dict[str, Any]:
-        """Everything that determines the result (hashed into the job id), without local paths."""
-        return _strip_keys(dataclasses.asdict(self), self.LOCAL_KEYS)
+        """Everything that determines the result (hashed into the job id): without local paths
+        and execution-only schedule keys; a local checkpoint counts by its content (`weights`)."""
+        ident = _strip_keys(dataclasses.asdict(self), self.LOCAL_KEYS)
+        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in EXECUTION_ONLY_KEYS}
+        ident["data"] = {k: v for k, v in ident["data"].items() if k not in EXECUTION_ONLY_DATA_KEYS}
+        if self.weights.get("kind") == "file":
+            ident.pop("pretrained")
+        return ident
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,7 +141,12 @@ class FileResolver:
 
         self.spec = get_dataset(dataset)
         self.provenance: dict[str, Any] = {}
-        if self.spec.generated:
+        if self.spec.folder is not None:  # the user's videos: lists generated from the folder
+            from harness.data.folder import prepare_folder
+
+            self.root, self.fingerprint = prepare_folder(self.spec, cache_dir)
+            self.store, self.video_dir = None, Path(self.spec.folder)
+        elif self.spec.generated:
             from harness.data.embedded import (
                 GENERATOR_VERSION,
                 ensure_embedded_dataset,
@@ -141,6 +170,8 @@ class FileResolver:
 
     def path(self, role: str, **fmt: Any) -> Path:
         rel = self.spec.file(role, **fmt)
+        if self.spec.folder is not None:
+            return self._generated_file(rel)
         if self.spec.generated:
             path = self.root / rel
             if not path.is_file():
@@ -154,8 +185,23 @@ class FileResolver:
         self.provenance[rel] = self.store.provenance(upstream_rel)
         return path
 
+    def _generated_file(self, rel: str) -> Path:
+        """A list generated from a video folder: fingerprinted by its sha256 and the split rule."""
+        from harness.data.upstream import file_sha256
+
+        path = self.root / rel
+        self.provenance[rel] = {"sha256": file_sha256(path), **self.fingerprint}
+        return path
+
     def has(self, role: str) -> bool:
         return self.spec.has(role)
+
+    def fork(self) -> FileResolver:
+        """The same locations with an empty file record: each job records only the files it reads
+        (sharing one growing record made a job's id depend on the jobs expanded before it)."""
+        twin = copy.copy(self)
+        twin.provenance = {}
+        return twin
 
     def _local(self, rel: str) -> Path:
         """A list the user builds from their own copy (SSv2's training list): under the data root,
@@ -177,10 +223,15 @@ def _classnames(path: Path) -> list[str]:
     return read_class_csv(path)
 
 
-def _list_spec(resolver: FileResolver, name: str, ann_role: str, classes_role: str, views: list[int], **fmt: Any) -> ListSpec:
+def _resolve_pair(resolver: FileResolver, ann_role: str, classes_role: str, **fmt: Any) -> tuple[Path, Path]:
+    """An annotation list and its class file (recorded in the resolver's file record)."""
     ann = resolver.path(ann_role, **fmt)
     class_fmt = {k: v for k, v in fmt.items() if k == "split"} if "{split}" in resolver.spec.files.get(classes_role, "") else {}
-    cls_path = resolver.path(classes_role, **class_fmt)
+    return ann, resolver.path(classes_role, **class_fmt)
+
+
+def _list_spec(resolver: FileResolver, name: str, ann_role: str, classes_role: str, views: list[int], **fmt: Any) -> ListSpec:
+    ann, cls_path = _resolve_pair(resolver, ann_role, classes_role, **fmt)
     return ListSpec(name=name, dataset=resolver.spec.name, ann_file=str(ann), class_file=str(cls_path),
                     classnames=_classnames(cls_path), video_root=str(resolver.video_dir),
                     modality=resolver.spec.modality, views=list(views))
@@ -215,57 +266,155 @@ def default_profile(dataset: str) -> str | None:
 
 def expand_jobs(req: RunRequest) -> list[JobSpec]:
     """All jobs of a run, in a deterministic order (method-major), validated up front so that a
-    bad option or a missing file fails before any training starts."""
-    from harness.settings import DataOptions, build_dataclass, resolve_schedule
-    from methods.registry import make_config
+    bad option or a missing file fails before any training starts. Each job's id depends only on
+    that job, never on the other jobs of the invocation or their order."""
+    from harness.settings import DataOptions, build_dataclass
+    from harness.weights_identity import weights_identity
     from protocols import check_dataset, get_profile, load_protocol
 
     protocol = load_protocol(req.protocol)
     check_dataset(protocol, req.dataset)
     profile = get_profile(req.profile) if req.profile else None
-    splits = req.splits or (profile or {}).get("splits") or protocol["splits"]
-    if protocol["name"] in ("zero_shot", "few_shot", "fully_supervised"):
-        splits = [s for s in splits if s == 1] or [1]
-    shots_list: list[int | None] = [None]
-    if "shots" in protocol:
-        shots_list = list(req.shots or (profile or {}).get("shots") or protocol["shots"])
-    data = build_dataclass(DataOptions, dict(req.data_overrides), "data")
     resolver = FileResolver(req.dataset, req.data_root, req.splits_root, req.cache_dir)
-    bad = [s for s in splits if s not in resolver.spec.split_ids]
-    if bad:
-        raise HarnessError(f"--splits: {bad} not available for {req.dataset} (has {list(resolver.spec.split_ids)})")
-
+    splits = select_splits(protocol, resolver.spec, req.splits, profile)
+    shots_list = select_shots(protocol, resolver.spec, req.shots, profile)
+    data = build_dataclass(DataOptions, dict(req.data_overrides), "data")
+    weights = weights_identity(req.backbone, req.pretrained, req.cache_dir)
+    phash = protocol_hash(protocol, req.profile, protocol_files(protocol, resolver, req))
     jobs: list[JobSpec] = []
     for method in req.methods:
-        options = {**(profile or {}).get("method_options", {}).get(method, {}), **req.method_options.get(method, {})}
-        config = make_config(method, options)
-        overrides = dict(req.schedule_overrides)
-        if req.frames:
-            overrides.setdefault("frames", req.frames)
-        schedule = resolve_schedule(protocol, profile, method, req.schedule_kind == "paper", overrides, req.dataset)
+        options, schedule, recipe = _method_settings(req, protocol, profile, method)
         for split in splits:
             for shots in shots_list:
-                train, evals = _protocol_lists(protocol, resolver, req, split, shots, schedule.views)
-                job = JobSpec(
-                    method=method, method_options=config.to_dict(), protocol=protocol["name"],
-                    protocol_version=int(protocol["version"]), protocol_hash="", dataset=req.dataset,
-                    split=split, shots=shots, seed=req.seed, profile=req.profile,
-                    schedule=dataclasses.asdict(schedule), data=dataclasses.asdict(data),
-                    backbone=req.backbone, pretrained=req.pretrained, train=train, evals=evals,
-                    select_on=protocol.get("select_on"), closed_set=bool(protocol["closed_set"]),
-                    summary=protocol["summary"],
-                    descriptions=_descriptions_ref(resolver, protocol, data, train),
-                    file_provenance=dict(resolver.provenance),
-                    splits_root=req.splits_root, cache_dir=req.cache_dir,
-                )
-                job.protocol_hash = protocol_hash(protocol, req.profile, job.file_provenance)
-                jobs.append(job)
+                jobs.append(_make_job(req, protocol, resolver.fork(), method, options, schedule, recipe, data,
+                                      split, shots, weights, phash))
     return jobs
 
 
+def defined_splits(protocol: dict[str, Any], spec: Any) -> list[int]:
+    """The splits a protocol defines on a dataset (zero_shot / few_shot / fully_supervised: 1)."""
+    return [s for s in protocol["splits"] if s in spec.split_ids]
+
+
+def select_splits(protocol: dict[str, Any], spec: Any, requested: list[int] | None,
+                  profile: dict[str, Any] | None) -> list[int]:
+    """Explicit `--splits` must all be defined (never silently rewritten); a profile's default
+    is intersected with what the protocol defines on this dataset."""
+    defined = defined_splits(protocol, spec)
+    if requested:
+        bad = [s for s in requested if s not in defined]
+        if bad:
+            raise HarnessError(f"--splits: {bad} not defined by protocol {protocol['name']!r} on {spec.name!r} "
+                               f"(it defines splits {defined})")
+        return list(requested)
+    wanted = (profile or {}).get("splits")
+    return ([s for s in wanted if s in defined] or defined) if wanted else defined
+
+
+def select_shots(protocol: dict[str, Any], spec: Any, requested: list[int] | None,
+                 profile: dict[str, Any] | None) -> list[int | None]:
+    """K values of a few-shot protocol (explicit `--shots` must be defined); [None] elsewhere."""
+    if "shots" not in protocol:
+        if requested:
+            raise HarnessError(f"--shots: protocol {protocol['name']!r} has no shots (only few_shot does)")
+        return [None]
+    defined = list(protocol["shots"])
+    if requested:
+        bad = [k for k in requested if k not in defined]
+        if bad:
+            raise HarnessError(f"--shots: {bad} not defined by protocol {protocol['name']!r} (it defines {defined})")
+        return list(requested)
+    wanted = (profile or {}).get("shots")
+    return ([k for k in wanted if k in defined] or defined) if wanted else defined
+
+
+def _method_settings(req: RunRequest, protocol: dict[str, Any], profile: dict[str, Any] | None,
+                     method: str) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """A method's fully resolved options (recipe < profile < --set), schedule, and the record of
+    the published recipe applied (harness.recipes)."""
+    from harness.recipes import job_recipe
+    from harness.settings import resolve_schedule
+    from methods.registry import make_config
+
+    recipe = job_recipe(method, protocol["name"], req.dataset, req.schedule_kind)
+    options = {**recipe.method_options, **(profile or {}).get("method_options", {}).get(method, {}),
+               **req.method_options.get(method, {})}
+    overrides = dict(req.schedule_overrides)
+    if req.frames:
+        overrides.setdefault("frames", req.frames)
+    schedule = resolve_schedule(protocol, profile, method, recipe.schedule, overrides, req.dataset)
+    return make_config(method, options).to_dict(), schedule, recipe.record
+
+
+def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver, method: str,
+              options: dict[str, Any], schedule: Any, recipe: dict[str, Any], data: Any, split: int,
+              shots: int | None, weights: dict[str, Any], phash: str) -> JobSpec:
+    """One job; `resolver` is this job's own (forked) file record."""
+    train, evals = _protocol_lists(protocol, resolver, req, split, shots, schedule.views)
+    descriptions = _descriptions_ref(resolver, protocol, data, train)
+    _record_description_files(resolver, descriptions, options)
+    return JobSpec(
+        method=method, method_options=options, protocol=protocol["name"],
+        protocol_version=int(protocol["version"]), protocol_hash=phash, dataset=req.dataset,
+        split=split, shots=shots, seed=req.seed, profile=req.profile,
+        schedule=dataclasses.asdict(schedule), data=dataclasses.asdict(data),
+        backbone=req.backbone, pretrained=req.pretrained, train=train, evals=evals,
+        select_on=protocol.get("select_on"), closed_set=bool(protocol["closed_set"]),
+        summary=protocol["summary"], descriptions=descriptions,
+        file_provenance=dict(resolver.provenance),
+        splits_root=req.splits_root, cache_dir=req.cache_dir, recipe=recipe, weights=weights,
+    )
+
+
+def _record_description_files(resolver: FileResolver, ref: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    """Fingerprint the description files a method reads (msta: `n_descriptions`); the embedded
+    dataset's are covered by its recipe hash."""
+    if ref is None or "n_descriptions" not in options:
+        return
+    if resolver.spec.generated:
+        resolver.provenance["descriptions"] = resolver.fingerprint
+        return
+    from harness.data.descriptions import description_relpaths
+
+    rel = description_relpaths(ref["source"], ref["dataset_key"], int(options["n_descriptions"]), ref["subset"])
+    for path in rel.values():
+        if path in resolver.store.entries:
+            resolver.provenance[path] = resolver.store.provenance(path)
+
+
+def protocol_files(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest) -> dict[str, Any]:
+    """The fingerprint of every file the protocol defines on the dataset: every split (and K),
+    train and evaluation lists with their class files, and the zero-shot targets. Datasets
+    without few-shot lists count the training list the K shots are sampled from."""
+    record = resolver.fork()
+    train_cfg = protocol["train"]
+    shots_list = [k for k in protocol.get("shots", [None]) if k is None or k in record.spec.shots]
+    for split in defined_splits(protocol, record.spec):
+        for shots in shots_list:
+            fmt: dict[str, Any] = {"split": split} if shots is None else {"split": split, "shots": shots}
+            if train_cfg["ann"] == "fewshot_train" and not record.has("fewshot_train"):
+                _resolve_pair(record, "train", "classes")
+            else:
+                _resolve_pair(record, train_cfg["ann"], train_cfg["classes"], **fmt)
+            for ev in protocol.get("evaluate", []):
+                ev = _with_fallback(record, ev)
+                _resolve_pair(record, ev["ann"], ev["classes"], **fmt)
+    files = dict(record.provenance)
+    if "targets" in protocol:
+        _zero_shot_targets(protocol, req, [1, 1], record=files)
+    return files
+
+
 def protocol_hash(protocol: dict[str, Any], profile: str | None, files: dict[str, Any]) -> str:
-    """canonical JSON of the definition + profile + sha256 (or embedded recipe) of each file."""
+    """canonical JSON of the definition (incl. its version) + profile + sha256 (or embedded
+    recipe) of every file the protocol defines on the dataset (`protocol_files`)."""
     return short_hash({"protocol": protocol, "profile": profile, "files": files}, 12)
+
+
+def _with_fallback(resolver: FileResolver, ev: dict[str, Any]) -> dict[str, Any]:
+    if not resolver.has(ev["ann"]) and ev.get("fallback"):
+        return {**ev, "ann": ev["fallback"]}
+    return ev
 
 
 def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest, split: int,
@@ -280,13 +429,12 @@ def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRe
         train = _list_spec(resolver, "train", train_cfg["ann"], train_cfg["classes"], [1, 1], **fmt)
     evals: list[ListSpec] = []
     for ev in protocol.get("evaluate", []):
-        if not resolver.has(ev["ann"]) and ev.get("fallback"):
-            ev = {**ev, "ann": ev["fallback"]}
+        ev = _with_fallback(resolver, ev)
         evals.append(_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt))
         if protocol.get("single_view_too") and list(views) != [1, 1]:  # the 1x1 number beside multi-view
             evals.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
     if "targets" in protocol:
-        evals.extend(_zero_shot_targets(protocol, req, views))
+        evals.extend(_zero_shot_targets(protocol, req, views, record=resolver.provenance))
     return train, evals
 
 
@@ -318,7 +466,9 @@ def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cach
     classes_path = resolver.path("classes")
     names = _classnames(classes_path)
     sampled = sample_k_shot(read_annotation_list(source, len(names)), shots, seed)
-    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "harness"
+    from harness.paths import cache_root
+
+    base = cache_root(cache_dir)
     out = base / "sampled" / resolver.spec.name / f"train_few_shot_{shots}_seed{seed}_{file_sha256(source)[:10]}.txt"
     if not out.is_file():
         write_annotation_list(out, sampled)
@@ -328,7 +478,10 @@ def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cach
                     classnames=names, video_root=str(resolver.video_dir), modality=resolver.spec.modality)
 
 
-def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int]) -> list[ListSpec]:
+def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int],
+                       record: dict[str, Any] | None = None) -> list[ListSpec]:
+    """The target datasets' evaluation lists; their files' fingerprints go into `record` (keyed
+    `<target>:<file>`), so a changed target list changes the job's id and the protocol hash."""
     spec = protocol["evaluate_target"]
     out = []
     for target in protocol["targets"].get(req.dataset, []):
@@ -336,6 +489,8 @@ def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[in
         for split in spec["eval_splits"]:
             classes_role = spec["classes"] if resolver.has(spec["classes"]) else "classes"
             out.append(_list_spec(resolver, f"{target}/split{split}", spec["ann"], classes_role, views, split=split))
+        if record is not None:
+            record.update({f"{target}:{rel}": fp for rel, fp in resolver.provenance.items()})
     return out
 
 

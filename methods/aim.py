@@ -37,6 +37,9 @@ from methods.layers import DropPath, drop_path_rates
 from methods.registry import register_method
 
 FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
+#: Official `paramwise_cfg.custom_keys` with decay_mult 0 (configs/recognition/vit/vitclip_base_k400.py
+#: L97-102): a parameter whose name contains one of these is not decayed.
+NO_DECAY_KEYS = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
 
 
 def official_key(name: str) -> str | None:
@@ -51,6 +54,13 @@ def official_key(name: str) -> str | None:
     return None
 
 
+def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
+    """(1, T0, D) temporal embedding -> (1, frames, D) by linear interpolation over time
+    (`frames_mismatch=interpolate`; also used to convert a release trained with another T)."""
+    emb = F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=False)
+    return emb.transpose(1, 2)
+
+
 @dataclass
 class AIMConfig(MethodConfig):
     mlp_ratio: float = option(0.25, "adapter bottleneck = int(width * mlp_ratio): 192 at ViT-B/16 (official)")
@@ -63,7 +73,7 @@ class AIMConfig(MethodConfig):
     head: str = head_option()
     head_dropout: float = head_dropout_option()
     lr: float = option(3e-4, "AdamW lr (official K400 config)")
-    weight_decay: float = option(0.05, "AdamW weight decay (official; it exempts ln_post from decay)")
+    weight_decay: float = option(0.05, "AdamW weight decay (official; embeddings and LayerNorms exempt, see NO_DECAY_KEYS)")
 
     def validate(self) -> None:
         if self.mlp_ratio <= 0:
@@ -133,6 +143,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
     """Frozen CLIP with AIM adapters and a temporal embedding; text matching or the linear head."""
 
     head_init_std = 0.01  # official: mmaction I3DHead, normal_init(fc_cls, std=0.01)
+    models_frame_order = True  # temporal attention over frames + temporal embedding
 
     def build(self) -> None:
         cfg = self.config
@@ -146,6 +157,9 @@ class AIM(LinearHeadMixin, VideoTextModel):
         # Official rule (ViT_CLIP.init_weights): substring match on these names.
         return self.named_parameters_matching("temporal_embedding", "ln_post", "Adapter", "cls_head")
 
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        return any(key in name for key in NO_DECAY_KEYS)
+
     def temporal_embedding_for(self, frames: int) -> torch.Tensor:
         """(1, frames, D): the learned embedding, or its linear interpolation when allowed."""
         if frames == self.num_frames:
@@ -156,9 +170,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
                 f"frame) but got a video of {frames} frames; sample {self.num_frames} frames, rebuild "
                 "with the new count, or --set aim.frames_mismatch=interpolate"
             )
-        emb = F.interpolate(self.temporal_embedding.transpose(1, 2), size=frames, mode="linear",
-                            align_corners=False)
-        return emb.transpose(1, 2)
+        return interpolate_frames(self.temporal_embedding, frames)
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Add the temporal embedding of frame t to every token of frame t (before ln_pre)."""

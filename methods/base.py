@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse/PEFT wording
-    """A config field with help text (shown by `harness ls`)."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+__all__ = ["MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
 
 
 @dataclass
@@ -43,11 +39,18 @@ class MethodConfig:
     @classmethod
     def options_help(cls) -> list[tuple[str, Any, str]]:
         """(name, default, help) for every option, in declaration order."""
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((f.name, default, f.metadata.get("help", "")))
-        return rows
+        return options_help(cls)
+
+
+@dataclass
+class ParamGroup:
+    """Trainable parameters the optimiser treats alike, with their qualified names (so tests and
+    logs can check a group against the official rule without knowing a method's internals)."""
+
+    name: str
+    names: list[str]
+    params: list[nn.Parameter]
+    weight_decay: bool = True
 
 
 class VideoTextModel(nn.Module):
@@ -62,6 +65,14 @@ class VideoTextModel(nn.Module):
     #: True when no parameter of the text path is trained, so class text features can be
     #: computed once per class set (also while training) instead of once per step.
     text_is_frozen: ClassVar[bool] = True
+    #: Label smoothing of the training cross-entropy (the engine sets it from
+    #: `schedule.label_smoothing`; 0 = plain cross-entropy). Forward outputs do not depend on it.
+    label_smoothing: float = 0.0
+    #: True when the video feature depends on the order of the frames (a temporal module); False
+    #: for mean-pooled per-frame features, whose output is the same for the time-reversed clip.
+    #: The generic tests check this claim (reversed clips after perturbing every trainable
+    #: tensor) and the order-pair benchmark reads it.
+    models_frame_order: ClassVar[bool] = False
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:
@@ -87,6 +98,23 @@ class VideoTextModel(nn.Module):
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs to train. Default: none."""
         return []
+
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Whether the method's official optimiser exempts this trainable parameter from weight
+        decay. Default: no exemption (one AdamW group, as ViFi-CLIP's and Vita-CLIP's code)."""
+        return False
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The trainable parameters split as the official optimiser splits them: `decay` and
+        `no_decay` (weight decay 0), empty groups left out. The engine builds AdamW from this."""
+        decay: list[tuple[str, nn.Parameter]] = []
+        exempt: list[tuple[str, nn.Parameter]] = []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (exempt if self.no_weight_decay(name, param) else decay).append((name, param))
+        groups = [ParamGroup("decay", [n for n, _ in decay], [p for _, p in decay]),
+                  ParamGroup("no_decay", [n for n, _ in exempt], [p for _, p in exempt], weight_decay=False)]
+        return [g for g in groups if g.params]
 
     def _apply_trainable(self) -> None:
         self.requires_grad_(False)
@@ -248,7 +276,7 @@ class VideoTextModel(nn.Module):
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
         """Training losses (summed by the engine). Cross-entropy plus the method's extras."""
-        out = {"loss_cls": F.cross_entropy(logits.float(), labels)}
+        out = {"loss_cls": F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)}
         out.update(self.extra_losses(classnames))
         return out
 

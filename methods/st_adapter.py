@@ -69,7 +69,7 @@ class STAdapterConfig(MethodConfig):
     lr: float = option(lr_for_batch(OFFICIAL_BATCH),
                        "AdamW lr, absolute: the official 1e-3 per 256 samples at its K400 batch of 192 "
                        "(= 7.5e-4); for batch B use 1e-3 * B / 256 (methods.st_adapter.lr_for_batch)")
-    weight_decay: float = option(0.01, "AdamW weight decay (official; the official code exempts biases)")
+    weight_decay: float = option(0.01, "AdamW weight decay (official; biases are exempt, see no_weight_decay)")
 
     def validate(self) -> None:
         if self.bottleneck < 1:
@@ -126,6 +126,7 @@ class STAdapter(LinearHeadMixin, VideoTextModel):
     """Frozen CLIP with ST-Adapters in every visual block; text matching or the linear head."""
 
     head_init_std = 0.02  # official: nn.init.normal_(fc.weight, std=0.02)
+    models_frame_order = True  # depthwise conv over time in every block
 
     def build(self) -> None:
         cfg = self.config
@@ -140,6 +141,10 @@ class STAdapter(LinearHeadMixin, VideoTextModel):
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
         # Official rule: every parameter with 'adapter' in its name, plus the head.
         return self.named_parameters_matching(".adapter_pre_attn.", ".adapter_pre_mlp.") + self.head_parameters()
+
+    def no_weight_decay(self, name: str, param: nn.Parameter) -> bool:
+        # Official rule (linziyi96/st-adapter main.py L157-164): '.bias' in the name -> no decay.
+        return ".bias" in name
 
     def head_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """Official order: mean of the frames' CLS tokens, then the frozen `ln_post` (no proj)."""

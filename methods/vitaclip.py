@@ -44,6 +44,8 @@ class VitaCLIPConfig(MethodConfig):
     local_prompts: bool = option(True, "frame-level local prompts conditioned on cls_proj(CLS)")
     summary_token: bool = option(True, "summary token: attention across the frames' projected CLS tokens")
     train_cls_proj: bool = option(False, "also train cls_proj (frozen at random init as released)")
+    patch_bias: bool = option(False, "frozen bias added to the patch embeddings (the official patch embedding "
+                              "is a Conv2d with a bias CLIP's conv1 lacks); filled by `harness convert`, zero otherwise")
 
     def validate(self) -> None:
         if self.text_ctx < 1:
@@ -157,6 +159,7 @@ class VitaBlock(AdaptedBlock):
 @register_method("vitaclip", VitaCLIPConfig, "global/local/summary video prompts + learned text context")
 class VitaCLIP(VideoTextModel):
     text_is_frozen = False
+    models_frame_order = True  # per-frame time embedding, frame-conditioned prompts, summary attention
 
     def build(self) -> None:
         config: VitaCLIPConfig = self.config
@@ -165,6 +168,8 @@ class VitaCLIP(VideoTextModel):
         width = self.visual_width
         patch = self.clip.visual.conv1.kernel_size[0]
         self.time_embed = nn.Parameter(torch.empty(self.num_frames, width).normal_(std=0.02))
+        if config.patch_bias:  # frozen: matches no trainable name below
+            self.patch_bias = nn.Parameter(torch.zeros(width))
         self.wrap_visual(lambda block, i: VitaBlock(block, self.ctx, i, config, self.num_frames, patch))
         self.prompt_learner = LearnedContext(
             config.text_ctx, self.text_width, classnames=self.train_classnames if config.csc else None
@@ -178,7 +183,11 @@ class VitaCLIP(VideoTextModel):
         return self.named_parameters_matching(*fragments)
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Add `time_embed[t]` to every token of frame t (after the positional embedding)."""
+        """Add `time_embed[t]` to every token of frame t (after the positional embedding), and the
+        patch bias, if any, to the patch tokens (the official Conv2d's bias; addition commutes
+        with the class-token concatenation and the positional embedding)."""
+        if hasattr(self, "patch_bias"):
+            x = torch.cat([x[:, :1], x[:, 1:] + self.patch_bias.to(x.dtype)], dim=1)
         t = self.ctx.num_frames
         embed = resize_over_frames(self.time_embed, t).to(x.dtype)
         return (x.view(-1, t, *x.shape[1:]) + embed[None, :, None, :]).flatten(0, 1)

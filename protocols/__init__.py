@@ -1,8 +1,9 @@
 """Evaluation protocols as versioned data (`*.yaml` beside this file) and named profiles.
 
 A protocol names *roles* (`b2n_train`, `base_classes`, ...) that each dataset definition maps to
-its upstream file names (`harness.data.datasets`), plus a shared schedule, per-dataset test views
-and each method's published schedule (`--schedule paper`).
+its upstream file names (`harness.data.datasets`), plus a shared schedule and per-dataset test views.
+Each method's published recipe per (protocol, dataset) lives in `recipes/<method>.yaml`
+(`harness.recipes`; the full recipe applies with `--schedule paper`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_views(protocol: dict[str, Any], dataset: str) -> list[int]:
 
 
 def check_dataset(protocol: dict[str, Any], dataset: str) -> None:
-    if dataset not in protocol["datasets"]:
+    if ("folder" if dataset.startswith("folder:") else dataset) not in protocol["datasets"]:
         raise HarnessError(
             f"protocol {protocol['name']!r} is not defined on dataset {dataset!r}; "
             f"it runs on: {', '.join(protocol['datasets'])}"

@@ -17,4 +17,10 @@ mkdir -p "$DEST"
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
   --platform any \
   open_clip_torch==3.3.0 ftfy wcwidth regex tqdm
+if [ "${GPU_DECODE:-0}" = 1 ]; then  # the optional data.decoder=gpu extra (match the host's torch)
+  "$PIP" download --quiet --no-deps --only-binary=:all: --dest "$DEST" \
+    --python-version "$PYVER" --implementation cp --abi "$ABI" --abi abi3 --abi none \
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    "torchcodec${TORCHCODEC_VERSION:+==$TORCHCODEC_VERSION}"
+fi
 ls -l "$DEST"

@@ -36,7 +36,7 @@ def test_crashed_job_resumes_from_its_checkpoint(tmp_path, harness_cache, monkey
     monkeypatch.setattr(runner_mod, "evaluate", crash)
     assert main(args) == 1  # the job failed; its error is recorded, nothing is marked finished
     assert not _metrics(tmp_path)
-    (error,) = list(tmp_path.glob("jobs/*/error.txt"))
+    (error,) = list(tmp_path.glob("jobs/*/error.json"))
     assert "simulated crash" in error.read_text()
     assert (error.parent / "work" / "last_checkpoint").read_text() == "epoch_2.pth"
     monkeypatch.undo()

@@ -77,7 +77,8 @@ def test_views_interleave_segments_and_one_view_is_upstream():
 def test_train_and_test_items(small_list):
     ann, videos = small_list
     ds, info = build_video_dataset(ann, videos, train_pipeline(8, 64, color_jitter=True), num_classes=2)
-    assert info == {"ann_file": str(ann), "listed": 4, "missing": 0, "missing_examples": [], "used": 4}
+    assert info == {"ann_file": str(ann), "listed": 4, "missing": 0, "missing_examples": [], "used": 4,
+                    "decoder": {"used": "decord", "threads": 1}}
     item = ds[0]
     assert item["inputs"].dtype == torch.uint8 and tuple(item["inputs"].shape) == (1, 3, 8, 64, 64)
     assert int(item["data_samples"].gt_label) == 0

@@ -45,7 +45,8 @@ def test_protocol_hash_changes_with_files_and_profile(upstream_root, tmp_path):
     b = expand_jobs(_request("hmdb51", splits=[2], splits_root=str(upstream_root), cache_dir=str(tmp_path)))[0]
     c = expand_jobs(_request("hmdb51", splits=[1], profile="short", splits_root=str(upstream_root),
                              cache_dir=str(tmp_path)))[0]
-    assert len({a.protocol_hash, b.protocol_hash, c.protocol_hash}) == 3
+    # one hash per (protocol, dataset, profile), whatever splits an invocation runs
+    assert a.protocol_hash == b.protocol_hash != c.protocol_hash
     assert a.job_id != b.job_id
 
 

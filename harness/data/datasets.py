@@ -80,6 +80,9 @@ class DatasetSpec:
     split_ids: tuple[int, ...] = (1, 2, 3)
     shots: tuple[int, ...] = (2, 4, 8, 16)
     notes: str = ""
+    #: A user's folder of videos (`--dataset folder:/path`, harness/data/folder.py): its lists are
+    #: generated from the folder, and the folder is the video root.
+    folder: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.files) - set(ROLES)
@@ -196,7 +199,11 @@ DATASETS: dict[str, DatasetSpec] = _specs()
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """The spec called `name`, or a HarnessError listing the valid names."""
+    """The spec called `name` (or `folder:/path`), or a HarnessError listing the valid names."""
+    from harness.data.folder import folder_spec, is_folder_dataset
+
+    if is_folder_dataset(name):
+        return folder_spec(name)
     try:
         return DATASETS[name]
     except KeyError:

@@ -172,7 +172,10 @@ def register_transforms() -> None:
     import mmaction.datasets  # noqa: F401  (registers VideoDataset, RawframeDataset, transforms)
     from mmaction.registry import DATASETS, TRANSFORMS
 
-    for cls in (HarnessSegmentsToViews, HarnessRandomGrayscale, _lazy_class("HarnessColorJitter")):
+    from harness.data import decoders, prepared
+
+    for cls in (HarnessSegmentsToViews, HarnessRandomGrayscale, _lazy_class("HarnessColorJitter"),
+                *decoders.TRANSFORMS, *prepared.TRANSFORMS):
         TRANSFORMS.register_module(name=cls.__name__, module=cls, force=True)
     for name in ("HarnessVideoDataset", "HarnessRawframeDataset"):
         DATASETS.register_module(name=name, module=_lazy_class(name), force=True)
@@ -232,7 +235,8 @@ def _failed_while_loading(exc: BaseException) -> bool:
     """Whether `exc` was raised while opening/decoding the file (decord or MMAction2's loaders)."""
     files = [frame.f_code.co_filename.replace(os.sep, "/")
              for frame, _ in traceback.walk_tb(exc.__traceback__)]
-    return any("/decord/" in f or f.endswith("transforms/loading.py") or "/PIL/" in f for f in files)
+    return any("/decord/" in f or f.endswith("transforms/loading.py") or "/PIL/" in f or "/av/" in f
+               or f.endswith("harness/data/decoders.py") for f in files)
 
 
 _LAZY_CLASSES = ("HarnessVideoDataset", "HarnessRawframeDataset", "HarnessColorJitter")
@@ -273,6 +277,53 @@ def _probe(path: Path, entry: AnnotationEntry, ann_file: str, modality: str) -> 
                            f"file is a complete video that decord/FFmpeg can read.") from exc
 
 
+def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path, rels: list[str],
+                    on_missing: str) -> tuple[list[dict], dict]:
+    """The pipeline with `decoder`'s loading steps, and what to record about it.
+
+    `auto` reads prepared frames where `harness data prepare` has written them (and says so in
+    the log and the record), else decodes the videos with decord. Videos whose source changed
+    since it was prepared are decoded from the video (`on_missing=skip`) or stop the run (`error`)."""
+    from harness.data.decoders import DECODERS, swap_decoder
+    from harness.data.prepared import load_manifest, manifest_path, usable_entries
+
+    if decoder not in DECODERS:
+        raise HarnessError(f"data.decoder={decoder!r}: use one of {', '.join(DECODERS)}")
+    if threads < 1:
+        raise HarnessError(f"data.decode_threads={threads}: must be >= 1")
+    if decoder == "auto":
+        decoder = "frames" if load_manifest(root) is not None else "decord"
+    record: dict[str, Any] = {"used": decoder, "threads": threads}
+    if decoder != "frames":
+        return swap_decoder(pipeline, decoder, threads), record
+    manifest = load_manifest(root)
+    if manifest is None:
+        raise HarnessError(f"data.decoder=frames: no prepared data at {manifest_path(root)}; run `harness data "
+                           f"prepare` for this dataset, or use data.decoder=auto")
+    usable, stale, manifest = usable_entries(root, rels)
+    if stale:
+        what = (f"{len(stale)} of {len(rels)} videos have no current prepared frames in {manifest_path(root)} "
+                f"(changed since `harness data prepare` or never prepared; e.g. {root / stale[0]})")
+        if on_missing == "error":
+            raise HarnessError(f"{what}. Rerun `harness data prepare`, or set data.on_missing=skip to decode those "
+                               f"videos instead.")
+        log.warning("%s: decoding those from the video", what)
+    wanted = max((step["scale"][1] for step in pipeline if step.get("type") == "Resize"
+                  and tuple(step.get("scale", ()))[:1] == (-1,)), default=0)
+    if wanted > int(manifest.get("short_side") or 0):
+        log.warning("prepared frames in %s have short side <= %s but the pipeline resizes to %d: frames larger than "
+                    "that were downscaled and are now upscaled again; rerun `harness data prepare --short-side %d`",
+                    manifest_path(root).parent, manifest.get("short_side"), wanted, wanted)
+    representation = (f"{manifest.get('format')} q{manifest.get('quality')} {manifest.get('subsampling')} "
+                      f"short side {manifest.get('short_side')}")
+    log.warning("reading prepared frames (%s) for %d of %d videos from %s", representation, len(usable), len(rels),
+             manifest_path(root).parent)
+    record.update(representation=representation, manifest=str(manifest_path(root)),
+                  prepared=len(usable), from_video=len(stale))
+    prepared = {"video_root": str(root), "entries": usable, "on_missing": on_missing, "decode_threads": threads}
+    return swap_decoder(pipeline, "frames", threads, prepared), record
+
+
 def build_video_dataset(
     ann_file: str | os.PathLike,
     data_root: str | os.PathLike,
@@ -285,6 +336,8 @@ def build_video_dataset(
     classes_file: str | os.PathLike | None = None,
     probe: int = 3,
     filename_tmpl: str = "img_{:05}.jpg",
+    decoder: str = "decord",
+    decode_threads: int = 1,
 ) -> tuple[Any, dict]:
     """Validate `ann_file`, account for missing videos, and build an MMAction2 dataset.
 
@@ -293,7 +346,9 @@ def build_video_dataset(
     `max_missing` (fraction) are gone, because then the numbers are not comparable any more.
     `probe` videos (spread over the list) are opened at build time so an unreadable format fails
     early; the others are checked as they are loaded (a HarnessError naming file and list line).
-    Returns `(dataset, info)` with `info = {'listed', 'missing', 'missing_examples', 'used'}`.
+    `decoder` (`data.decoder`, see `harness.data.decoders`) picks the decode path of a video
+    dataset; `info['decoder']` records the one used.
+    Returns `(dataset, info)` with `info = {'listed', 'missing', 'missing_examples', 'used', 'decoder'}`.
     """
     if on_missing not in ON_MISSING:
         raise HarnessError(f"data.on_missing={on_missing!r} is not valid; use one of {', '.join(ON_MISSING)}.")
@@ -325,6 +380,11 @@ def build_video_dataset(
         for i in sorted(set(np.linspace(0, len(present) - 1, probe).round().astype(int).tolist())):
             _probe(root / present[i].path, present[i], ann_file, modality)
 
+    if modality == "video":
+        pipeline, info["decoder"] = _choose_decoder(pipeline, decoder, decode_threads, root,
+                                                    [e.path for e in present], on_missing)
+    else:
+        info["decoder"] = {"used": "rawframes"}
     register_transforms()
     from mmaction.registry import DATASETS
     from mmengine.registry import DefaultScope

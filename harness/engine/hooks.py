@@ -86,3 +86,20 @@ class ProgressBarHook(Hook):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class NonFiniteLossHook(Hook):
+    """Fail the job at the first NaN/inf training loss: a diverged run must end as a failed
+    job with a clear reason, never be evaluated and stored as a result (with NaN scores)."""
+
+    priority = "HIGH"
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        import math
+
+        for key, value in (outputs or {}).items():
+            value = value.detach() if hasattr(value, "detach") else value
+            if "loss" in key and not math.isfinite(float(value)):
+                raise HarnessError(f"non-finite training loss ({key}={float(value)}) at iteration {runner.iter + 1} "
+                                   f"(epoch {runner.epoch + 1}): training diverged; lower the learning rate "
+                                   "(<method>.lr) or enable schedule.grad_clip")

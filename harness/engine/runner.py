@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
@@ -104,14 +104,19 @@ def _amp_enabled(amp: str, device: torch.device) -> bool:
 
 def build_net(job: JobSpec):
     """Backbone + method for a job (the same seed gives every method the same random backbone)."""
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.backbone import get_tokenizer
+    from harness.weights import create_backbone
     from methods.registry import build_method
 
-    clip, spec = create_clip(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
+    clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
     backbone_params = sum(p.numel() for p in clip.parameters())
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
-    net.check_protocol(job.protocol, job.closed_set)
+    try:
+        net.check_protocol(job.protocol, job.closed_set)
+    except HarnessError as err:  # the options cannot run under this protocol: stop the invocation
+        raise ConfigurationError(str(err)) from None
+    net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     net.backbone_params = backbone_params
     return net, spec
 
@@ -132,7 +137,9 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
     return build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
                                modality=lst.modality, on_missing=job.data["on_missing"],
-                               max_missing=job.data["max_missing"], test_mode=not train)
+                               max_missing=job.data["max_missing"], test_mode=not train,
+                               decoder=job.data.get("decoder", "auto"),
+                               decode_threads=job.data.get("decode_threads", 1))
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
@@ -159,13 +166,24 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 
 
+def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
+    """torch param groups from the method's own grouping (`param_groups()`: its official
+    weight-decay exemptions); a module without the hook gets one decayed group."""
+    groups = net.param_groups() if hasattr(net, "param_groups") else None
+    if groups is None:
+        return [{"params": [p for p in net.parameters() if p.requires_grad], "weight_decay": weight_decay,
+                 "group": "decay"}]
+    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
+            for g in groups]
+
+
 def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
-    params = [p for p in net.parameters() if p.requires_grad]
     sched = job.schedule
-    optimizer = torch.optim.AdamW(params, lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
-                                  eps=float(sched["eps"]), weight_decay=float(job.method_options["weight_decay"]))
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"])),
+                                  lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+                                  eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
         if not getattr(net, "allows_grad_clip", True):
@@ -212,7 +230,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     from mmengine.runner import Runner
 
     from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
-    from harness.engine.hooks import ProgressBarHook, TrainableCheckpointHook
+    from harness.engine.hooks import NonFiniteLossHook, ProgressBarHook, TrainableCheckpointHook
     from harness.engine.metric import SelectionMetric
 
     net = model.net
@@ -250,7 +268,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), ckpt,
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt,
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
         # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last

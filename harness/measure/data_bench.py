@@ -76,18 +76,20 @@ def bench_data(
     batch_size: int = 4,
     targets: Mapping[str, float] | None = None,
     pipeline_options: Mapping[str, Any] | None = None,
+    decoder: str = "auto",
 ) -> list[dict[str, Any]]:
     """Time the training pipeline on the videos of `ann_file` (paths relative to `data_root`).
 
     `workers=0` times `dataset[i]` in this process: the per-worker rate. Each other entry times a
     DataLoader with that many worker processes. `targets` maps a name to a GPU training rate
     (clips/s, e.g. from `run_bench`) and adds ``workers_needed`` for each to every row.
+    `decoder` is `data.decoder` (auto: prepared frames where `harness data prepare` ran).
     Returns one row per `workers` entry.
     """
     from harness.data.pipeline import build_video_dataset, train_pipeline
 
     pipeline = train_pipeline(num_frames, image_size, **dict(pipeline_options or {}))
-    dataset, info = build_video_dataset(ann_file, data_root, pipeline, num_classes)
+    dataset, info = build_video_dataset(ann_file, data_root, pipeline, num_classes, decoder=decoder)
     per_worker: float | None = None
     rows = []
     for w in workers:
@@ -108,6 +110,7 @@ def bench_data(
             "videos_listed": info.get("listed"),
             "videos_used": info.get("used"),
             "cpu_count": os.cpu_count(),
+            "decoder": info["decoder"]["used"],
         }
         rows.append(row)
     if per_worker is None and rows:  # no in-process row: derive from the loader rows
@@ -177,6 +180,7 @@ def bench_data_command(args: argparse.Namespace) -> int:
     if getattr(args, "format", "table") == "json":
         print(json.dumps(rows, indent=2))
     else:
-        print(f"{args.dataset}: {ann} ({rows[0]['videos_used']} videos), training pipeline")
+        print(f"{args.dataset}: {ann} ({rows[0]['videos_used']} videos), training pipeline, "
+              f"decoder {rows[0]['decoder']}")
         print(format_data_bench(rows), end="")
     return 0

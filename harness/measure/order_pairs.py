@@ -71,7 +71,7 @@ def run_order_pairs(methods: list[str], out: Path, epochs: int = 10, extra_sets:
         args.append("--no-progress")
     code = main(args)
     if code != 0:
-        raise RuntimeError(f"order-pair training run failed (exit {code}); see {out}/jobs/*/error.txt")
+        raise RuntimeError(f"order-pair training run failed (exit {code}); see {out}/jobs/*/error.json")
     return score_run(out)
 
 

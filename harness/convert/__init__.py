@@ -1,0 +1,30 @@
+"""`harness convert`: official released checkpoints -> checkpoints of this project's modules.
+
+One converter per official code base (`adapters`, `vitaclip`, `vificlip`), one shared pipeline
+(`base`, `mapping`, `release`), and `checkpoint` to save and load the result (also run
+checkpoints), which `harness predict` and evaluation use.
+"""
+from __future__ import annotations
+
+from harness.convert.base import Conversion, Converter, ConvertRequest
+from harness.errors import unknown_name_error
+
+
+def converters() -> dict[str, type[Converter]]:
+    from harness.convert.adapters import AIMConverter, STAdapterConverter
+    from harness.convert.vificlip import ViFiCLIPConverter, ViFiCLIPPromptConverter
+    from harness.convert.vitaclip import VitaCLIPConverter
+
+    return {c.name: c for c in (STAdapterConverter, AIMConverter, VitaCLIPConverter, ViFiCLIPConverter,
+                                ViFiCLIPPromptConverter)}
+
+
+def convert(source: str, request: ConvertRequest) -> Conversion:
+    """Convert `request.checkpoint`, a release of official code base `source`."""
+    table = converters()
+    if source not in table:
+        raise unknown_name_error("--from source", source, table)
+    return table[source](request).convert()
+
+
+__all__ = ["ConvertRequest", "Conversion", "convert", "converters"]

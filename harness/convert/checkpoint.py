@@ -1,0 +1,159 @@
+"""Saving converted checkpoints, and loading any checkpoint of this project into a ready model.
+
+Two kinds are loaded by the same call (`load_checkpoint`), so `harness predict` and evaluation
+need not care where a checkpoint came from:
+
+* converted (`harness convert`; `meta.format == CONVERTED_FORMAT`): every parameter the release
+  filled, in this project's names, plus the build recipe (method, options, frames, classes) and
+  the base backbone's identity for the parameters it did not fill;
+* run (`harness run`, mmengine files under `jobs/<id>/work/`): trainable parameters only, the
+  backbone identity in `meta.backbone`; the build recipe is the job's `config.json`.
+
+In both cases the backbone is rebuilt from the recorded identity and compared with it, so a
+checkpoint is never silently applied to a different CLIP.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.atomic import atomic_write
+from harness.convert.base import CONVERTED_FORMAT, Conversion
+from harness.errors import HarnessError
+
+#: Fields of a backbone's identity: equal fields = the same weights.
+IDENTITY = ("resolved_name", "pretrained", "weights_sha256")
+
+
+@dataclass
+class LoadedModel:
+    """A method with its checkpoint applied, and what is known about how it was trained."""
+
+    net: Any  # methods.base.VideoTextModel
+    backbone: dict[str, Any]
+    classnames: list[str] | None  # training classes, when the checkpoint records them
+    kind: str  # "converted" | "run" | "none"
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str | None = None
+
+
+def save_converted(conversion: Conversion, out: str | Path) -> Path:
+    """Write the converted checkpoint atomically (a crash never leaves half a file)."""
+    out = Path(out)
+    payload = {"state_dict": conversion.state, "meta": conversion.meta}
+    atomic_write(out, lambda tmp: torch.save(payload, tmp))
+    return out
+
+
+def identity(backbone: dict[str, Any]) -> dict[str, Any]:
+    return {k: backbone.get(k) for k in IDENTITY}
+
+
+def check_identity(recorded: dict[str, Any], built: dict[str, Any], checkpoint: str) -> None:
+    """Refuse to apply a checkpoint to a backbone other than the one it was made with. A recorded
+    sha256 decides alone (the same file may sit at another path); else name and tag must match."""
+    mine, theirs = identity(built), identity(recorded)
+    if theirs["weights_sha256"] and mine["weights_sha256"]:
+        same = theirs["weights_sha256"] == mine["weights_sha256"] and theirs["resolved_name"] == mine["resolved_name"]
+    else:
+        same = mine == theirs
+    if not same:
+        raise HarnessError(f"{checkpoint} was made with backbone {theirs}, but the backbone built now is {mine}; "
+                           "pass the same --base / --pretrained (a local file must have the same sha256)")
+
+
+def build_model(method: str, backbone: str, pretrained: str | None, frames: int, options: dict[str, Any],
+                classnames: Sequence[str] | None, seed: int | None = 0, cache_dir: str | None = None
+                ) -> tuple[Any, dict[str, Any]]:
+    """Backbone + method, in eval mode, and the backbone's identity."""
+    from harness.backbone import create_clip, get_tokenizer
+    from methods.registry import build_method
+
+    clip, spec = create_clip(backbone, pretrained, seed=seed, cache_dir=cache_dir)
+    net = build_method(method, clip, get_tokenizer(spec), frames, options, list(classnames) if classnames else None)
+    return net.eval(), spec.to_dict()
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise HarnessError(f"--checkpoint {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # mmengine files hold numpy/meta objects
+    except Exception as err:
+        raise HarnessError(f"--checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from None
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise HarnessError(f"--checkpoint {path}: not a checkpoint of this project (no state_dict); convert an "
+                           "official release first with `harness convert --from ...`")
+    return obj
+
+
+def _apply(net: Any, state: dict[str, torch.Tensor], required: set[str], checkpoint: str) -> None:
+    """Copy `state` into `net`; every key must be a parameter of the right shape and every
+    `required` parameter must be present."""
+    params = dict(net.named_parameters())
+    unknown = [k for k in state if k not in params]
+    absent = sorted(required - set(state))
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(params[k].shape)}" for k, v in state.items()
+             if k in params and v.shape != params[k].shape]
+    if unknown or absent or wrong:
+        parts = [f"{len(unknown)} key(s) not in the model: {unknown[:10]}" if unknown else "",
+                 f"{len(absent)} parameter(s) missing: {absent[:10]}" if absent else "",
+                 f"shape mismatches: {wrong[:10]}" if wrong else ""]
+        raise HarnessError(f"{checkpoint} does not fit the model it describes: " + "; ".join(p for p in parts if p))
+    with torch.no_grad():
+        for key, value in state.items():
+            params[key].copy_(value.to(params[key].dtype))
+
+
+def load_checkpoint(path: str | Path, method: str | None = None, base: str | None = None,
+                    cache_dir: str | None = None) -> LoadedModel:
+    """Build the model a checkpoint describes and load it (converted or run checkpoints).
+
+    `method`, when given, must be the checkpoint's. `base` replaces the recorded base backbone
+    location of a converted checkpoint (e.g. the file moved); its identity is still checked."""
+    from harness.data.upstream import file_sha256
+
+    path = Path(path)
+    obj = _read(path)
+    meta = obj.get("meta") or {}
+    if meta.get("format") == CONVERTED_FORMAT:
+        recipe = meta
+        backbone = dict(meta["backbone"])
+        pretrained = base or backbone["pretrained"]
+        kind, seed, state = "converted", 0, obj["state_dict"]
+    else:
+        recipe, backbone, pretrained, seed, state = _run_recipe(path, obj)
+        kind, cache_dir = "run", cache_dir or recipe.get("cache_dir")
+    if method is not None and method != recipe["method"]:
+        raise HarnessError(f"--method {method}: {path} is a checkpoint of method {recipe['method']!r}")
+    net, built = build_model(recipe["method"], backbone["name"], pretrained, recipe["frames"],
+                             recipe["method_options"], recipe.get("classnames"), seed, cache_dir)
+    check_identity(backbone, built, str(path))
+    params = dict(net.named_parameters())
+    # Converted: all but what the base fills; run: the trainable parameters (the rest is the backbone).
+    required = (set(params) - set(meta.get("from_base", []))) if kind == "converted" else \
+        {n for n, p in params.items() if p.requires_grad}
+    _apply(net, state, required, str(path))
+    return LoadedModel(net=net, backbone=built, classnames=recipe.get("classnames"), kind=kind, meta=meta,
+                       sha256=file_sha256(path))
+
+
+def _run_recipe(path: Path, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None, int, dict]:
+    """The build recipe of a run checkpoint, from its job's config.json (jobs/<id>/work/<file>)."""
+    config = path.parent.parent / "config.json"
+    if not config.is_file():
+        raise HarnessError(f"--checkpoint {path}: neither a converted checkpoint nor inside a run's job folder "
+                           f"(no {config}); run checkpoints are loaded from results/<run>/jobs/<id>/work/")
+    job = json.loads(config.read_text())["job"]
+    recorded = (obj.get("meta") or {}).get("backbone")
+    if recorded is None:
+        raise HarnessError(f"--checkpoint {path}: no meta.backbone (written by an older version?)")
+    recipe = {"method": job["method"], "method_options": job["method_options"], "frames": job["schedule"]["frames"],
+              "classnames": (job.get("train") or {}).get("classnames"), "cache_dir": job.get("cache_dir")}
+    state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    return recipe, {**recorded, "name": job["backbone"]}, job["pretrained"], job["seed"], state

@@ -1,0 +1,84 @@
+"""`harness predict`: the top-k classes of video files, with a converted or run checkpoint, or
+with a method built fresh (frozen zero-shot CLIP by default).
+
+Videos go through the same MMAction2 test pipeline as evaluation (decode, sample T frames,
+resize, centre crop) and the same normalisation and scoring (softmax over the given classes), so
+a prediction here is what an evaluation of the same checkpoint would have scored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+
+
+def load_for_predict(args: argparse.Namespace) -> Any:
+    """The model to predict with: from --checkpoint, or built from --method/--backbone."""
+    from harness.cli import EMBEDDED_BACKBONE
+    from harness.convert.checkpoint import LoadedModel, build_model, load_checkpoint
+    from harness.convert.cli import method_sets
+
+    if args.checkpoint:
+        if args.sets:
+            raise HarnessError("--set does not apply with --checkpoint: the checkpoint records its options")
+        return load_checkpoint(args.checkpoint, method=args.method, base=args.base, cache_dir=args.cache)
+    method = args.method or "zeroshot"
+    backbone = args.backbone or EMBEDDED_BACKBONE
+    pretrained = args.pretrained or ("synthetic" if backbone == EMBEDDED_BACKBONE else None)
+    net, spec = build_model(method, backbone, pretrained, args.frames or 8, method_sets(args.sets, method),
+                            None, cache_dir=args.cache)
+    return LoadedModel(net=net, backbone=spec, classnames=None, kind="none")
+
+
+def predict_videos(net: Any, videos: Sequence[str], classnames: Sequence[str], image_size: int,
+                   frames: int, top: int = 5) -> list[dict[str, Any]]:
+    """[{video, top: [(class, score), ...]}] for each video, scores = softmax over `classnames`."""
+    from harness.data.pipeline import build_video_dataset, test_pipeline
+    from harness.engine.model import VideoClassifier
+
+    paths = [Path(v).expanduser().resolve() for v in videos]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise HarnessError(f"no such video file(s): {', '.join(missing)}")
+    model = VideoClassifier(net, classnames).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "videos.txt"
+        listing.write_text("".join(f"{p} 0\n" for p in paths))
+        dataset, _ = build_video_dataset(listing, "/", test_pipeline(frames, image_size), num_classes=1,
+                                         on_missing="error", test_mode=True)
+        out = []
+        with torch.no_grad():
+            for path, i in zip(paths, range(len(dataset))):
+                item = dataset[i]
+                batch = model.data_preprocessor({"inputs": [item["inputs"]], "data_samples": [item["data_samples"]]})
+                scores = model.view_averaged_scores(batch["inputs"])[0]
+                values, index = scores.topk(min(top, len(classnames)))
+                out.append({"video": str(path),
+                            "top": [(classnames[j], round(float(v), 4)) for v, j in zip(values, index.tolist())]})
+    return out
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    from harness.convert.base import parse_classes
+
+    loaded = load_for_predict(args)
+    classnames = parse_classes(args.classes) if args.classes else loaded.classnames
+    if not classnames:
+        raise HarnessError("--classes: name the classes to score ('a,b,c' or an id,name CSV); this model "
+                           "records no training classes")
+    net = loaded.net
+    rows = predict_videos(net, args.videos, classnames, int(loaded.backbone["image_size"]),
+                          args.frames or net.num_frames, args.top)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['video']}: " + ", ".join(f"{name} {score:.3f}" for name, score in row["top"]))
+    return 0

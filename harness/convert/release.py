@@ -1,0 +1,95 @@
+"""Reading an official released checkpoint: unwrap the containers and key prefixes that training
+frameworks add, and describe what was found.
+
+Why a module of its own: every released checkpoint of the methods here is some nesting of
+`{"state_dict": ...}` (mmaction / mmengine), `{"model": ...}` (ViFi-CLIP, Vita-CLIP, DeiT-style
+trainers) and DDP's `module.` / `torch.compile`'s `_orig_mod.` prefixes, around tensors stored
+in fp16 or fp32. Converters should see one flat `{official key: tensor}` mapping and nothing of
+this, and the report should say what was unwrapped.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+
+#: Container keys under which trainers store the model's state dict, in the order they are tried.
+WRAPPER_KEYS = ("state_dict", "model", "module", "model_state", "net")
+#: Prefixes that wrappers (DDP, torch.compile, a `model.` attribute) add to every key.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@dataclass
+class Release:
+    """A released checkpoint as a flat mapping of official key -> tensor."""
+
+    path: str
+    state: dict[str, torch.Tensor]
+    unwrapped: list[str] = field(default_factory=list)  # container keys descended into
+    stripped: list[str] = field(default_factory=list)  # prefixes removed from every key
+    extras: dict[str, str] = field(default_factory=dict)  # non-state entries beside it (epoch, optimizer ...)
+
+    def dtypes(self) -> dict[str, int]:
+        return dict(Counter(str(t.dtype).removeprefix("torch.") for t in self.state.values()))
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "keys": len(self.state), "dtypes": self.dtypes(),
+                "unwrapped": self.unwrapped, "stripped_prefixes": self.stripped,
+                "other_entries": self.extras}
+
+
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def unwrap(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor], list[str], dict[str, str]]:
+    """Descend through `WRAPPER_KEYS` containers until a mapping of tensors is reached."""
+    path: list[str] = []
+    extras: dict[str, str] = {}
+    while not _is_state(obj):
+        if not isinstance(obj, Mapping):
+            raise HarnessError(f"{source}: expected a state dict (a mapping of tensors), found {type(obj).__name__}")
+        key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
+        if key is None:
+            raise HarnessError(f"{source}: no state dict found; top-level entries are {sorted(map(str, obj))[:10]} "
+                               f"(looked for {', '.join(WRAPPER_KEYS)})")
+        extras.update({str(k): type(v).__name__ for k, v in obj.items() if k != key})
+        path.append(key)
+        obj = obj[key]
+    # Non-tensor entries (e.g. a `_metadata` attribute) are not parameters.
+    return {str(k): v for k, v in obj.items()}, path, extras
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str] = WRAPPER_PREFIXES
+                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Remove a prefix shared by every key (repeatedly: `module._orig_mod.`)."""
+    stripped: list[str] = []
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in prefixes:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped.append(prefix)
+                changed = True
+    return state, stripped
+
+
+def read_release(path: str | Path) -> Release:
+    """Load a checkpoint file on the CPU without executing pickled code, and flatten it."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle / zip errors of every kind
+        raise HarnessError(f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    state, unwrapped, extras = unwrap(obj, str(path))
+    state, stripped = strip_prefixes(state)
+    return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras)
