@@ -273,8 +273,21 @@ def fail_jobs_with_bad_data(jobs: list[Any], store: Any, cache_dir: str | None, 
         problem = check.problem(job)
         if problem is None:
             continue
-        err = HarnessError(problem)
-        where = store.fail_job(job, err) if write else store.job_dir(job) / "error.json"
+        where = _record_failure(store, job, HarnessError(problem)) if write else store.job_dir(job) / "error.json"
         print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
         failed.append(job)
     return failed
+
+
+def _record_failure(store: Any, job: Any, err: HarnessError) -> Path | str:
+    """error.json under the job's lock (harness/locks.py: one writer per job); a job another live
+    run holds is left to that run, which meets the same data."""
+    from harness.locks import FileLock
+
+    lock = FileLock(store.job_lock_path(job))
+    if not lock.acquire():
+        return f"not recorded: another run holds {lock.path}"
+    try:
+        return store.fail_job(job, err)
+    finally:
+        lock.release()

@@ -395,37 +395,6 @@ def test_progress_bar_does_not_warn_on_a_loss_that_requires_grad():
     assert hook.bar.values == {"loss": "2.000"}
 
 
-def test_resume_fills_frozen_weights_and_names_what_is_missing(capsys):
-    """mmengine reports every key absent from a resumed checkpoint ("do not match exactly"): the
-    hook completes the frozen ones, and says in one line when a trainable one is really absent."""
-    import torch
-    from mmengine.runner.checkpoint import _load_checkpoint_to_model
-
-    from harness.engine.hooks import TrainableCheckpointHook
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.frozen = torch.nn.Linear(2, 2).requires_grad_(False)
-            self.adapter = torch.nn.Linear(2, 2)
-
-        def trainable_state_names(self):
-            return {n for n, p in self.named_parameters() if p.requires_grad}
-
-    net, saved = Net(), Net()
-    runner = type("R", (), {"model": net})()
-    checkpoint = {"state_dict": {k: v for k, v in saved.state_dict().items() if k.startswith("adapter")}}
-    TrainableCheckpointHook({})._complete_state(runner, checkpoint)
-    _load_checkpoint_to_model(net, checkpoint)  # mmengine print()s its mismatch report (logger=None)
-    captured = capsys.readouterr()
-    assert "do not match" not in captured.out and captured.err == ""
-    assert torch.equal(net.adapter.weight, saved.adapter.weight)
-    partial = {"state_dict": {"adapter.weight": saved.adapter.weight}}
-    TrainableCheckpointHook({})._complete_state(runner, partial)
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "1 trainable tensor(s) not in the checkpoint" in err and "adapter.bias" in err
-
-
 def test_debug_shows_the_traceback(capsys, monkeypatch):
     code = main(["--debug", "params", "--methods", "aim", "--frames", "0"])
     err = capsys.readouterr().err
