@@ -71,6 +71,13 @@ def _drop_description(ctx: dict, monkeypatch) -> None:
     path.write_text(json.dumps(data))
 
 
+def _short_description(ctx: dict, monkeypatch) -> None:
+    path = ctx["root"] / "description" / "2_s_description_embedded_base.json"
+    data = json.loads(path.read_text())
+    data["2"] = data["2"][:1]
+    path.write_text(json.dumps(data))
+
+
 def _remove_videos(rel_list: str, count: int) -> Callable:
     def setup(ctx: dict, monkeypatch) -> None:
         for line in (ctx["root"] / rel_list).read_text().splitlines()[:count]:
@@ -236,6 +243,8 @@ CASES = [
          setup=_video(f"{B2N}/fs_base_s1_train.txt", 0, lambda b: b"")),
     Case("videos-missing", RUN("--set", "data.on_missing=error"), "are missing under", data=True,
          no_job_started=True, setup=_remove_videos(f"{B2N}/base_val.txt", 1)),
+    Case("descriptions-too-few", RUN(methods="msta"), "class id 2 has 1 description(s), N=2 needed. Add descriptions",
+         data=True, no_job_started=True, setup=_short_description),
     Case("descriptions-missing-class", RUN(methods="msta"), "no descriptions for class id 3", data=True,
          no_job_started=True, setup=_drop_description),
 ]

@@ -267,9 +267,9 @@ def _select(
             hint = " (its text looks like several sentences joined into one string)" if joined else ""
             if on_short != "use_available":
                 raise HarnessError(
-                    f"{path}: class id {cid} has {len(sentences)} description(s){hint}, N={n} needed. Use a "
-                    "smaller N (`--set msta.n_descriptions=...`) or write more descriptions for that class "
-                    "(Python callers: on_short='use_available' averages over the ones it has)."
+                    f"{path}: class id {cid} has {len(sentences)} description(s){hint}, N={n} needed. Add "
+                    "descriptions for that class to this file, or choose an N whose files have enough "
+                    "(`--set msta.n_descriptions`; Python callers: on_short='use_available' averages the ones it has)."
                 )
             notes.append(
                 f"{path.name}: class {cid} has {len(sentences)} of {n} descriptions{hint}; used those"
