@@ -484,7 +484,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise HarnessError(f"{folder}: not a results directory (no jobs/ folder)")
     if len(folders) == 1:  # the run's own summary, as `harness run` writes it
         store = RunStore(folders[0])
-        write_summary(store.root, store.finished_records(), store.failed_records())
+        text, path = write_summary(store.root, store.finished_records(), store.failed_records())
+        print(text)
+        print(f"table: {path}\n")
     out = Path(args.out) if args.out else default_out(folders)
     report = write_report(folders, out, formats, with_published=args.with_published, draw=not args.no_plots)
     print(report.markdown)

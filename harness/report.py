@@ -8,7 +8,6 @@ other setting); the header states the settings all rows share. Nothing is droppe
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -195,7 +194,7 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         out.append({
             "Method": first["method"], **_setting_columns(g, columns),
-            "Trainable": _fmt_params(int(first["trainable"])), "% of backbone": f"{first['pct_of_backbone']:.2f}",
+            "Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
             "Base": round(summ["base"], 2), "Base std": round(summ["base_std"], 2),
             "Novel": round(summ["novel"], 2), "Novel std": round(summ["novel_std"], 2), "HM": round(summ["hm"], 2),
             "HM std (splits)": round(summ["hm_split_std"], 2), "n": summ["n_splits"],
@@ -217,7 +216,7 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         first = g.iloc[0]
         row = {"Method": first["method"], **_setting_columns(g, columns)}
         row.update({b: v for b, v in zip(by, key[1:])})
-        row.update({"Trainable": _fmt_params(int(first["trainable"])), "% of backbone": f"{first['pct_of_backbone']:.2f}",
+        row.update({"Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
                     "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2), "n": len(g),
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
@@ -271,53 +270,27 @@ def header_lines(df: pd.DataFrame) -> list[str]:
 
 
 def plot_ablations(df: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """For every method option that takes several values in this run (a `--sweep`), plot the
-    headline metric (HM for base-to-novel, top-1 otherwise) against it: `ablation_<option>.png`."""
-    import matplotlib
+    """For every setting swept in this run (`--sweep`), the headline metric (HM for base-to-novel,
+    top-1 otherwise) against it, numeric values in numeric order and the default value included:
+    `ablation_<option>.png` / `.pdf` (two swept settings: a heatmap `ablation_<a>_x_<b>`)."""
+    from harness.reports.plots import ablation_plot, ablation_sets, ablation_stem
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.atomic import atomic_write_bytes
-
-    rows = []
-    for label in df["method"].unique():
-        base, _, opts = label.partition("[")
-        options = dict(kv.split("=", 1) for kv in opts.rstrip("]").split(",") if "=" in kv)
-        table = summary_table(df[df["method"] == label])
-        metric = "HM" if "HM" in table else "Top-1"
-        rows.append({"method": base, "options": options, "value": float(table[metric].iloc[0]), "metric": metric})
+    ablations = ablation_sets(df)
     written = []
-    for option in sorted({k for r in rows for k in r["options"]}):
-        points = sorted(((float(r["options"][option]) if _is_number(r["options"][option]) else r["options"][option],
-                          r["value"]) for r in rows if option in r["options"]), key=lambda p: str(p[0]))
-        if len({p[0] for p in points}) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        xs = [p[0] for p in points]
-        ax.plot(range(len(xs)) if not all(isinstance(x, float) for x in xs) else xs, [p[1] for p in points], "o-")
-        if not all(isinstance(x, float) for x in xs):
-            ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-        ax.set_xlabel(option)
-        ax.set_ylabel(rows[0]["metric"])
-        ax.set_title(f"{rows[0]['method']}: {option}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
-        path = run_dir / f"ablation_{option}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        written.append(path)
-    return written
+    for ablation in ablations:
+        written += ablation_plot(ablation, ablation_stem(run_dir, ablation, len(ablations) > 1))
+    return [p for p in written if p.suffix == ".png"]
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown in Markdown: parameters as `0.40M`, percentages with two decimals (the
+    CSV keeps the numbers)."""
+    shown = table.copy()
+    if "Trainable" in shown:
+        shown["Trainable"] = shown["Trainable"].map(_fmt_params)
+    if "% of backbone" in shown:
+        shown["% of backbone"] = shown["% of backbone"].map(lambda v: f"{v:.2f}")
+    return shown
 
 
 def failures_markdown(failures: list[dict[str, Any]]) -> str:
@@ -331,8 +304,9 @@ def failures_markdown(failures: list[dict[str, Any]]) -> str:
 
 def write_summary(run_dir: Path, records: list[dict[str, Any]],
                   failures: list[dict[str, Any]] | None = None) -> tuple[str, Path]:
-    """Write summary.md / summary.csv (every table, with protocol and dataset columns) /
-    per_job.csv; return the Markdown text and its path."""
+    """Write summary.md / summary.csv (every table, with protocol and dataset columns; numbers
+    as numbers) / per_job.csv (one row per job, every identity field); return the Markdown text
+    and its path."""
     from harness.atomic import atomic_write_text
 
     df = job_rows(records)
@@ -343,13 +317,15 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]],
         for (protocol, dataset), g in df.groupby(["protocol", "dataset"], sort=False):
             table = summary_table(g)
             parts.append(f"## {protocol} / {dataset}\n\n" + "\n".join(header_lines(g)) + "\n\n"
-                         + to_markdown(table) + "\n")
+                         + to_markdown(markdown_cells(table)) + "\n")
             tables.append(table.assign(Protocol=protocol, Dataset=dataset))
         combined = pd.concat(tables, ignore_index=True, sort=False)
         front = ["Protocol", "Dataset"]
         combined = combined[front + [c for c in combined.columns if c not in front]]
         atomic_write_text(run_dir / "summary.csv", combined.to_csv(index=False))
-        atomic_write_text(run_dir / "per_job.csv", df.drop(columns=["settings"]).to_csv(index=False))
+        from harness.reports.aggregate import per_job_frame
+
+        atomic_write_text(run_dir / "per_job.csv", per_job_frame(records).to_csv(index=False))
         plots = plot_ablations(df, run_dir)
         if plots:
             parts.append("Ablation plots: " + ", ".join(p.name for p in plots) + "\n")

@@ -27,6 +27,18 @@ def _number(value: Any, signed: bool = False) -> str:
     return str(value)
 
 
+def _plain(value: Any, column: str) -> str:
+    """A non-metric cell: percentages with 2 decimals, whole numbers without any (a column
+    with gaps is float in pandas: 8.0 -> 8), other numbers as Python shows them."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        if column == "% of backbone":
+            return f"{value:.2f}"
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
+
+
 def best_rows(table: ReportTable) -> dict[str, set[int]]:
     """Per metric column: the positions of the measured rows holding its best (highest) value,
     when at least two measured rows have one. Quoted rows never count."""
@@ -49,7 +61,8 @@ def visible_columns(table: ReportTable) -> list[str]:
         if col in ("Source", "Flags") and not frame[col].fillna("").astype(str).str.len().any():
             continue
         cols.append(col)
-    return cols
+    tail = [c for c in ("n", "Flags", "Source") if c in cols]
+    return [c for c in cols if c not in tail] + tail
 
 
 def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list[str], list[list[str]]]:
@@ -74,11 +87,8 @@ def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list
                 text = _number(value, signed=True)
             elif col == "n" and row["Quoted"]:
                 text = ""
-            elif isinstance(value, float) and value.is_integer() and col == "n":
-                text = str(int(value))
             else:
-                text = "" if value is None or (isinstance(value, float) and value != value) else (
-                    _number(value) if isinstance(value, float) else str(value))
+                text = _plain(value, col)
             out.append(text)
         rows.append(out)
     return columns, rows

@@ -23,6 +23,16 @@ from harness.jobs import short_hash
 from harness.metrics import base2novel_summary, harmonic_mean, mean_std
 from harness.report import _method_specific, varying_settings
 
+#: Dataset order of the papers' tables (others follow alphabetically).
+DATASET_ORDER = ("k400", "hmdb51", "ucf101", "ssv2", "k600", "embedded")
+
+
+def ordered(names: Any) -> list[str]:
+    """Distinct dataset names in the papers' order."""
+    unique = list(dict.fromkeys(names))
+    return sorted(unique, key=lambda n: (DATASET_ORDER.index(n) if n in DATASET_ORDER else len(DATASET_ORDER), n))
+
+
 #: Settings that may differ per dataset within one row of a cross-dataset table.
 PER_DATASET_KEYS = ("dataset", "schedule.views", "shots")
 
@@ -91,7 +101,7 @@ def _identity(g: pd.DataFrame, varying: list[str]) -> dict[str, Any]:
 def _cell(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
-    return value
+    return "-" if value is None else value
 
 
 def _flags(g: pd.DataFrame) -> str:
@@ -111,7 +121,7 @@ def _round(value: float) -> float:
 def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]:
     """One block per dataset, then the average over datasets (rows present on all of them)."""
     blocks, per_row = [], {}
-    datasets = list(dict.fromkeys(df["dataset"]))
+    datasets = ordered(df["dataset"])
     for dataset in datasets:
         rows = []
         for row_id, g in df[df["dataset"] == dataset].groupby("row", sort=False):
@@ -164,7 +174,7 @@ def _mean_block(g: pd.DataFrame, column: str) -> dict[str, Any]:
 
 
 def few_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
-    metrics = [f"{ds} K={int(k)}" for ds in dict.fromkeys(df["dataset"])
+    metrics = [f"{ds} K={int(k)}" for ds in ordered(df["dataset"])
                for k in sorted(df.loc[df["dataset"] == ds, "shots"].dropna().unique())]
     rows = []
     for _row_id, g in df.groupby("row", sort=False):
@@ -178,7 +188,7 @@ def few_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
 
 def zero_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
     df = df.assign(target=df["eval"].str.split("/").str[0])
-    metrics = list(dict.fromkeys(df["target"]))
+    metrics = ordered(df["target"])
     rows = []
     for _row_id, g in df.groupby("row", sort=False):
         row = _identity(g, varying)
@@ -193,7 +203,7 @@ def zero_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
 
 def fully_supervised_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]:
     out = []
-    for dataset in dict.fromkeys(df["dataset"]):
+    for dataset in ordered(df["dataset"]):
         rows = []
         for (_row_id, eval_name), g in df[df["dataset"] == dataset].groupby(["row", "eval"], sort=False):
             first = g.iloc[0]
