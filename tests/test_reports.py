@@ -254,10 +254,10 @@ def test_two_by_two_ablation_on_tiny_gives_four_jobs_a_heatmap_and_a_table(tmp_p
             "--set", "schedule.epochs=0"]
     assert main(args) == 0
     assert len(list(run.glob("jobs/*/metrics.json"))) == 4
-    assert _is_image(run / "ablation_rank_x_alpha.png", b"\x89PNG")
+    assert _is_image(run / "ablation_alpha_x_rank.png", b"\x89PNG")
     assert main(["report", str(run)]) == 0
     text = (run / "report" / "report.md").read_text()
-    assert "## Ablation: msta (base2novel, embedded)" in text and "| rank | alpha=0.5 | alpha=2.0 |" in text
-    assert _is_image(run / "report" / "plots" / "ablation_rank_x_alpha.png", b"\x89PNG")
+    assert "## Ablation: msta (base2novel, embedded)" in text and "| alpha | rank=8 | rank=16 |" in text
+    assert _is_image(run / "report" / "plots" / "ablation_alpha_x_rank.png", b"\x89PNG")
     assert main(["status", str(run)]) == 0
     assert "4 done, 0 running, 0 failed, 0 pending" in capsys.readouterr().out
