@@ -238,12 +238,16 @@ def test_status_done_running_failed_pending(tmp_path, capsys):
     stale.mkdir()
     (stale / "job.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0, "stale_after_s": 600}))
     os.utime(stale / "job.lock", (time.time() - 3600, time.time() - 3600))
+    (run / "invocations").mkdir()
+    (run / "invocations" / "t-1.json").write_text(json.dumps({"request": {}, "provenance": {},
+                                                             "job_ids": ["done-job", "never-started"]}))
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
+    assert re.search(r"never-started\s+pending\s+not started", out)
     assert re.search(r"done-job\s+done", out) and re.search(r"failed-job\s+failed\s+HarnessError: bad video list$", out, re.M)
     assert re.search(rf"running-job\s+running\s+pid {os.getpid()} on {socket.gethostname()}", out)
     assert re.search(r"stale-job\s+pending\s+started, not finished; stale lock", out)
-    assert "1 done, 1 running, 1 failed, 1 pending" in out
+    assert "1 done, 1 running, 1 failed, 2 pending" in out
 
 
 @pytest.mark.slow

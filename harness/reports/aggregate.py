@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.report import config_key, job_rows
+from harness.reports.rows import config_key, job_rows
 
 #: Accuracy within this many points of chance (100 / classes) makes a row untrustworthy.
 CHANCE_MARGIN = 2.0
@@ -74,7 +74,7 @@ def collect(folders: list[Path]) -> Collected:
 
 
 def eval_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """`harness.report.job_rows` (one row per job and evaluation set) plus what the layouts
+    """`rows.job_rows` (one row per job and evaluation set) plus what the layouts
     and the trust flags need: chance level, videos used / listed, the flags themselves."""
     df = job_rows(records)
     if df.empty:

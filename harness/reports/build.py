@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 from harness.jobs import short_hash
-from harness.reports import aggregate, latex, plots, published, render, tables
+from harness.reports import aggregate, latex, plots, published, render, rows, tables
 
 FORMATS = ("md", "csv", "latex")
 
@@ -54,7 +54,7 @@ def write_report(folders: list[Path], out: Path, formats: tuple[str, ...] = FORM
     ablations = plots.ablation_sets(df) if not df.empty else []
     for ablation in ablations:
         sections.append(f"## Ablation: {ablation['method']} ({ablation['protocol']}, {ablation['dataset']})\n\n"
-                        + _plain_markdown(plots.ablation_table(ablation)) + "\n")
+                        + rows.to_markdown(plots.ablation_table(ablation)) + "\n")
     if draw and not df.empty:
         report.written += _draw(report, df, ablations, found, curves)
         images = [p for p in report.written if p.suffix == ".png"]
@@ -62,9 +62,7 @@ def write_report(folders: list[Path], out: Path, formats: tuple[str, ...] = FORM
             sections.append("## Figures\n\n" + "\n".join(f"- [{p.relative_to(out)}]({p.relative_to(out)})"
                                                           for p in images) + "\n")
     if found.failures:
-        from harness.report import failures_markdown
-
-        sections.append(failures_markdown(found.failures))
+        sections.append(rows.failures_markdown(found.failures))
     report.markdown = "\n".join(sections)
     if "md" in formats:
         report.written.append(_write(out / "report.md", report.markdown))
@@ -96,12 +94,6 @@ def _header_lines(found: aggregate.Collected) -> list[str]:
                  f"points of chance), `{aggregate.FLAG_VIDEOS}` (fewer videos used than listed), "
                  f"`{aggregate.FLAG_PROFILE}` (a profile shortened the schedule: not comparable with papers).")
     return ["\n".join(lines) + "\n"]
-
-
-def _plain_markdown(frame) -> str:
-    from harness.report import to_markdown
-
-    return to_markdown(frame)
 
 
 def _draw(report: Report, df, ablations, found: aggregate.Collected, curves: bool) -> list[Path]:

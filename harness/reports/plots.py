@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.atomic import atomic_write_bytes
 from harness.metrics import base2novel_summary, mean_std
+from harness.reports.rows import varying_settings
 from harness.reports.tables import ReportTable
 
 
@@ -124,8 +125,6 @@ def _default_for(method: str, key: str, settings: dict[str, Any]) -> Any:
 def ablation_sets(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Per (protocol, dataset, method, shots): the settings that vary between its configurations
     (one or two of them, other than recipe records) and the headline value of each."""
-    from harness.report import varying_settings
-
     out = []
     for (protocol, dataset, method, shots), part in df.groupby(
             ["protocol", "dataset", df["settings"].map(lambda s: s.get("method")), "shots"], sort=False, dropna=False):

@@ -9,14 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.reports.rows import fmt_params
 from harness.reports.tables import ReportTable
-
-
-def fmt_params(n: Any) -> str:
-    if n is None or n != n:
-        return ""
-    n = int(n)
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def _number(value: Any, signed: bool = False) -> str:
@@ -75,7 +69,7 @@ def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list
         for col in columns:
             value = row[col]
             if col == "Trainable":
-                text = fmt_params(value)
+                text = "" if value is None or value != value else fmt_params(int(value))
             elif col in table.metrics:
                 text = _number(value)
                 std = row.get(f"{col} std")

@@ -1,5 +1,5 @@
 """`harness status RESULTS_DIR`: each job of a results folder as done, running (who holds its
-lock), failed (its recorded reason) or pending (listed by a recorded `harness run` command, or
+lock), failed (its recorded reason) or pending (listed by a recorded `harness run` invocation, or
 started and interrupted, but not finished).
 
 Running is read from the job's lock file (`jobs/<id>/job.lock`, JSON with pid / host / started,
@@ -68,22 +68,21 @@ def job_state(job_dir: Path) -> JobState:
 
 
 def planned_jobs(root: Path) -> tuple[list[str], list[str]]:
-    """(job ids of every recorded `harness run` command of the folder, notes on commands that
-    could not be expanded again, e.g. a dataset no longer on this machine)."""
-    from harness.cli import build_parser, plan_run
-
-    ids: list[str] = []
+    """(ids of the jobs every recorded `harness run` invocation of the folder set out to run,
+    notes on records that do not say: written before invocations listed their jobs)."""
+    ids: dict[str, None] = {}
     notes = []
     for path in sorted((root / "invocations").glob("*.json")):
         try:
-            command = json.loads(path.read_text())["provenance"]["command"]
-            args = build_parser().parse_args(command[1:])
-            _, jobs, _ = plan_run(args)
-        except (Exception, SystemExit) as err:  # an old or foreign command: report, do not fail
-            notes.append(f"{path.name}: its jobs could not be listed again ({err})")
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            notes.append(f"{path.name}: unreadable")
             continue
-        ids += [job.job_id for job in jobs if job.job_id not in ids]
-    return ids, notes
+        if "job_ids" not in record:
+            notes.append(f"{path.name}: older record without its job list (jobs never started are not shown)")
+            continue
+        ids.update(dict.fromkeys(record["job_ids"]))
+    return list(ids), notes
 
 
 def folder_status(root: Path) -> tuple[list[JobState], list[str]]:

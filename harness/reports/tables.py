@@ -21,7 +21,7 @@ import pandas as pd
 
 from harness.jobs import short_hash
 from harness.metrics import base2novel_summary, harmonic_mean, mean_std
-from harness.report import _method_specific, varying_settings
+from harness.reports.rows import method_specific, varying_settings
 
 #: Dataset order of the papers' tables (others follow alphabetically).
 DATASET_ORDER = ("k400", "hmdb51", "ucf101", "ssv2", "k600", "embedded")
@@ -63,7 +63,7 @@ class ReportTable:
 
 
 def _row_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in PER_DATASET_KEYS and not _method_specific(k)}
+    return {k: v for k, v in settings.items() if k not in PER_DATASET_KEYS and not method_specific(k)}
 
 
 def assign_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
