@@ -202,10 +202,13 @@ def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
         data = grid.iloc[:, 1:].to_numpy(dtype=float)
         fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2.5, 1.0 * len(rows) + 1.8))
         image = ax.imshow(data, cmap="viridis", aspect="auto")
+        low, high = np.nanmin(data), np.nanmax(data)
         for i in range(data.shape[0]):
             for j in range(data.shape[1]):
                 if not np.isnan(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", color="white", fontsize=9)
+                    bright = high > low and (data[i, j] - low) / (high - low) > 0.6  # viridis turns yellow
+                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                            color="black" if bright else "white")
         ax.set_xticks(range(len(cols)), cols)
         ax.set_yticks(range(len(rows)), rows)
         ax.set_xlabel(_short(second))
