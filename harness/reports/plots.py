@@ -68,6 +68,7 @@ def params_plot(table: ReportTable, stem: Path) -> list[Path]:
                    label=f"{row['Method']} (0 trainable)")
     if not trained.empty:
         ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
     else:
         ax.set_xticks([])
     ax.set_xlabel("trainable parameters (log scale)")
