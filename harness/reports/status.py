@@ -2,22 +2,17 @@
 lock), failed (its recorded reason) or pending (listed by a recorded `harness run` invocation, or
 started and interrupted, but not finished).
 
-Running is read from the job's lock file (`jobs/<id>/job.lock`, JSON with pid / host / started,
-its modification time the holder's heartbeat; see harness.locks): a lock whose heartbeat is older
-than its `stale_after_s` is reported as stale, i.e. the job is pending.
+Running is read from the job's lock file (`jobs/<id>/job.lock`, harness.locks): a lock whose
+holder is dead or whose heartbeat is too old is reported as stale, i.e. the job is pending.
 """
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.errors import HarnessError
-
-JOB_LOCK = "job.lock"  # harness.locks.JOB_LOCK
-DEFAULT_STALE_S = 600.0
+from harness.locks import JOB_LOCK, describe_holder, lock_state
 
 
 @dataclass
@@ -27,34 +22,17 @@ class JobState:
     detail: str = ""
 
 
-def _holder(lock: Path) -> tuple[dict[str, Any] | None, float]:
-    try:
-        age = time.time() - lock.stat().st_mtime
-        return json.loads(lock.read_text()), age
-    except FileNotFoundError:
-        return None, -1.0
-    except (OSError, ValueError):
-        return {}, 0.0  # being written: treat as held
-
-
-def _describe(info: dict[str, Any]) -> str:
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-    return f"pid {info.get('pid')} on {info.get('host')} since {started}"
-
-
 def job_state(job_dir: Path) -> JobState:
     """The state of one job folder (see module doc)."""
     job_id = job_dir.name
     if (job_dir / "metrics.json").is_file():
         return JobState(job_id, "done")
-    info, age = _holder(job_dir / JOB_LOCK)
+    info, stale = lock_state(job_dir / JOB_LOCK)
+    lock_note = ""
     if info is not None:
-        stale = float(info.get("stale_after_s", DEFAULT_STALE_S))
-        if age <= stale:
-            return JobState(job_id, "running", _describe(info) + f", heartbeat {age:.0f} s ago")
-        lock_note = f"stale lock ({_describe(info)}, no heartbeat for {age:.0f} s)"
-    else:
-        lock_note = ""
+        if stale is None:
+            return JobState(job_id, "running", describe_holder(info))
+        lock_note = f"stale lock: {stale}"
     error = job_dir / "error.json"
     if error.is_file():
         try:
