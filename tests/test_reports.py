@@ -251,11 +251,11 @@ def test_status_done_running_failed_pending(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_two_by_two_ablation_on_tiny_gives_four_jobs_a_heatmap_and_a_table(tmp_path, harness_cache, capsys):
+def test_two_by_two_ablation_on_tiny_gives_four_jobs_a_heatmap_and_a_table(tmp_path, harness_cache, capsys,
+                                                                             skip_training):
     run = tmp_path / "run"
     args = ["run", "--methods", "msta", "--protocol", "base2novel", "--profile", "tiny", "--cache", str(harness_cache),
-            "--out", str(run), "--no-progress", "--sweep", "msta.rank=8,16", "--sweep", "msta.alpha=0.5,2.0",
-            "--set", "schedule.epochs=0"]
+            "--out", str(run), "--no-progress", "--sweep", "msta.rank=8,16", "--sweep", "msta.alpha=0.5,2.0"]
     assert main(args) == 0
     assert len(list(run.glob("jobs/*/metrics.json"))) == 4
     assert _is_image(run / "ablation_alpha_x_rank.png", b"\x89PNG")
