@@ -14,10 +14,12 @@ from typing import Any
 
 import pandas as pd
 
+from harness.engine.accounting import accounting_columns
 from harness.jobs import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
 from harness.metrics import base2novel_summary, mean_std
 
 PER_METHOD_RECIPE = "per-method recipe"
+EVALUATED_CHECKPOINT = "evaluated checkpoint"  # `harness eval` rows: no training in this run
 
 #: Job fields that are not part of a row's configuration: the two averaged over (split, seed),
 #: what follows from the split (its files, class lists, descriptions), what follows from the
@@ -75,6 +77,7 @@ def method_label(job: dict[str, Any]) -> str:
 
     recipe = job.get("recipe") or {}
     suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
+    suffix += f" ({EVALUATED_CHECKPOINT})" if job.get("checkpoint") else ""
     try:
         defaults = make_config(job["method"]).to_dict()
     except Exception:  # a method removed since the run: show the raw name
@@ -105,7 +108,7 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "dataset": job["dataset"], "backbone": job["backbone"], "pretrained": job.get("pretrained") or "random",
                 "job_id": rec["job_id"], "missing": (ev.get("videos") or {}).get("missing", 0),
                 "git_sha": (rec.get("provenance", {}).get("code") or {}).get("git_sha"),
-                **_recipe_columns(job),
+                **_recipe_columns(job), **accounting_columns(metrics),
             })
     return pd.DataFrame(rows)
 
