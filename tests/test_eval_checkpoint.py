@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from convert_helpers import CLASSES, consistent_release, make_base, run_convert
 
-from harness.cli import main
+from harness.cli import build_parser, main
 from harness.convert.checkpoint import save_converted
+from harness.convert.evaluate import checkpoint_jobs
 from harness.data.upstream import file_sha256
+from harness.errors import HarnessError
 
 base = pytest.fixture(scope="module")(make_base)
 
@@ -32,9 +34,17 @@ def trained_run(tmp_path_factory, harness_cache):
     return out, ckpt, record
 
 
-def _eval(ckpt, out, *extra, protocol="base2novel", dataset="embedded"):
-    return main(["eval", "--checkpoint", str(ckpt), "--protocol", protocol, "--dataset", dataset, "--profile", "tiny",
-                 "--out", str(out), "--no-progress", *extra])
+def _eval_argv(ckpt, out, *extra, protocol="base2novel", dataset="embedded"):
+    return ["eval", "--checkpoint", str(ckpt), "--protocol", protocol, "--dataset", dataset, "--profile", "tiny",
+            "--out", str(out), "--no-progress", *extra]
+
+
+def _eval(ckpt, out, *extra, **where):
+    return main(_eval_argv(ckpt, out, *extra, **where))
+
+
+def _eval_args(ckpt, *extra, **where):
+    return build_parser().parse_args(_eval_argv(ckpt, "unused", *extra, **where))
 
 
 @pytest.mark.slow  # shares a ~25 s tiny training run (trained_run)
@@ -118,3 +128,9 @@ def test_converted_release_evaluates_and_its_sha256_is_its_identity(base, tmp_pa
     assert all(r["metrics"]["evals"]["val"]["n"] == 2 and r["job"]["schedule"]["frames"] == 2 for r in records)
     assert all(r["job"]["backbone"] == "harness-b16-2l" for r in records)
     assert CLASSES  # the releases were trained on CLASSES; evaluated here on the folder's two classes
+    # a linear head (5 training classes) cannot score the folder's 2 classes: refused before any job
+    linear = save_converted(run_convert("st_adapter", consistent_release("st_adapter", base), base, tmp_path, frames=2),
+                            tmp_path / "st_adapter.harness.pt")
+    with pytest.raises(HarnessError, match=r"folders/.*\(val\): st_adapter head=linear was trained on 5 classes"):
+        checkpoint_jobs(_eval_args(linear, "--pretrained", str(base[0]), "--cache", str(harness_cache),
+                                   protocol="fully_supervised", dataset=f"folder:{folder}"), "tiny")

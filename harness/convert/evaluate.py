@@ -69,8 +69,21 @@ def checkpoint_jobs(args: argparse.Namespace, profile: str | None) -> tuple[list
                      checkpoint=str(Path(args.checkpoint).resolve()))
     record = {"sha256": loaded.sha256, "kind": loaded.kind, "path": req.checkpoint}
     jobs = [dataclasses.replace(job, checkpoint=dict(record)) for job in expand_jobs(req)]
+    _check_closed_set_classes(loaded.net, jobs, args.checkpoint)
     _preloaded[loaded.sha256] = loaded
     return jobs, req
+
+
+def _check_closed_set_classes(net: Any, jobs: list, checkpoint: str) -> None:
+    """A linear head scores exactly its training classes, in order: an evaluation list with other
+    classes is refused now, naming the list, not as a failure inside every job."""
+    if getattr(net, "cls_head", None) is None or not hasattr(net, "check_classnames"):
+        return
+    for lst in (lst for job in jobs for lst in job.evals):
+        try:
+            net.check_classnames(lst.classnames)
+        except HarnessError as err:
+            raise HarnessError(f"{checkpoint} on {lst.class_file} ({lst.name}): {err}") from None
 
 
 def checkpoint_net(job: Any) -> tuple[Any, Any]:
