@@ -7,8 +7,12 @@ be handled in exactly one place.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,36 +20,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, unknown_name_error
 
-#: Small CLIPs of this project's own (random init). `harness-tiny` is the embedded default:
-#: 4 layers of width 128 at 64 px (about 8 M parameters, most of them the token embedding).
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "harness-tiny": dict(
-        embed_dim=64,
-        vision_cfg=dict(image_size=64, layers=4, width=128, head_width=32, patch_size=16),
-        text_cfg=dict(context_length=32, vocab_size=49408, width=128, heads=4, layers=4),
-    ),
-    "harness-small": dict(
-        embed_dim=128,
-        vision_cfg=dict(image_size=96, layers=6, width=192, head_width=32, patch_size=16),
-        text_cfg=dict(context_length=48, vocab_size=49408, width=192, heads=6, layers=6),
-    ),
-    # Same shapes as ViT-B/16 with fewer layers: exercises the real widths cheaply in tests.
-    "harness-b16-2l": dict(
-        embed_dim=512,
-        vision_cfg=dict(image_size=224, layers=2, width=768, head_width=64, patch_size=16),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=2),
-    ),
-}
+#: Small CLIPs of this project's own (random init), as open_clip model configs (JSON files in
+#: `harness/model_configs/`, registered with `open_clip.add_model_config`, so open_clip builds
+#: them like any of its own): `harness-tiny` is the embedded default, 4 layers of width 128 at
+#: 64 px (about 8 M parameters, most of them the token embedding); `harness-small`, 6 layers of
+#: 192 at 96 px; `harness-b16-2l`, the shapes of ViT-B/16 with 2 layers (real widths, cheaply).
+SMALL_CONFIG_DIR = Path(__file__).with_name("model_configs")
+SMALL_CONFIGS: tuple[str, ...] = tuple(sorted(p.stem for p in SMALL_CONFIG_DIR.glob("*.json")))
 
-#: Tag of the project's own weights for `harness-tiny`: contrastively pretrained on synthetic
-#: captioned frames (`harness.pretrain`), generated once and cached, so that frozen-backbone
-#: methods have meaningful features on the embedded dataset.
-SYNTHETIC_TAG = "synthetic"
+#: Top-level entries of an OpenAI CLIP checkpoint (the TorchScript module's buffers, kept by a
+#: `state_dict()` of it) that open_clip's own checkpoints never have.
+OPENAI_STATE_KEYS = ("input_resolution", "context_length", "vocab_size")
 
-#: open_clip tags whose weights were trained with QuickGELU (the OpenAI releases).
-QUICKGELU_TAGS = {"openai"}
+
+@functools.cache
+def small_config(name: str) -> dict[str, Any]:
+    """The open_clip model config of one of this project's small CLIPs (read from its JSON
+    without importing open_clip, so that recipes can use its sizes at import time)."""
+    if name not in SMALL_CONFIGS:
+        raise unknown_name_error("small backbone config", name, SMALL_CONFIGS)
+    return json.loads((SMALL_CONFIG_DIR / f"{name}.json").read_text())
+
+
+def _open_clip():
+    """open_clip, with this project's small configs registered (once)."""
+    import open_clip
+
+    if not set(SMALL_CONFIGS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(SMALL_CONFIG_DIR)
+    return open_clip
 
 
 @dataclass
@@ -68,14 +73,17 @@ class BackboneSpec:
 def resolve_model_name(name: str, pretrained: str | None) -> tuple[str, list[str]]:
     """Map a user-facing name to the open_clip config to build.
 
-    OpenAI weights need QuickGELU: `ViT-B-16` + `openai` resolves to `ViT-B-16-quickgelu` (running
-    them with exact GELU silently costs accuracy), and the substitution is recorded.
+    Weights trained with QuickGELU (open_clip's pretrained config of the tag says so: the OpenAI
+    releases) need the `-quickgelu` config: `ViT-B-16` + `openai` resolves to `ViT-B-16-quickgelu`
+    (running them with exact GELU silently costs accuracy), and the substitution is recorded.
     """
     notes: list[str] = []
-    if name in TINY_CONFIGS:
+    if name in SMALL_CONFIGS or pretrained is None or name.endswith("-quickgelu"):
         return name, notes
-    if pretrained in QUICKGELU_TAGS and not name.endswith("-quickgelu"):
-        notes.append(f"{name} + pretrained={pretrained!r} resolved to {name}-quickgelu (OpenAI weights use QuickGELU)")
+    open_clip = _open_clip()
+    if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False):
+        notes.append(f"{name} + pretrained={pretrained!r} resolved to {name}-quickgelu "
+                     "(open_clip: these weights were trained with QuickGELU)")
         return f"{name}-quickgelu", notes
     return name, notes
 
@@ -88,85 +96,98 @@ def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _known_names() -> list[str]:
-    import open_clip
+def is_openai_checkpoint(path: Path) -> bool:
+    """Whether `path` holds OpenAI-format CLIP weights (trained with QuickGELU): OpenAI releases
+    TorchScript archives (a zip with a `code/` folder), and a state dict taken from one keeps
+    their `input_resolution` / `context_length` / `vocab_size` entries."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.split("/", 1)[-1].startswith("code/") for n in archive.namelist()):
+                return True
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # noqa: BLE001 - not a plain torch file (safetensors, numpy): not OpenAI's format
+        return False
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    return isinstance(state, dict) and any(key in state for key in OPENAI_STATE_KEYS)
 
-    return sorted(set(open_clip.list_models()) | set(TINY_CONFIGS))
+
+def _check_local_weights(path: Path, resolved: str, quick_gelu: bool) -> None:
+    """Stop before OpenAI-format weights are built with exact GELU (a silent accuracy loss)."""
+    if not quick_gelu and is_openai_checkpoint(path):
+        raise HarnessError(
+            f"--pretrained {path}: OpenAI-format CLIP weights (trained with QuickGELU), but --backbone "
+            f"{resolved} uses exact GELU; pass --backbone {resolved}-quickgelu")
+
+
+def _known_names() -> list[str]:
+    return sorted(_open_clip().list_models())
+
+
+def _check_pretrained(name: str, resolved: str, pretrained: str | None, local: Path | None,
+                      weights_file: str | os.PathLike | None) -> None:
+    """A clear error for a tag the config does not have, a missing file, or an unresolved tag
+    of this project's own (those are resolved to a file by `harness.weights` first)."""
+    open_clip = _open_clip()
+    if resolved not in open_clip.list_models():
+        raise unknown_name_error("backbone", name, _known_names())
+    if pretrained is None or local is not None or weights_file is not None:
+        return
+    tags = open_clip.list_pretrained_tags_by_model(resolved)
+    if pretrained in tags:
+        return
+    if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        raise HarnessError(f"--pretrained {pretrained!r}: no such file")
+    raise HarnessError(
+        f"--pretrained {pretrained!r} is not a tag of {resolved} (tags: {', '.join(tags) or 'none'}; "
+        "this project's own: 'synthetic' for harness-tiny, via harness.weights.create_backbone) "
+        "and not an existing checkpoint file"
+    )
 
 
 def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed: int | None = 0,
-                cache_dir: str | os.PathLike | None = None) -> tuple[nn.Module, BackboneSpec]:
+                weights_file: str | os.PathLike | None = None) -> tuple[nn.Module, BackboneSpec]:
     """Build an open_clip CLIP and describe it.
 
     `pretrained` is an open_clip tag (e.g. ``openai``), a path to a local checkpoint, or None
     (random init, seeded with `seed` so that two jobs of one run share the same random backbone).
+    `weights_file` is the file a tag of this project's own was resolved to (`harness.weights`):
+    its weights are loaded, and `pretrained` (the tag) is what the spec records.
     """
-    import open_clip
-
+    open_clip = _open_clip()
     resolved, notes = resolve_model_name(name, pretrained)
+    local = Path(pretrained).expanduser() if pretrained and Path(pretrained).expanduser().is_file() else None
+    _check_pretrained(name, resolved, pretrained, local, weights_file)
+    config = open_clip.get_model_config(resolved) or {}
+    quick_gelu = bool(config.get("quick_gelu", False))
+    weights = Path(weights_file) if weights_file is not None else local
+    if weights is not None:
+        _check_local_weights(weights, resolved, quick_gelu)
     if seed is not None:
         torch.manual_seed(seed)
-    if resolved in TINY_CONFIGS:
-        local_file = pretrained
-        if pretrained == SYNTHETIC_TAG:
-            if resolved != "harness-tiny":
-                raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only harness-tiny has synthetic weights")
-            from harness.pretrain import ensure_pretrained_tiny
-
-            local_file = str(ensure_pretrained_tiny(Path(cache_dir) / "backbones" if cache_dir else None))
-        elif pretrained is not None and not Path(pretrained).is_file():
-            raise HarnessError(
-                f"--pretrained {pretrained!r}: the small config {name!r} has no published weights; "
-                f"pass a local checkpoint file, {SYNTHETIC_TAG!r} (harness-tiny) or leave --pretrained unset"
-            )
-        cfg = TINY_CONFIGS[resolved]
-        model = open_clip.CLIP(**cfg, quick_gelu=True)
-        spec = BackboneSpec(
-            name=name, pretrained=pretrained, resolved_name=resolved, quick_gelu=True,
-            image_size=cfg["vision_cfg"]["image_size"], context_length=cfg["text_cfg"]["context_length"],
-            notes=notes,
-        )
-        if local_file is not None:
-            _load_local_state(model, Path(local_file))
-            spec.weights_sha256 = _sha256_file(Path(local_file))
-        return model, spec
-
-    if resolved not in open_clip.list_models():
-        from harness.errors import unknown_name_error
-
-        raise unknown_name_error("backbone", name, _known_names())
-    local = pretrained is not None and Path(pretrained).expanduser().is_file()
-    if pretrained is not None and not local and pretrained not in open_clip.list_pretrained_tags_by_model(resolved):
-        if os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
-            raise HarnessError(f"--pretrained {pretrained!r}: no such file")
-        tags = open_clip.list_pretrained_tags_by_model(resolved)
-        raise HarnessError(
-            f"--pretrained {pretrained!r} is not a tag of {resolved} (tags: {', '.join(tags) or 'none'}) "
-            "and not an existing checkpoint file"
-        )
-    import contextlib
-
-    quiet = contextlib.nullcontext() if pretrained else _silence_root_warnings()  # "no pretrained weights" is intended
+    # open_clip loads its tags and, for its own configs, local files (TorchScript, prefixes,
+    # resized embeddings); the small configs' and resolved files are plain state dicts, loaded
+    # below with a one-line error on a mismatch.
+    by_open_clip = weights_file is None and (local is None or resolved not in SMALL_CONFIGS)
+    source = (str(local) if local is not None else pretrained) if by_open_clip else None
     try:
-        with quiet:
-            model = open_clip.create_model(
-                resolved, pretrained=str(Path(pretrained).expanduser()) if local else pretrained,
-                force_quick_gelu=bool(resolved.endswith("-quickgelu")),
-            )
+        with contextlib.nullcontext() if source else _silence_root_warnings():  # "no pretrained weights" is intended
+            model = open_clip.create_model(resolved, pretrained=source)
     except Exception as err:  # open_clip / huggingface_hub / urllib raise many kinds when offline
         raise HarnessError(
             f"could not load weights {pretrained!r} for {resolved}: {type(err).__name__}: {err}. "
             "If this machine is offline (or HF_HUB_OFFLINE=1), download the checkpoint elsewhere "
             f"(open_clip: {resolved} / {pretrained}) and pass its path: --pretrained /path/to/file.pt"
         ) from None
-    vcfg = open_clip.get_model_config(resolved) or {}
     spec = BackboneSpec(
-        name=name, pretrained=pretrained, resolved_name=resolved,
-        quick_gelu=bool(vcfg.get("quick_gelu", False) or resolved.endswith("-quickgelu")),
+        name=name, pretrained=pretrained, resolved_name=resolved, quick_gelu=quick_gelu,
         image_size=int(model.visual.image_size[0]), context_length=int(model.context_length), notes=notes,
     )
-    if local:
-        spec.weights_sha256 = _sha256_file(Path(pretrained).expanduser())
+    if weights is not None:
+        if not by_open_clip:
+            _load_local_state(model, weights)
+        spec.weights_sha256 = _sha256_file(weights)
     return model, spec
 
 

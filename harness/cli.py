@@ -9,11 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.errors import ConfigurationError, HarnessError
-
-DEFAULT_SEED = 2048  # MSTA's logged seed
-EMBEDDED_BACKBONE = "harness-tiny"
-REAL_BACKBONE = "ViT-B-16"
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -89,24 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--flops", action="store_true", help="also count GFLOPs per view (slower)")
     params.add_argument("--format", default="table", choices=("table", "json"))
 
+    from harness.measure.bench_cli import add_bench_arguments
+
     bench = sub.add_parser("bench", help="training/inference throughput, MFU and memory (or --data: decoding)")
-    bench.add_argument("--methods", default="zeroshot")
-    bench.add_argument("--backbone", default=REAL_BACKBONE)
-    bench.add_argument("--batch", type=int, default=32)
-    bench.add_argument("--frames", type=int, default=8)
-    bench.add_argument("--amp", default="bf16", choices=("bf16", "none"))
-    bench.add_argument("--compile", action="store_true")
-    bench.add_argument("--iters", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    add_bench_arguments(bench)
     bench.add_argument("--data", action="store_true", help="measure the MMAction2 decode+augment pipeline instead")
     bench.add_argument("--order-pairs", action="store_true", help="train briefly on the embedded dataset and report "
                        "accuracy on its order-only class pairs (do methods see frame order?)")
     bench.add_argument("--epochs", type=int, default=15, help="--order-pairs: training epochs")
     bench.add_argument("--out", default="results/order-pairs", help="--order-pairs: results directory")
-    bench.add_argument("--dataset", default="embedded")
-    bench.add_argument("--data-root", default=None)
-    bench.add_argument("--format", default="table", choices=("table", "json"))
+    bench.add_argument("--dataset", default="embedded", help="--data: the dataset whose training list is decoded")
+    bench.add_argument("--data-root", default=None, help="--data: folder holding <dataset>/videos/")
     bench.add_argument("--synthetic", default=None, choices=("kinetics-like", "ssv2-like"),
                        help="--data: every decode path on generated videos shaped like that dataset (cached), "
                        "checked for exact frames, CPU time per clip")
@@ -217,15 +207,6 @@ def add_checkpoint_commands(sub: Any) -> None:
     predict.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     predict.add_argument("--cache", default=None)
     predict.add_argument("--format", default="table", choices=("table", "json"))
-
-
-def _parse_sets_for_params(sets: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    from harness.settings import parse_set_args
-
-    method_opts, schedule, data = parse_set_args(sets, methods)
-    if schedule or data:
-        raise HarnessError("harness params takes only <method>.<option>=value overrides")
-    return method_opts
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -401,10 +382,11 @@ def _ls_recipes(method: str | None, protocol: str | None) -> None:
 
 def cmd_params(args: argparse.Namespace) -> int:
     from harness.measure.params import format_params_table, params_rows
+    from harness.settings import parse_method_sets
     from methods.registry import parse_method_list
 
     methods = parse_method_list(args.methods)
-    overrides = _parse_sets_for_params(args.sets, methods)
+    overrides = parse_method_sets(args.sets, methods)
     rows = params_rows(methods, args.backbone, args.pretrained, args.frames, args.classes, overrides, with_flops=args.flops)
     print(format_params_table(rows, args.format))
     return 0
@@ -421,21 +403,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_data_command(args)
     if args.order_pairs:
         from harness.measure.order_pairs import format_rows, run_order_pairs
-        from methods.registry import parse_method_list
+        from methods.registry import list_methods, parse_method_list
 
-        methods = parse_method_list(args.methods if args.methods != "zeroshot" else "st_adapter,aim,msta,vitaclip,vificlip,zeroshot")
+        methods = parse_method_list(args.methods) if args.methods else list_methods(True) + list_methods(False)
         rows = run_order_pairs(methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
         print(format_rows(rows))
         return 0
-    from harness.measure.bench import format_bench, run_bench
-    from methods.registry import parse_method_list
+    from harness.measure.bench_cli import run_bench_command
 
-    methods = parse_method_list(args.methods)
-    overrides = _parse_sets_for_params(args.sets, methods)
-    rows = run_bench(methods, backbone=args.backbone, batch=args.batch, frames=args.frames, amp=args.amp,
-                     compile=args.compile, iters=args.iters, warmup=args.warmup, overrides=overrides)
-    print(format_bench(rows, args.format))
-    return 0
+    return run_bench_command(args)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -500,9 +476,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.convert.evaluate import eval_command
+    from harness.convert.evaluate import checkpoint_jobs, eval_run_dir
+    from harness.jobs import default_profile
+    from harness.store import RunStore
 
-    return eval_command(args)
+    profile = args.profile or default_profile(args.dataset)
+    jobs, req = checkpoint_jobs(args, profile, _int_list(args.splits, "--splits") if args.splits else None,
+                                _int_list(args.shots, "--shots") if args.shots else None)
+    if args.dry_run:
+        return _print_dry_run(jobs)
+    return run_jobs(jobs, RunStore(eval_run_dir(args, profile)), req, progress=not args.no_progress)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
+from harness.paths import cache_root
 
 PREFIX = "A video about"
 SYSTEM_PROMPT = (
@@ -68,8 +69,7 @@ def parse_answer(text: str, n: int) -> list[str]:
 
 def default_llm_cache_dir() -> Path:
     """`$HARNESS_CACHE/llm`, else `~/.cache/harness/llm`."""
-    base = os.environ.get("HARNESS_CACHE")
-    return Path(base).expanduser() / "llm" if base else Path.home() / ".cache" / "harness" / "llm"
+    return cache_root() / "llm"
 
 
 def chat_completions_url(endpoint: str) -> str:

@@ -284,7 +284,7 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
     bad option or a missing file fails before any training starts. Each job's id depends only on
     that job, never on the other jobs of the invocation or their order."""
     from harness.settings import DataOptions, build_dataclass
-    from harness.weights import weights_identity
+    from harness.weights_identity import weights_identity
     from protocols import check_dataset, get_profile, load_protocol
 
     protocol = load_protocol(req.protocol)
@@ -481,7 +481,9 @@ def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cach
     classes_path = resolver.path("classes")
     names = _classnames(classes_path)
     sampled = sample_k_shot(read_annotation_list(source, len(names)), shots, seed)
-    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "harness"
+    from harness.paths import cache_root
+
+    base = cache_root(cache_dir)
     out = base / "sampled" / resolver.spec.name / f"train_few_shot_{shots}_seed{seed}_{file_sha256(source)[:10]}.txt"
     if not out.is_file():
         write_annotation_list(out, sampled)

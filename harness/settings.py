@@ -7,23 +7,22 @@
 | `schedule.<key>`        | a field of `Schedule` below                                    |
 | `data.<key>`            | a field of `DataOptions` below                                 |
 
-Values are parsed as YAML scalars (`1e-3`, `true`, `[4, 3]`, `best`).
+Values are parsed as YAML scalars (`1e-3`, `true`, `[4, 3]`, `best`) and checked against the
+option's default; both rules (`parse_value`, `build_dataclass`) live in `harness.options` and are
+shared with method options and the bench.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from harness.errors import HarnessError, unknown_name_error
+from harness.options import build_dataclass, option, options_help, parse_value, split_assignment
 
-
-def _opt(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
+__all__ = ["DataOptions", "Schedule", "build_dataclass", "parse_method_sets", "parse_set_args", "parse_value",
+           "resolve_schedule", "settings_help"]
+_opt = option  # the one option helper (harness.options), short for the tables below
 
 
 @dataclass
@@ -69,20 +68,6 @@ class DataOptions:
     decode_threads: int = _opt(1, "decoder threads per DataLoader worker (exact; helps wall time, not CPU time)")
 
 
-def parse_value(text: str) -> Any:
-    """YAML scalar, except that `1e-3` is a number (YAML 1.1 would read it as a string)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """`--set` items -> (method options per method, schedule overrides, data overrides)."""
     method_opts: dict[str, dict[str, Any]] = {}
@@ -91,11 +76,8 @@ def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict
     valid_schedule = {f.name for f in dataclasses.fields(Schedule)}
     valid_data = {f.name for f in dataclasses.fields(DataOptions)}
     for item in items:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise HarnessError(f"--set {item!r}: expected <method>.<option>=value, schedule.<key>=value or data.<key>=value")
-        key, raw = item.split("=", 1)
-        scope, name = key.split(".", 1)
-        value = parse_value(raw)
+        scope, name, value = split_assignment(
+            item, "<method>.<option>=value, schedule.<key>=value or data.<key>=value")
         if scope == "schedule":
             if name not in valid_schedule:
                 raise unknown_name_error("schedule key", name, valid_schedule)
@@ -115,43 +97,18 @@ def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict
     return method_opts, schedule, data
 
 
-def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate a settings dataclass from merged values, type-checking each."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise unknown_name_error(f"{where} key", key, fields)
-        f = fields[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise HarnessError(f"{where}.{key}={value!r}: expected true/false")
-        if f.metadata.get("number"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HarnessError(f"{where}.{key}={value!r}: expected a number")
-            value = int(value) if float(value).is_integer() else float(value)
-        elif isinstance(default, int) and not isinstance(default, bool) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise HarnessError(f"{where}.{key}={value!r}: expected an integer")
-        if isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HarnessError(f"{where}.{key}={value!r}: expected a number")
-            value = float(value)
-        if isinstance(default, list) and not isinstance(value, list):
-            raise HarnessError(f"{where}.{key}={value!r}: expected a list like [4, 3]")
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise HarnessError(f"{where}.{key}={value!r}: must be one of {', '.join(choices)}")
-        out[key] = value
-    return cls(**out)
+def parse_method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """`--set` items that may only be method options (`harness params`, `harness bench`)."""
+    method_opts, schedule, data = parse_set_args(items, methods)
+    if schedule or data:
+        raise HarnessError("--set: only <method>.<option>=value overrides apply here (no schedule.* / data.*)")
+    return method_opts
 
 
 def settings_help() -> list[tuple[str, Any, str]]:
-    rows = []
-    for prefix, cls in (("schedule", Schedule), ("data", DataOptions)):
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((f"{prefix}.{f.name}", default, f.metadata.get("help", "")))
-    return rows
+    return [(f"{prefix}.{name}", default, text)
+            for prefix, cls in (("schedule", Schedule), ("data", DataOptions))
+            for name, default, text in options_help(cls)]
 
 
 def resolve_schedule(protocol: dict[str, Any], profile: dict[str, Any] | None, method: str,

@@ -143,6 +143,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
     """Frozen CLIP with AIM adapters and a temporal embedding; text matching or the linear head."""
 
     head_init_std = 0.01  # official: mmaction I3DHead, normal_init(fc_cls, std=0.01)
+    models_frame_order = True  # temporal attention over frames + temporal embedding
 
     def build(self) -> None:
         cfg = self.config

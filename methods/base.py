@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 
-
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse/PEFT wording
-    """A config field with help text (shown by `harness ls`)."""
-    if isinstance(default, (list, dict, set)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
-    return field(default=default, metadata={"help": help, **kwargs})
+__all__ = ["MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
 
 
 @dataclass
@@ -43,11 +39,7 @@ class MethodConfig:
     @classmethod
     def options_help(cls) -> list[tuple[str, Any, str]]:
         """(name, default, help) for every option, in declaration order."""
-        rows = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            rows.append((f.name, default, f.metadata.get("help", "")))
-        return rows
+        return options_help(cls)
 
 
 @dataclass
@@ -76,6 +68,11 @@ class VideoTextModel(nn.Module):
     #: Label smoothing of the training cross-entropy (the engine sets it from
     #: `schedule.label_smoothing`; 0 = plain cross-entropy). Forward outputs do not depend on it.
     label_smoothing: float = 0.0
+    #: True when the video feature depends on the order of the frames (a temporal module); False
+    #: for mean-pooled per-frame features, whose output is the same for the time-reversed clip.
+    #: The generic tests check this claim (reversed clips after perturbing every trainable
+    #: tensor) and the order-pair benchmark reads it.
+    models_frame_order: ClassVar[bool] = False
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:

@@ -245,6 +245,7 @@ class MSTA(VideoTextModel):
     spatio-temporal consistency loss against frozen-text description anchors."""
 
     text_is_frozen = False
+    models_frame_order = True  # temporal conv on the video side
     #: Adapter weights receive gradients 1/lambda (200x) larger than their true ones by design:
     #: clipping by global norm would distort them. The engine must not clip for this method.
     allows_grad_clip: ClassVar[bool] = False

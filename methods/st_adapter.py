@@ -126,6 +126,7 @@ class STAdapter(LinearHeadMixin, VideoTextModel):
     """Frozen CLIP with ST-Adapters in every visual block; text matching or the linear head."""
 
     head_init_std = 0.02  # official: nn.init.normal_(fc.weight, std=0.02)
+    models_frame_order = True  # depthwise conv over time in every block
 
     def build(self) -> None:
         cfg = self.config

@@ -159,6 +159,7 @@ class VitaBlock(AdaptedBlock):
 @register_method("vitaclip", VitaCLIPConfig, "global/local/summary video prompts + learned text context")
 class VitaCLIP(VideoTextModel):
     text_is_frozen = False
+    models_frame_order = True  # per-frame time embedding, frame-conditioned prompts, summary attention
 
     def build(self) -> None:
         config: VitaCLIPConfig = self.config

@@ -11,7 +11,6 @@ import pytest
 
 from harness.measure.bench import (
     BASELINE,
-    _parse_sets,
     datasheet_peak,
     format_bench,
     measure_matmul_peak,
@@ -71,8 +70,6 @@ def test_helpers():
     assert datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
     assert datasheet_peak("NVIDIA H200") == 989.4e12
     assert datasheet_peak("NVIDIA H100 NVL") is None and datasheet_peak("Intel Xeon") is None
-    assert _parse_sets(["st_adapter.variant=24x384", "aim.drop_path_rate=0.1", "msta.temporal=false"]) == {
-        "st_adapter": {"variant": "24x384"}, "aim": {"drop_path_rate": 0.1}, "msta": {"temporal": False}}
 
 
 def test_gpu_script_smoke_runs_end_to_end_without_the_mm_stack(tmp_path):
@@ -143,3 +140,57 @@ def test_plain_baseline_trains_through_the_whole_tower():
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["input_shift", "head.weight", "head.bias"]
     flops = _plain_flops(model, (2, 2, 3, 64, 64), trainable=True)
     assert 1.8 * flops["infer"] < flops["train"] < 2.2 * flops["infer"]
+
+
+def _bench_args(argv):
+    import argparse
+
+    from harness.measure.bench_cli import add_bench_arguments
+
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    return parser, parser.parse_args(argv)
+
+
+def test_cpu_gets_small_defaults_and_explicit_options_win():
+    from harness.measure.bench_cli import resolve_defaults
+
+    cpu = resolve_defaults(_bench_args(["--device", "cpu"])[1])
+    assert cpu == {"backbone": "harness-tiny", "batch": 4, "frames": 8, "iters": 5, "warmup": 2, "num_classes": 16,
+                   "amp": "none", "device": "cpu"}
+    gpu = resolve_defaults(_bench_args(["--device", "cuda:1"])[1])
+    assert (gpu["backbone"], gpu["batch"], gpu["num_classes"], gpu["amp"], gpu["iters"]) == ("ViT-B-16", 32, 400, "bf16", 20)
+    mine = resolve_defaults(_bench_args(["--device", "cpu", "--backbone", "ViT-B-16", "--batch", "32"])[1])
+    assert (mine["backbone"], mine["batch"], mine["iters"]) == ("ViT-B-16", 32, 5)
+
+
+def test_one_set_of_bench_options_with_help_text():
+    """`harness bench` offers every option of `python -m harness.measure.bench`, and each has help."""
+    from harness.cli import build_parser
+
+    module_parser, _ = _bench_args([])
+    module_options = {s for a in module_parser._actions for s in a.option_strings} - {"-h", "--help"}
+    bench_parser = build_parser()._subparsers._group_actions[0].choices["bench"]
+    assert module_options <= {s for a in bench_parser._actions for s in a.option_strings}
+    assert all(a.help for a in bench_parser._actions), [a.dest for a in bench_parser._actions if not a.help]
+
+
+def test_bench_set_uses_the_run_grammar_and_coercion():
+    """`--set` of the bench is `harness run`'s: YAML values, the options' own type checks."""
+    from harness.errors import HarnessError
+    from harness.settings import parse_method_sets
+
+    assert parse_method_sets(["st_adapter.variant=24x384", "aim.drop_path_rate=1e-1"], ["st_adapter", "aim"]) == {
+        "st_adapter": {"variant": "24x384"}, "aim": {"drop_path_rate": 0.1}}
+    with pytest.raises(HarnessError, match="expected int"):
+        parse_method_sets(["msta.rank=big"], ["msta"])
+    with pytest.raises(HarnessError, match="schedule"):
+        parse_method_sets(["schedule.epochs=2"], ["msta"])
+
+
+def test_module_entry_reports_a_bad_option_in_one_line():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "harness.measure.bench", "--methods", "aim", "--set", "aim.nope=1"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "unknown option of method 'aim' 'nope'" in proc.stderr

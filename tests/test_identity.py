@@ -218,7 +218,7 @@ def test_non_finite_loss_is_a_failed_job(harness_cache, tmp_path, capsys):
 
 
 def test_open_clip_tag_identity_uses_the_checksum_in_its_url(monkeypatch, tmp_path):
-    import harness.weights as weights
+    import harness.weights_identity as weights
 
     monkeypatch.setattr(weights, "_cached_download", lambda cfg: None)  # as on a machine without the download
     ident = weights.weights_identity("ViT-B-16", "openai", tmp_path)

@@ -12,9 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from harness import pretrain as P
+from harness.atomic import atomic_write
 from harness.backbone import _load_local_state, create_clip, get_tokenizer
 from harness.data import embedded as E
 from harness.errors import HarnessError
+from harness.pretrain import cache as pretrain_cache
+from harness.pretrain.scenes import _pick_background, _truth
+from harness.pretrain.train import _encode_captions, _encode_text
 
 #: A few seconds of training: enough to exercise both phases and every head.
 TINY = P.PretrainRecipe(steps=4, image_steps=2, batch=8, text_batch=6, warmup=1, backgrounds=8)
@@ -53,7 +57,7 @@ def test_captions_cover_the_embedded_class_names():
 
 def test_captions_are_true_of_their_frame():
     scenes, captions = P.sample_captions(0, 0, 64)
-    truth = P._truth(scenes, captions)
+    truth = _truth(scenes, captions)
     assert truth.diagonal().all()
     assert not truth.all()  # and not of every frame
     assert any(c.verb < len(P.VERBS) for c in captions)
@@ -71,7 +75,7 @@ def test_render_composites_over_the_background():
     pool = P.background_pool(0, 4, 64)
     rng = np.random.default_rng(0)
     scene = P.Scene("circle", "red", "large", "left", "top", dark=False, faint=False)
-    bg = P._pick_background(pool, rng)
+    bg = _pick_background(pool, rng)
     frame, coverage = P.render_scene(scene, rng, bg)
     assert frame.shape == (64, 64, 3) and coverage.shape == (64, 64)
     assert 0 <= coverage.min() and coverage.max() == 1.0
@@ -91,8 +95,8 @@ def test_fast_text_encoding_equals_open_clip():
     captions = [c.text for c in P.sample_captions(0, 0, 9)[1]] + ["a photo of a a red circle."]
     tokens = get_tokenizer(spec)(captions)
     reference = model.encode_text(tokens)
-    assert torch.allclose(P._encode_text(model, tokens), reference, atol=1e-5)
-    assert torch.allclose(P._encode_captions(model, tokens, buckets=3), reference, atol=1e-5)
+    assert torch.allclose(_encode_text(model, tokens), reference, atol=1e-5)
+    assert torch.allclose(_encode_captions(model, tokens, buckets=3), reference, atol=1e-5)
 
 
 def test_training_is_deterministic_and_loads_into_harness_tiny(tmp_path):
@@ -139,7 +143,7 @@ def test_ensure_caches_and_does_not_retrain(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("retrained although cached")
 
-    monkeypatch.setattr(P, "pretrain_clip", boom)
+    monkeypatch.setattr(pretrain_cache, "pretrain_clip", boom)
     assert P.ensure_pretrained_tiny(recipe=TINY) == path
     assert P.ensure_pretrained_tiny(tmp_path / "backbones", TINY) == path
     assert path.stat().st_mtime_ns == stamp
@@ -153,10 +157,10 @@ def test_concurrent_first_uses_train_once(tmp_path, monkeypatch):
     def slow_pretrain(recipe, out, progress=None):
         calls.append(recipe)
         time.sleep(0.3)
-        P.atomic_write(Path(out), lambda p: p.write_bytes(b"weights"))
+        atomic_write(Path(out), lambda p: p.write_bytes(b"weights"))
         return Path(out)
 
-    monkeypatch.setattr(P, "pretrain_clip", slow_pretrain)
+    monkeypatch.setattr(pretrain_cache, "pretrain_clip", slow_pretrain)
     results = []
     workers = [threading.Thread(target=lambda: results.append(P.ensure_pretrained_tiny(tmp_path, TINY)))
                for _ in range(3)]

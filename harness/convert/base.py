@@ -161,7 +161,8 @@ class Converter:
         return self.release.state
 
     def convert(self) -> Conversion:
-        from harness.backbone import create_clip, get_tokenizer
+        from harness.backbone import get_tokenizer
+        from harness.weights import create_backbone
         from methods.registry import build_method
 
         req = self.request
@@ -171,7 +172,7 @@ class Converter:
         if self.base_needed(plan) and not req.base:
             raise HarnessError(f"--from {self.name}: this conversion needs the base CLIP the release was trained "
                                "from (weights the checkpoint does not hold): pass --base TAG|PATH, e.g. --base openai")
-        clip, spec = create_clip(req.backbone, req.base, seed=0, cache_dir=req.cache_dir)
+        clip, spec = create_backbone(req.backbone, req.base, seed=0, cache_dir=req.cache_dir)
         base_state = {f"clip.{k}": v.detach().clone() for k, v in clip.state_dict().items()} if req.base else {}
         model = build_method(self.method, clip, get_tokenizer(spec), plan.frames, plan.options, plan.classnames)
         model.eval()

@@ -74,10 +74,11 @@ def build_model(method: str, backbone: str, pretrained: str | None, frames: int,
                 classnames: Sequence[str] | None, seed: int | None = 0, cache_dir: str | None = None
                 ) -> tuple[Any, dict[str, Any]]:
     """Backbone + method, in eval mode, and the backbone's identity."""
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.backbone import get_tokenizer
+    from harness.weights import create_backbone
     from methods.registry import build_method
 
-    clip, spec = create_clip(backbone, pretrained, seed=seed, cache_dir=cache_dir)
+    clip, spec = create_backbone(backbone, pretrained, seed=seed, cache_dir=cache_dir)
     backbone_params = sum(p.numel() for p in clip.parameters())  # before the method inserts its modules
     net = build_method(method, clip, get_tokenizer(spec), frames, options, list(classnames) if classnames else None)
     net.backbone_params = backbone_params

@@ -22,26 +22,22 @@ from harness.errors import HarnessError
 _preloaded: dict[str, Any] = {}
 
 
-def eval_command(args: argparse.Namespace) -> int:
-    from harness.cli import _print_dry_run, run_jobs
-    from harness.jobs import default_profile
-    from harness.store import RunStore, default_run_dir
+def eval_run_dir(args: argparse.Namespace, profile: str | None) -> Path:
+    """`--out`, else results/eval-<protocol>-<dataset>[-<profile>] (beside, not inside, the runs)."""
+    from harness.store import default_run_dir
 
-    profile = args.profile or default_profile(args.dataset)
-    jobs, req = checkpoint_jobs(args, profile)
-    if args.dry_run:
-        return _print_dry_run(jobs)
-    run_dir = Path(args.out) if args.out else default_run_dir(Path("results"), args.protocol, args.dataset, profile)
-    if not args.out:
-        run_dir = run_dir.with_name("eval-" + run_dir.name)
-    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+    if args.out:
+        return Path(args.out)
+    run_dir = default_run_dir(Path("results"), args.protocol, args.dataset, profile)
+    return run_dir.with_name("eval-" + run_dir.name)
 
 
-def checkpoint_jobs(args: argparse.Namespace, profile: str | None) -> tuple[list, Any]:
+def checkpoint_jobs(args: argparse.Namespace, profile: str | None, splits: list[int] | None = None,
+                    shots: list[int] | None = None) -> tuple[list, Any]:
     """Load the checkpoint (every mismatch is reported here, before any job), then the run's
     jobs for its method, options, frames and backbone, marked with the checkpoint."""
-    from harness.cli import DEFAULT_SEED, _int_list
     from harness.convert.checkpoint import load_checkpoint
+    from harness.defaults import DEFAULT_SEED
     from harness.jobs import RunRequest, expand_jobs
     from harness.settings import parse_set_args
 
@@ -62,10 +58,10 @@ def checkpoint_jobs(args: argparse.Namespace, profile: str | None) -> tuple[list
     schedule.update(frames=recipe["frames"], epochs=0, warmup_epochs=0, select="last")
     seed = args.seed if args.seed is not None else (recipe["seed"] if loaded.kind == "run" else DEFAULT_SEED)
     req = RunRequest(methods=[method], protocol=args.protocol, dataset=args.dataset, backbone=recipe["backbone"],
-                     pretrained=recipe["pretrained"], splits=_int_list(args.splits, "--splits") if args.splits else None,
+                     pretrained=recipe["pretrained"], splits=splits,
                      seed=seed, method_options={method: dict(recipe["method_options"])}, schedule_overrides=schedule,
                      data_overrides=data, profile=profile, data_root=args.data_root, splits_root=args.splits_root,
-                     cache_dir=args.cache, shots=_int_list(args.shots, "--shots") if args.shots else None,
+                     cache_dir=args.cache, shots=shots,
                      checkpoint=str(Path(args.checkpoint).resolve()))
     record = {"sha256": loaded.sha256, "kind": loaded.kind, "path": req.checkpoint}
     jobs = [dataclasses.replace(job, checkpoint=dict(record)) for job in expand_jobs(req)]

@@ -21,9 +21,9 @@ from harness.errors import HarnessError
 
 def load_for_predict(args: argparse.Namespace) -> Any:
     """The model to predict with: from --checkpoint, or built from --method/--backbone."""
-    from harness.cli import EMBEDDED_BACKBONE
     from harness.convert.checkpoint import LoadedModel, build_model, load_checkpoint
     from harness.convert.cli import method_sets
+    from harness.defaults import EMBEDDED_BACKBONE
 
     if args.checkpoint:
         if args.sets:

@@ -200,10 +200,12 @@ DATASETS: dict[str, DatasetSpec] = _specs()
 
 def get_dataset(name: str) -> DatasetSpec:
     """The spec called `name` (or `folder:/path`), or a HarnessError listing the valid names."""
-    from harness.data.folder import folder_spec, is_folder_dataset
+    from harness.data.folder import FILES, PREFIX, SPLIT_RULE, folder_path, is_folder_dataset
 
     if is_folder_dataset(name):
-        return folder_spec(name)
+        path = folder_path(name)
+        return DatasetSpec(name=f"{PREFIX}{path}", title=f"videos in {path}", files=dict(FILES), video_subdir="",
+                           video_ext="", folder=str(path), split_ids=(1,), notes=SPLIT_RULE)
     try:
         return DATASETS[name]
     except KeyError:

@@ -46,11 +46,11 @@ import numpy as np
 
 from harness.data.annotations import AnnotationEntry, write_annotation_list, write_class_csv
 from harness.errors import HarnessError
+from harness.paths import CACHE_ENV, cache_root
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = "1"
-CACHE_ENV = "HARNESS_CACHE"
 _STALE_TMP_SECONDS = 3600.0
 
 
@@ -537,8 +537,7 @@ def generate(root: Path, recipe: EmbeddedRecipe) -> dict:
 
 def default_cache_dir() -> Path:
     """`$HARNESS_CACHE/embedded`, else `~/.cache/harness/embedded`."""
-    env = os.environ.get(CACHE_ENV)
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "harness") / "embedded"
+    return cache_root() / "embedded"
 
 
 def _is_complete(root: Path, digest: str) -> bool:

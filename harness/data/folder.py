@@ -42,15 +42,6 @@ def folder_path(name: str) -> Path:
     return path.resolve()
 
 
-def folder_spec(name: str) -> Any:
-    """The DatasetSpec of `folder:/path` (roles classes / train / val under the generated lists)."""
-    from harness.data.datasets import DatasetSpec
-
-    path = folder_path(name)
-    return DatasetSpec(name=f"{PREFIX}{path}", title=f"videos in {path}", files=dict(FILES), video_subdir="",
-                       video_ext="", folder=str(path), split_ids=(1,), notes=SPLIT_RULE)
-
-
 def _order_key(relpath: str) -> str:
     return hashlib.sha256(relpath.encode("utf-8")).hexdigest()
 

@@ -28,7 +28,6 @@ import fnmatch
 import hashlib
 import http.client
 import json
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_copy, atomic_write_bytes
 from harness.errors import HarnessError
+from harness.paths import cache_root
 
 MANIFEST_COLUMNS = ("source", "repo", "commit", "path", "bytes", "sha256", "url")
 DEFAULT_MANIFEST = Path(__file__).with_name("upstream_manifest.tsv")
@@ -131,8 +131,7 @@ def load_manifest(path: Path | str | None = None) -> list[ManifestEntry]:
 
 def default_cache_dir() -> Path:
     """`$HARNESS_CACHE/upstream`, else `~/.cache/harness/upstream` (one cache shared by all runs)."""
-    base = os.environ.get("HARNESS_CACHE")
-    return Path(base).expanduser() / "upstream" if base else Path.home() / ".cache" / "harness" / "upstream"
+    return cache_root() / "upstream"
 
 
 class _NetworkDownError(HarnessError):

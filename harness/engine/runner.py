@@ -88,7 +88,8 @@ def _amp_enabled(amp: str, device: torch.device) -> bool:
 def build_net(job: JobSpec):
     """Backbone + method for a job (the same seed gives every method the same random backbone);
     for `harness eval`, the model its checkpoint describes."""
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.backbone import get_tokenizer
+    from harness.weights import create_backbone
     from methods.registry import build_method
 
     if job.checkpoint:
@@ -96,7 +97,7 @@ def build_net(job: JobSpec):
 
         net, spec = checkpoint_net(job)
     else:
-        clip, spec = create_clip(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
+        clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
         backbone_params = sum(p.numel() for p in clip.parameters())
         classnames = job.train.classnames if job.train else None
         net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)

@@ -17,21 +17,14 @@ CPU). MFU = FLOPs of the step as executed (`count_step_flops` for train, forward
 (`measure_matmul_peak`). A row "open_clip (plain)" times open_clip's own `model.visual`, so that
 ratios to it are same-card, same-run.
 
-Runs without the harness CLI and without mmengine:
-``python -m harness.measure.bench --methods all --amp bf16 --json out.json --md out.md``.
+Command line: `harness bench` and the thin entry ``python -m harness.measure.bench --methods all
+--json out.json --md out.md`` (no harness CLI, no mmengine: the GPU script's) share `bench_cli`.
+The machine side (environment stamp, timing, peak memory) is `hardware`; tables `bench_format`.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import contextlib
 import gc
-import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -41,20 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.atomic import atomic_write_json
+from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
+from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
+
+__all__ = ["BASELINE", "MODES", "BenchSettings", "PlainVisual", "datasheet_peak", "format_bench",
+           "measure_matmul_peak", "run_bench", "stamp"]
 
 BASELINE = "open_clip (plain)"
 MODES = ("train", "infer")
-
-#: Datasheet dense (no sparsity) bf16 tensor-core peaks, FLOP/s, matched on the CUDA device name.
-#: Reported next to the measured-peak MFU because papers quote MFU against these.
-DATASHEET_BF16_PEAK = (
-    ("H100 PCIe", 756e12),
-    ("H100 80GB HBM3", 989.4e12),  # H100 SXM5
-    ("H200", 989.4e12),  # H200 SXM
-    ("A100", 312e12),
-)
 
 
 @dataclass(frozen=True)
@@ -85,156 +73,6 @@ class BenchSettings:
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# -- environment -----------------------------------------------------------------------------
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=True)
-        return out.stdout.strip().splitlines()[0] or None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def environment(device: str) -> dict[str, Any]:
-    """Card, driver and library versions, stamped on every row."""
-    import open_clip
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    return {
-        "device": str(dev),
-        "card": torch.cuda.get_device_name(dev) if cuda else _cpu_name(),
-        "driver": _driver_version() if cuda else None,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "open_clip": getattr(open_clip, "__version__", "?"),
-        "python": platform.python_version(),
-    }
-
-
-def datasheet_peak(card: str) -> float | None:
-    """Dense bf16 datasheet peak of a known card (FLOP/s), else None."""
-    if "NVL" in card:  # NVL variants have their own (lower) clocks: not in the table
-        return None
-    for fragment, peak in DATASHEET_BF16_PEAK:
-        if fragment in card:
-            return peak
-    return None
-
-
-# -- timing primitives -----------------------------------------------------------------------
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[], Any], iters: int, warmup: int, device: torch.device) -> dict[str, Any]:
-    """Run `warmup` untimed steps then `iters` timed ones; per-step seconds and the first step's
-    time (which includes compilation)."""
-    t0 = time.perf_counter()
-    step()
-    _sync(device)
-    first = time.perf_counter() - t0
-    for _ in range(max(0, warmup - 1)):
-        step()
-    _sync(device)
-    times: list[float] = []
-    if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-        for start, end in events:
-            start.record()
-            step()
-            end.record()
-        torch.cuda.synchronize(device)
-        times = [start.elapsed_time(end) / 1e3 for start, end in events]
-    else:
-        for _ in range(iters):
-            t = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t)
-    return {"median_s": statistics.median(times), "min_s": min(times), "first_step_s": first}
-
-
-def measure_matmul_peak(device: str | torch.device, dtype: torch.dtype = torch.bfloat16,
-                        size: int | None = None, iters: int | None = None) -> float:
-    """Dense matmul throughput (FLOP/s) of `dtype` on `device`, measured now: the MFU denominator.
-
-    The fastest of a few rounds of timed n x n x n matmuls (n = 8192 on GPU, 1024 on CPU).
-    Measured rather than looked up so MFU is honest about the clocks, power cap and library of
-    the very run (the datasheet MFU is reported beside it).
-    """
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    n = size or (8192 if cuda else 1024)
-    iters = iters or (20 if cuda else 3)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    # The fastest single matmul: a peak, robust to other jobs sharing the machine.
-    best = min(time_steps(lambda: torch.mm(a, b), iters=iters, warmup=2, device=device)["min_s"]
-               for _ in range(3))
-    return 2.0 * n ** 3 / best
-
-
-# -- memory ----------------------------------------------------------------------------------
-
-class _PeakMemory:
-    """Peak memory of a block: CUDA max allocated, or on Linux CPU the peak RSS growth (VmHWM
-    reset through /proc/self/clear_refs); None where neither is available."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.kind: str | None = None
-        self.peak_bytes: int | None = None
-        self._rss0: int | None = None
-
-    @staticmethod
-    def _status_kib(field: str) -> int | None:
-        try:
-            with open("/proc/self/status") as handle:
-                for line in handle:
-                    if line.startswith(field + ":"):
-                        return int(line.split()[1])
-        except OSError:
-            return None
-        return None
-
-    def __enter__(self) -> _PeakMemory:  # noqa: PYI034 - private class, never subclassed
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.kind = "cuda max_memory_allocated"
-        else:
-            try:
-                with open("/proc/self/clear_refs", "w") as handle:
-                    handle.write("5")  # resets VmHWM to the current RSS
-                self._rss0 = self._status_kib("VmRSS")
-                self.kind = "cpu peak RSS growth" if self._rss0 is not None else None
-            except OSError:
-                self.kind = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
-        elif self.kind is not None:
-            hwm = self._status_kib("VmHWM")
-            self.peak_bytes = None if hwm is None else max(0, hwm - (self._rss0 or 0)) * 1024
 
 
 # -- models under test -------------------------------------------------------------------------
@@ -334,45 +172,52 @@ def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings:
     }
 
 
+def _build_model(method: str, settings: BenchSettings, options: Mapping[str, Any] | None, clip: nn.Module,
+                 spec: Any, classnames: Sequence[str]) -> tuple[nn.Module, float, list[str]]:
+    """The model under test, its learning rate, and the encoders `--compile` compiles."""
+    if method == BASELINE:
+        return PlainVisual(clip, settings.num_classes), 1e-3, ["encode_video"]
+    from harness.backbone import get_tokenizer
+    from methods.registry import build_method
+
+    model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
+    _give_synthetic_descriptions(model, classnames)
+    # The text encoder runs every step only when it trains; otherwise once per class set,
+    # and compiling it would cost more than it saves.
+    encoders = ["encode_video"] + ([] if getattr(model, "text_is_frozen", True) else ["encode_text_embeddings"])
+    return model, float(getattr(model.config, "lr", 1e-3)), encoders
+
+
+def _step_flops(method: str, model: nn.Module, settings: BenchSettings, image_size: int,
+                classnames: Sequence[str], trainable: bool) -> dict[str, int]:
+    """FLOPs of a train step and of inference, under fake tensors (no arithmetic, no device
+    memory), counted before anything is compiled."""
+    video_shape = (settings.batch, settings.frames, 3, image_size, image_size)
+    if method == BASELINE:
+        return _plain_flops(model, video_shape, trainable=trainable)  # type: ignore[arg-type]
+    return {
+        "train": count_step_flops(model, settings.batch, settings.frames, image_size, classnames)["flops"],
+        "infer": count_flops(model, settings.frames, image_size, batch=settings.batch)["flops"],
+    }
+
+
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
                options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.weights import create_backbone
 
     device = torch.device(settings.device)
-    clip, spec = create_clip(settings.backbone, settings.pretrained)
+    clip, spec = create_backbone(settings.backbone, settings.pretrained)
     image_size = settings.image_size or spec.image_size
     classnames = [f"class {i}" for i in range(settings.num_classes)]
     base = _row_base(method, replace(settings, image_size=image_size), env)
-    datasheet = datasheet_peak(str(env.get("card", ""))) if settings.amp == "bf16" else None
-
-    if method == BASELINE:
-        model: nn.Module = PlainVisual(clip, settings.num_classes)
-        config_lr = 1e-3
-        encoders = ["encode_video"]
-    else:
-        from methods.registry import build_method
-
-        model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
-        _give_synthetic_descriptions(model, classnames)
-        config_lr = float(getattr(model.config, "lr", 1e-3))
-        # The text encoder runs every step only when it trains; otherwise once per class set,
-        # and compiling it would cost more than it saves.
-        encoders = ["encode_video"] + ([] if getattr(model, "text_is_frozen", True) else ["encode_text_embeddings"])
+    model, config_lr, encoders = _build_model(method, settings, options, clip, spec, classnames)
+    if method != BASELINE:
         base["options"] = model.config.to_dict()
     trainable = [p for p in model.parameters() if p.requires_grad]
     base["trainable"] = sum(p.numel() for p in trainable)
     base["total"] = sum(p.numel() for p in model.parameters())
-
-    # FLOPs under fake tensors (no arithmetic, no device memory), before anything is compiled.
-    video_shape = (settings.batch, settings.frames, 3, image_size, image_size)
-    if method == BASELINE:
-        flops = _plain_flops(model, video_shape, trainable=bool(trainable))
-    else:
-        flops = {
-            "train": count_step_flops(model, settings.batch, settings.frames, image_size, classnames)["flops"],
-            "infer": count_flops(model, settings.frames, image_size, batch=settings.batch)["flops"],
-        }
+    flops = _step_flops(method, model, settings, image_size, classnames, bool(trainable))
 
     model.to(device)
     if settings.frozen_bf16:
@@ -380,9 +225,11 @@ def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], pea
     if settings.compile:
         _compile_hooks(model, encoders)
     gen = torch.Generator(device="cpu").manual_seed(0)
+    video_shape = (settings.batch, settings.frames, 3, image_size, image_size)
     subject = _Subject(model, method == BASELINE, classnames, settings, device,
                        torch.randn(video_shape, generator=gen).to(device),
                        torch.randint(0, settings.num_classes, (settings.batch,), generator=gen).to(device))
+    datasheet = datasheet_peak(str(env.get("card", ""))) if settings.amp == "bf16" else None
     rows = []
     for mode in modes:
         row = dict(base, mode=mode)
@@ -499,6 +346,7 @@ def run_bench(
     frozen_bf16: bool = False,
     deadline: float | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Benchmark `methods` (plus the plain open_clip baseline first when `baseline`).
 
@@ -506,7 +354,7 @@ def run_bench(
     environment. `overrides` maps a method to option values (as `--set method.option=value`).
     `deadline` (a `time.time()` value) skips methods not yet started by then, so a
     lent GPU's time limit is never overrun; `on_row` sees each row as soon as it exists (the CLI
-    writes partial results with it). A method that fails gives an ``error: ...`` row, and with
+    writes partial results with it); `progress` gets a line as each model starts. A method that fails gives an ``error: ...`` row, and with
     `frozen_bf16` it is retried once with fp32 frozen weights.
     """
     settings = BenchSettings(backbone, pretrained, batch, frames, image_size, amp, compile, iters, warmup,
@@ -525,7 +373,9 @@ def run_bench(
 
     rows: list[dict[str, Any]] = []
     names = ([BASELINE] if baseline else []) + [m for m in methods if m != BASELINE]
-    for name in names:
+    for index, name in enumerate(names, 1):
+        if progress is not None:
+            progress(f"[{index}/{len(names)}] {name}: build, count FLOPs, time {', '.join(modes)}")
         if deadline is not None and time.time() > deadline:
             new = [dict(_row_base(name, settings, env), mode=mode, status="skipped: time budget") for mode in modes]
         else:
@@ -555,158 +405,9 @@ def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any]
     return rows
 
 
-# -- formatting ------------------------------------------------------------------------------
+if __name__ == "__main__":  # the thin entry `python -m harness.measure.bench` (same options as `harness bench`)
+    import sys
 
-_TABLE_COLUMNS = (
-    ("method", "method", "{}"),
-    ("mode", "mode", "{}"),
-    ("clips_per_s", "clips/s", "{:.1f}"),
-    ("step_ms", "step ms", "{:.1f}"),
-    ("peak_mem_gib", "peak mem GiB", "{:.2f}"),
-    ("step_gflops", "step GFLOPs", "{:.4g}"),
-    ("achieved_tflops", "TFLOP/s", "{:.3g}"),
-    ("mfu", "MFU", "{:.1%}"),
-    ("mfu_datasheet", "MFU (datasheet)", "{:.1%}"),
-    ("first_step_s", "first step s", "{:.1f}"),
-    ("compile", "compile", "{}"),
-    ("status", "status", "{}"),
-)
+    from harness.measure.bench_cli import main
 
-
-def _cell(row: Mapping[str, Any], key: str, fmt: str) -> str:
-    value = row.get(key)
-    if value is None or value == "":
-        return "-"
-    try:
-        return fmt.format(value)
-    except (ValueError, TypeError):
-        return str(value)
-
-
-def stamp(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line naming the card, driver and versions the rows were measured with."""
-    if not rows:
-        return "no rows"
-    r = rows[0]
-    return (f"card: {r.get('card')} | driver: {r.get('driver') or '-'} | torch {r.get('torch')} | "
-            f"CUDA {r.get('cuda') or '-'} | open_clip {r.get('open_clip')} | python {r.get('python')} | "
-            f"measured {r.get('peak_dtype', '?')} matmul peak {r.get('peak_tflops_measured', '-')} TFLOP/s | "
-            f"backbone {r.get('backbone')} | batch {r.get('batch')} x {r.get('frames')} frames x "
-            f"{r.get('image_size')} px | amp {r.get('amp')} | {r.get('num_classes')} classes")
-
-
-def format_bench(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -> str:
-    """Rows as an aligned text table, a Markdown table (with a stamp line) or JSON."""
-    if fmt == "json":
-        return json.dumps(list(rows), indent=2, default=str)
-    if fmt not in ("table", "markdown"):
-        raise ValueError(f"fmt must be 'table', 'markdown' or 'json', got {fmt!r}")
-    header = [title for _, title, _ in _TABLE_COLUMNS]
-    body = [[_cell(r, key, f) for key, _, f in _TABLE_COLUMNS] for r in rows]
-    if fmt == "markdown":
-        lines = [f"_{stamp(rows)}_", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines) + "\n"
-    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(header)]
-    out = [stamp(rows), "  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
-    return "\n".join(out) + "\n"
-
-
-# -- command line (no harness CLI, no mmengine) ------------------------------------------------
-
-def _parse_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """`--set method.option=value` (value as a Python literal, else a string; no YAML needed)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise SystemExit(f"--set {item!r}: expected method.option=value")
-        try:
-            value: Any = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = {"true": True, "false": False}.get(raw.lower(), raw)
-        out.setdefault(method, {})[name] = value
-    return out
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.measure.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
-    p.add_argument("--backbone", default="ViT-B-16")
-    p.add_argument("--pretrained", default=None, help="open_clip tag or local file (default: random init)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's")
-    p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile the video (and text) encoders")
-    p.add_argument("--frozen-bf16", action="store_true", help="store frozen weights in bf16")
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--num-classes", type=int, default=400)
-    p.add_argument("--modes", default="train,infer")
-    p.add_argument("--no-baseline", action="store_true", help=f"skip the {BASELINE!r} row")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds from now after which no further method is started")
-    p.add_argument("--json", dest="json_path", default=None, help="write rows here (updated after each row)")
-    p.add_argument("--append", action="store_true", help="keep rows already in --json")
-    p.add_argument("--md", dest="md_path", default=None, help="write a Markdown table here")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing: format the rows already in --json (to stdout and --md)")
-    p.add_argument("--smoke", action="store_true",
-                   help="harness-tiny, batch 2, 2 frames, 2 iters on CPU: proves the pipeline end to end")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.report_only:
-        if not args.json_path or not os.path.exists(args.json_path):
-            raise SystemExit("--report-only needs an existing --json file")
-        with open(args.json_path) as handle:
-            rows_in = json.load(handle)
-        print(format_bench(rows_in, "table"))
-        if args.md_path:
-            with open(args.md_path, "w") as handle:
-                handle.write(format_bench(rows_in, "markdown"))
-        return 0
-    if args.smoke:
-        args.backbone, args.batch, args.frames, args.iters, args.warmup = "harness-tiny", 2, 2, 2, 1
-        args.num_classes = min(args.num_classes, 8)
-        args.device = args.device or "cpu"
-    from methods.registry import parse_method_list
-
-    methods = parse_method_list(args.methods)
-    previous: list[dict[str, Any]] = []
-    if args.append and args.json_path and os.path.exists(args.json_path):
-        with open(args.json_path) as handle:
-            previous = json.load(handle)
-    rows: list[dict[str, Any]] = []
-
-    def save(row: dict[str, Any]) -> None:
-        print(format_bench([row], "table").splitlines()[-1], flush=True)
-        if args.json_path:
-            atomic_write_json(args.json_path, previous + rows + [row], sort_keys=False)
-
-    deadline = time.time() + args.time_budget if args.time_budget else None
-    run_bench(methods, args.backbone, args.pretrained, args.batch, args.frames, args.image_size, args.amp,
-              args.compile, args.iters, args.warmup, args.device, args.num_classes,
-              tuple(m.strip() for m in args.modes.split(",") if m.strip()), not args.no_baseline,
-              _parse_sets(args.sets), args.frozen_bf16, deadline, on_row=lambda r: (save(r), rows.append(r)))
-    all_rows = previous + rows
-    print(format_bench(rows, "table"))
-    if args.md_path:
-        with open(args.md_path, "w") as handle:
-            handle.write(format_bench(all_rows, "markdown"))
-    failed = [r for r in rows if str(r.get("status", "")).startswith("error")]
-    for r in failed:
-        print(f"{r['method']} {r['mode']}: {r['status']}\n{r.get('traceback', '')}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

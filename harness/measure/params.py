@@ -28,14 +28,15 @@ def params_rows(
     Each method gets a fresh backbone (methods modify it in place); FLOPs are counted on a meta
     copy, so the table costs only model construction.
     """
-    from harness.backbone import create_clip, get_tokenizer
+    from harness.backbone import get_tokenizer
     from harness.measure.flops import count_flops
+    from harness.weights import create_backbone
     from methods.registry import build_method
 
     classnames = [f"class {i}" for i in range(num_classes)]
     rows = []
     for name in methods:
-        clip, spec = create_clip(backbone, pretrained)
+        clip, spec = create_backbone(backbone, pretrained)
         model = build_method(name, clip, get_tokenizer(spec), frames, (overrides or {}).get(name), classnames)
         counts = model.parameter_counts()
         row: dict[str, Any] = {

@@ -1,0 +1,159 @@
+"""The throughput bench's command line, shared by `harness bench` and the thin entry
+`python -m harness.measure.bench` (which the GPU script uses: no harness CLI, no mmengine).
+
+One set of options (`add_bench_arguments`), one `--set` grammar (`harness.settings`), and
+defaults that fit the device: ViT-B/16, batch 32, 400 classes, bf16, 20 timed steps on a GPU;
+on a CPU, where that would take hours, harness-tiny, batch 4, 16 classes, fp32, 5 timed steps
+(any option given explicitly wins), announced with the settings before the first model is built.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+#: Defaults per device type; an option left unset (None) takes the one of the resolved device.
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cuda": {"backbone": "ViT-B-16", "batch": 32, "num_classes": 400, "amp": "bf16", "iters": 20, "warmup": 5},
+    "cpu": {"backbone": "harness-tiny", "batch": 4, "num_classes": 16, "amp": "none", "iters": 5, "warmup": 2},
+}
+#: What `--smoke` sets: proves the pipeline end to end in about a minute on a CPU.
+SMOKE = {"backbone": "harness-tiny", "batch": 2, "frames": 2, "iters": 2, "warmup": 1}
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The throughput bench's options (every one with help text)."""
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method names or 'all' (default: zeroshot; harness bench --order-pairs: "
+                   "every method, those whose contract says they model frame order first)")
+    p.add_argument("--backbone", default=None,
+                   help="open_clip model or small config (default: ViT-B-16 on GPU, harness-tiny on CPU)")
+    p.add_argument("--pretrained", default=None, help="open_clip tag or local file (default: random init)")
+    p.add_argument("--batch", type=int, default=None, help="clips per step (default: 32 on GPU, 4 on CPU)")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip")
+    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the backbone's)")
+    p.add_argument("--amp", choices=("bf16", "none"), default=None,
+                   help="bf16 autocast or none (default: bf16 on GPU, none on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the video (and text) encoders")
+    p.add_argument("--frozen-bf16", action="store_true", help="store frozen weights in bf16 (needs --amp bf16)")
+    p.add_argument("--iters", type=int, default=None, help="timed steps per mode; the median is reported "
+                   "(default: 20 on GPU, 5 on CPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first, the first one includes "
+                   "compilation (default: 5 on GPU, 2 on CPU)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available, else cpu)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="class names scored per step (default: 400 on GPU, 16 on CPU)")
+    p.add_argument("--modes", default="train,infer", help="comma-separated: train (a full optimiser step), "
+                   "infer (eval forward without autograd)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the plain open_clip visual tower row")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE",
+                   help="a method option, as for harness run (repeatable)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds from now after which no further method is started")
+    p.add_argument("--json", dest="json_path", default=None, help="write rows here (updated after each row)")
+    p.add_argument("--append", action="store_true", help="keep rows already in --json")
+    p.add_argument("--md", dest="md_path", default=None, help="write a Markdown table here")
+    p.add_argument("--format", default="table", choices=("table", "json"), help="what is printed at the end")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: format the rows already in --json (to stdout and --md)")
+    p.add_argument("--smoke", action="store_true",
+                   help="harness-tiny, batch 2, 2 frames, 2 iters (CPU unless --device): the pipeline end to end")
+
+
+def resolve_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The bench settings: explicit options, then `--smoke`, then the device's defaults."""
+    import torch
+
+    given = {k: getattr(args, k) for k in ("backbone", "batch", "frames", "iters", "warmup", "num_classes", "amp")}
+    if args.smoke:
+        given.update(SMOKE, num_classes=min(args.num_classes or 8, 8))
+    device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    defaults = DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+    settings = {k: defaults[k] if v is None else v for k, v in given.items()}
+    settings["device"] = device
+    return settings
+
+
+def _announce(settings: dict[str, Any], methods: list[str], modes: Sequence[str], baseline: bool) -> None:
+    """Say what is about to run (to stderr), so that a slow run is never a silent one."""
+    models = len(methods) + (1 if baseline else 0)
+    steps = settings["iters"] + settings["warmup"]
+    print(f"bench on {settings['device']}: {settings['backbone']}, batch {settings['batch']} x {settings['frames']} "
+          f"frames, {settings['num_classes']} classes, amp {settings['amp']}; {models} model(s) x {len(modes)} "
+          f"mode(s) x {steps} steps ({settings['warmup']} untimed)", file=sys.stderr, flush=True)
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    from harness.errors import HarnessError
+    from harness.measure.bench_format import format_bench
+
+    if not args.json_path or not os.path.exists(args.json_path):
+        raise HarnessError("--report-only needs an existing --json file")
+    with open(args.json_path) as handle:
+        rows = json.load(handle)
+    print(format_bench(rows, "table"))
+    if args.md_path:
+        with open(args.md_path, "w") as handle:
+            handle.write(format_bench(rows, "markdown"))
+    return 0
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """Run the bench for parsed options; rows are printed (and saved to --json) as they come."""
+    if args.report_only:
+        return _report_only(args)
+    from harness.atomic import atomic_write_json
+    from harness.measure.bench import MODES, format_bench, run_bench
+    from harness.settings import parse_method_sets
+    from methods.registry import list_methods, parse_method_list
+
+    methods = parse_method_list(args.methods or "zeroshot")
+    # Checked against every registered method, not only those benched: one set of --set items
+    # serves every pass of a script (scripts/gpu_bench.sh: eager pass, compile pass).
+    overrides = parse_method_sets(args.sets, list_methods())
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    settings = resolve_defaults(args)
+    _announce(settings, methods, modes or MODES, not args.no_baseline)
+    previous: list[dict[str, Any]] = []
+    if args.append and args.json_path and os.path.exists(args.json_path):
+        with open(args.json_path) as handle:
+            previous = json.load(handle)
+    rows: list[dict[str, Any]] = []
+
+    def save(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(format_bench([row], "table").splitlines()[-1], file=sys.stderr, flush=True)
+        if args.json_path:
+            atomic_write_json(args.json_path, previous + rows, sort_keys=False)
+
+    deadline = time.time() + args.time_budget if args.time_budget else None
+    run_bench(methods, pretrained=args.pretrained, image_size=args.image_size, compile=args.compile, modes=modes,
+              baseline=not args.no_baseline, overrides=overrides, frozen_bf16=args.frozen_bf16, deadline=deadline,
+              on_row=save, progress=lambda text: print(text, file=sys.stderr, flush=True), **settings)
+    print(format_bench(rows, args.format))
+    if args.md_path:
+        with open(args.md_path, "w") as handle:
+            handle.write(format_bench(previous + rows, "markdown"))
+    failed = [r for r in rows if str(r.get("status", "")).startswith("error")]
+    for r in failed:
+        print(f"{r['method']} {r['mode']}: {r['status']}\n{r.get('traceback', '')}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m harness.measure.bench`: the same options as `harness bench` (throughput only);
+    a bad option value is one line on stderr and exit status 2."""
+    from harness.errors import HarnessError
+    from harness.measure import bench
+
+    p = argparse.ArgumentParser(prog="python -m harness.measure.bench", description=bench.__doc__.split("\n\n")[0])
+    add_bench_arguments(p)
+    try:
+        return run_bench_command(p.parse_args(argv))
+    except HarnessError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
