@@ -134,3 +134,5 @@ def test_converted_release_evaluates_and_its_sha256_is_its_identity(base, tmp_pa
     with pytest.raises(HarnessError, match=r"folders/.*\(val\): st_adapter head=linear was trained on 5 classes"):
         checkpoint_jobs(_eval_args(linear, "--pretrained", str(base[0]), "--cache", str(harness_cache),
                                    protocol="fully_supervised", dataset=f"folder:{folder}"), "tiny")
+    with pytest.raises(HarnessError, match="head=linear is a closed-set head"):  # and no open-set protocol
+        checkpoint_jobs(_eval_args(linear, "--pretrained", str(base[0]), "--cache", str(harness_cache)), "tiny")

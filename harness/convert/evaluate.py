@@ -65,14 +65,20 @@ def checkpoint_jobs(args: argparse.Namespace, profile: str | None, splits: list[
                      checkpoint=str(Path(args.checkpoint).resolve()))
     record = {"sha256": loaded.sha256, "kind": loaded.kind, "path": req.checkpoint}
     jobs = [dataclasses.replace(job, checkpoint=dict(record)) for job in expand_jobs(req)]
-    _check_closed_set_classes(loaded.net, jobs, args.checkpoint)
+    _check_fits(loaded.net, jobs, args.checkpoint)
     _preloaded[loaded.sha256] = loaded
     return jobs, req
 
 
-def _check_closed_set_classes(net: Any, jobs: list, checkpoint: str) -> None:
-    """A linear head scores exactly its training classes, in order: an evaluation list with other
-    classes is refused now, naming the list, not as a failure inside every job."""
+def _check_fits(net: Any, jobs: list, checkpoint: str) -> None:
+    """Refuse now, not inside every job: a model the protocol cannot use (a closed-set head under
+    an open-set protocol), and a linear head, which scores exactly its training classes in
+    their order, on an evaluation list with other classes (naming the list)."""
+    for job in jobs[:1]:
+        try:
+            net.check_protocol(job.protocol, job.closed_set)
+        except HarnessError as err:
+            raise HarnessError(f"{checkpoint}: {err}") from None
     if getattr(net, "cls_head", None) is None or not hasattr(net, "check_classnames"):
         return
     for lst in (lst for job in jobs for lst in job.evals):
