@@ -78,20 +78,14 @@ class EvalTimer(StepTimes):
 
 
 def device_name(device: Any) -> str:
-    """The GPU's name, or `cpu: <model name>` (from /proc/cpuinfo where there is one)."""
+    """The GPU's name, or `cpu: <model name> (<n> cores)` (as `harness bench` stamps its rows)."""
     import torch
 
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
+    from harness.measure.hardware import _cpu_name
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu: {model}"
+    return f"cpu: {_cpu_name()}"
 
 
 def peak_memory(device: Any) -> tuple[int | None, str]:
