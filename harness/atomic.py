@@ -11,6 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.faults import fault_point
+
+TEMP_GLOB = ".*.part"  # what atomic_write leaves behind when the process is killed mid-write
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temp file next to `path`, flush it to disk, rename it to `path`."""
@@ -22,9 +26,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         write(Path(tmp))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        fault_point("atomic.before_rename")
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power loss must not resurrect the old file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform / filesystem
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete temp files a killed writer left in `folder`. Only call it while holding the lock
+    of everything written there (another live writer's temp file would vanish under it)."""
+    root = Path(folder)
+    found = list(root.rglob(TEMP_GLOB) if recursive else root.glob(TEMP_GLOB))
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -275,14 +275,17 @@ def _print_dry_run(jobs: list) -> int:
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
     """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
     recorded in its error.json and the run goes on with the next. Exit code 1 if any failed."""
+    from harness.locks import claim_jobs, folder_lock
     from harness.provenance import provenance
 
     prov = provenance()
     rank0 = _rank() == 0
     if rank0:
-        store.write_run(dataclasses.asdict(req), prov)
+        with folder_lock(store.root):
+            store.write_run(dataclasses.asdict(req), prov)
     failed = []
-    for number, job in enumerate(jobs, 1):
+    # One writer per job: jobs another live run holds are skipped, then waited for (harness/locks.py).
+    for number, job in claim_jobs(jobs, store.job_lock_path, store.claim_job):
         tag = f"[{number}/{len(jobs)}] {job.job_id}"
         if store.is_finished(job):
             print(f"{tag}: finished earlier, skipped", file=sys.stderr)
@@ -290,7 +293,8 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
         if not _run_one_job(job, store, prov, tag, rank0, progress):
             failed.append(job)
     if rank0:
-        _print_summary(store)
+        with folder_lock(store.root):
+            _print_summary(store)
     return 1 if failed else 0
 
 

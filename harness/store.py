@@ -16,8 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from harness.atomic import atomic_write_json
+from harness.atomic import atomic_write_json, remove_stale_temps
 from harness.jobs import RESULTS_FORMAT, JobSpec
+from harness.locks import JOB_LOCK
 
 #: Error records of failed jobs (`error.txt`: written by results format 1).
 ERROR_FILES = ("error.json", "error.txt")
@@ -29,6 +30,14 @@ class RunStore:
 
     def job_dir(self, job: JobSpec) -> Path:
         return self.root / "jobs" / job.job_id
+
+    def job_lock_path(self, job: JobSpec) -> Path:
+        """The job's lock file (harness/locks.py): whoever holds it is the job's only writer."""
+        return self.job_dir(job) / JOB_LOCK
+
+    def claim_job(self, job: JobSpec, lock: Any) -> None:
+        """Called on taking a job's lock: temp files a killed writer left behind are garbage now."""
+        remove_stale_temps(self.job_dir(job), recursive=True)
 
     def is_finished(self, job: JobSpec) -> bool:
         """metrics.json exists and was written in the current results format."""
@@ -45,6 +54,8 @@ class RunStore:
         """Each invocation appends its own record (a rerun or shard never erases another's)."""
         invocations = self.root / "invocations"
         invocations.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(invocations)  # callers hold the folder lock (harness/locks.py)
+        remove_stale_temps(self.root)
         stamp = provenance["time_utc"].replace(":", "")
         name = f"{stamp}-{os.getpid()}.json"
         atomic_write_json(invocations / name, {"request": request, "provenance": provenance})

@@ -1,6 +1,7 @@
 """mmengine hooks of this project: adapter-sized checkpoints and a per-job progress bar."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from mmengine.hooks import Hook
@@ -27,6 +28,7 @@ class TrainableCheckpointHook(Hook):
         checkpoint.setdefault("meta", {})["backbone"] = self.backbone
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._complete_state(runner, checkpoint)
         saved = checkpoint.get("meta", {}).get("backbone")
         if saved is None:
             return
@@ -35,6 +37,22 @@ class TrainableCheckpointHook(Hook):
         if mine != theirs:
             raise HarnessError(f"checkpoint was trained on backbone {theirs}, this job uses {mine}; "
                                "delete the job's work/ folder or use another --out")
+
+
+    @staticmethod
+    def _complete_state(runner, checkpoint: dict) -> None:
+        """Give the frozen weights their current (identical: same backbone, same seed) values, so
+        mmengine loads a complete state dict instead of warning that every frozen key is missing;
+        a trainable parameter the checkpoint lacks is reported in one line (it was not restored)."""
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        state = checkpoint["state_dict"]
+        lacking = sorted(model.trainable_state_names() - state.keys())
+        if lacking:
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            print(f"harness: warning: checkpoint lacks {len(lacking)} trainable tensor(s) ({shown}); "
+                  "they keep their initial values", file=sys.stderr)
+        frozen = {k: v for k, v in model.state_dict().items() if k not in state and k not in lacking}
+        state.update(frozen)
 
 
 class ProgressBarHook(Hook):
@@ -50,8 +68,6 @@ class ProgressBarHook(Hook):
     def before_train(self, runner) -> None:
         if not self.enabled or runner.rank != 0:
             return
-        import sys
-
         from tqdm import tqdm
 
         # In a log file (no TTY) a redraw per step is noise: update about every 10%.

@@ -38,6 +38,23 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def broadcast_from_rank0(value: Any) -> Any:
+    """Rank 0's `value` on every process of a torchrun job (the value itself in one process):
+    decisions that touch files (locks, which checkpoint to resume) are made once, by rank 0."""
+    if world_size() <= 1:
+        return value
+    import torch.distributed as dist
+
+    init_distributed()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _launcher() -> str:
     return "pytorch" if world_size() > 1 else "none"
 
@@ -218,6 +235,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
     from mmengine.runner import Runner
 
+    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
     from harness.engine.hooks import (
         NonFiniteLossHook,
         ProgressBarHook,
@@ -247,9 +265,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         val_set, _ = _dataset(sel, job, spec.image_size, train=False)
         kwargs.update(val_dataloader=_loader(val_set, max(1, micro // max(1, sel.views[0] * sel.views[1])), 0, False),
                       val_cfg=dict(), val_evaluator=dict(type=SelectionMetric, prefix=sel.name))
-    ckpt = dict(type="CheckpointHook", interval=1, max_keep_ckpts=1, save_last=True)  # every epoch: resumable
-    if sel is not None:
-        ckpt.update(save_best=f"{sel.name}/top1", rule="greater")
+    # Every epoch, crash-safe, with the full RNG state: a killed job resumes exactly (engine/checkpoints.py).
+    ckpt = SafeCheckpointHook(work_dir, best_key=f"{sel.name}/top1" if sel is not None else None)
+    resume_from, notes = broadcast_from_rank0(choose_resume_checkpoint(work_dir, need_best=sel is not None)
+                                              if rank0() else None)
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
@@ -257,10 +276,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
         optim_wrapper=_optim_wrapper(net, job, accumulate, amp),
         param_scheduler=_schedulers(job),
-        default_hooks=dict(checkpoint=ckpt, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
+        default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt,
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
         # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
@@ -270,7 +289,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
                                         broadcast_buffers=False,
                                         **({} if torch.cuda.is_available() else {"device_ids": None}))),
         randomness=dict(seed=job.seed),
-        resume=(work_dir / "last_checkpoint").is_file(),  # an interrupted job continues
+        resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
         default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
         log_level="ERROR",
         **kwargs,
@@ -280,22 +299,13 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     start = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - start
-    best = None
-    if sel is not None:
-        best = _load_best(runner, work_dir)
+    best = load_best(runner, ckpt) if sel is not None else None
     history = runner.message_hub.log_scalars
     last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
     return {"iters": runner.iter, "epochs": epochs, "seconds": round(seconds, 2), "micro_batch": micro,
             "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
-            "videos": train_info, "selected": best or "last", "timing": timer.summary(world_size())}
-
-
-def _load_best(runner, work_dir: Path) -> str | None:
-    files = sorted(work_dir.glob("best_*.pth"))
-    if not files:
-        return None
-    runner.load_checkpoint(str(files[-1]), map_location="cpu", strict=False)
-    return files[-1].name
+            "videos": train_info, "selected": best or "last", "resumed": ckpt.resumed or False,
+            "checkpoint_notes": notes, "timing": timer.summary(world_size())}
 
 
 def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
