@@ -36,6 +36,13 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def add_data_locations(parser: argparse.ArgumentParser) -> None:
+    """--data-root, --splits-root, --cache: where a job's videos, split files and cache are."""
+    parser.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
+    parser.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
+    parser.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,9 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule", default="shared", choices=("shared", "paper"),
                      help="shared: one schedule for all methods; paper: each method's published schedule")
     run.add_argument("--out", default=None, help="results directory (default results/<protocol>-<dataset>[-<profile>])")
-    run.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
-    run.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
-    run.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+    add_data_locations(run)
     run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
     run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -188,9 +193,7 @@ def add_checkpoint_commands(sub: Any) -> None:
                     "from the checkpoint")
     ev.add_argument("--profile", default=None, help="named profile (its views, splits, batch); default as `run`")
     ev.add_argument("--out", default=None, help="results directory (default results/eval-<protocol>-<dataset>[-<profile>])")
-    ev.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
-    ev.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
-    ev.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+    add_data_locations(ev)
     ev.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     ev.add_argument("--no-progress", action="store_true")
 
