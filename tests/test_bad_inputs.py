@@ -350,6 +350,8 @@ def test_truncated_result_is_never_counted_as_finished(finished, tmp_path, harne
     shutil.copytree(out, copy)
     metrics = copy / "jobs" / job.name / "metrics.json"
     metrics.write_text(metrics.read_text()[:100])
+    assert main(["status", str(copy)]) == 0
+    assert "metrics.json (truncated?): rerun" in capsys.readouterr().out
     code = main(["run", "--methods", "zeroshot", "--protocol", "base2novel", "--profile", "tiny", "--pretrained",
                  "random", "--no-progress", "--cache", str(harness_cache), "--out", str(copy)])
     err = capsys.readouterr().err

@@ -26,7 +26,14 @@ def job_state(job_dir: Path) -> JobState:
     """The state of one job folder (see module doc)."""
     job_id = job_dir.name
     if (job_dir / "metrics.json").is_file():
-        return JobState(job_id, "done")
+        from harness.errors import HarnessError
+        from harness.store import read_result
+
+        try:  # a truncated result is not done: `harness run` reruns the job
+            read_result(job_dir / "metrics.json")
+            return JobState(job_id, "done")
+        except HarnessError:
+            return JobState(job_id, "pending", f"unreadable {job_dir / 'metrics.json'} (truncated?): rerun")
     info, stale = lock_state(job_dir / JOB_LOCK)
     lock_note = ""
     if info is not None:
