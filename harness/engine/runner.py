@@ -132,20 +132,36 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
 
     frames = job.schedule["frames"]
+    augment_on = job.data.get("augment_on", "cpu") if train else "cpu"
+    if augment_on != "cpu" and not job.data.get("train_augment", True):
+        raise HarnessError(f"data.augment_on={augment_on} needs data.train_augment=true (there is nothing random "
+                           f"to move to the device otherwise)")
     if train and not job.data.get("train_augment", True):
         pipeline = test_pipeline(frames, image_size, clips=1, crops=1, modality=lst.modality)
     elif train:
         flip = get_dataset(lst.dataset).flip_ok
         pipeline = train_pipeline(frames, image_size, modality=lst.modality,
-                                  color_jitter=job.data["color_jitter"], flip=flip)
+                                  color_jitter=job.data["color_jitter"], flip=flip, augment_on=augment_on)
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
-    return build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                               modality=lst.modality, on_missing=job.data["on_missing"],
-                               max_missing=job.data["max_missing"], test_mode=not train,
-                               decoder=job.data.get("decoder", "auto"),
-                               decode_threads=job.data.get("decode_threads", 1))
+    dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
+                                        modality=lst.modality, on_missing=job.data["on_missing"],
+                                        max_missing=job.data["max_missing"], test_mode=not train,
+                                        decoder=job.data.get("decoder", "auto"),
+                                        decode_threads=job.data.get("decode_threads", 1))
+    info["augment_on"] = augment_on
+    return dataset, info
+
+
+def _device_augment(job: JobSpec, image_size: int):
+    """The batch augmentation of `data.augment_on=device` for the training list, else None."""
+    if job.data.get("augment_on", "cpu") != "device":
+        return None
+    from harness.data.datasets import get_dataset
+    from harness.engine.device_augment import DeviceAugment
+
+    return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
@@ -249,6 +265,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     amp = _amp_enabled(job.schedule["amp"], device)
     micro, accumulate = micro_batch_and_accumulation(job.schedule, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
+    model.data_preprocessor.augment = _device_augment(job, spec.image_size)
     if len(train_set) < micro:
         raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
     if job.schedule["grad_checkpointing"]:
