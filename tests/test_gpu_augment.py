@@ -39,6 +39,19 @@ def test_crop_boxes_stay_inside_and_within_area_and_aspect_ranges():
     assert ratio.min() < 0.77 and ratio.max() > 1.30
 
 
+def test_crop_boxes_skip_candidates_that_do_not_fit():
+    # A wide 100 x 300 frame with the default ranges: a candidate fits only if its height
+    # sqrt(A / r) <= 100, i.e. area fraction <= r / 3 <= 0.444 (+ rounding: w <= 134, h <= 100, so
+    # < 0.447); a candidate fits with p ~ 0.28, so all 10 fail (centre-square fallback) for
+    # ~0.72^10 = 3.7 % of the samples. Others are skipped, never clipped or placed outside.
+    boxes = sample_crop_boxes(2000, 100, 300, generator=_gen(2))
+    x0, y0, x1, y1 = boxes.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 300).all() and (y1 <= 100).all()
+    area = ((x1 - x0) * (y1 - y0)).double() / 30000
+    fallback = (boxes == torch.tensor([100, 0, 200, 100])).all(1)
+    assert 0.02 < fallback.float().mean() < 0.06 and area[~fallback].max() < 0.447
+
+
 def test_crop_offsets_are_uniform_over_every_valid_position():
     # area 0.25 of an 8x8 frame at aspect 1: always 4x4, so x0, y0 take the 5 values 0..4 (inclusive,
     # as MMAction2's random.randint(0, W - w))
