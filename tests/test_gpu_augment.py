@@ -210,3 +210,10 @@ def test_augment_on_is_part_of_the_job_id(harness_cache):
     assert "augment_on" not in EXECUTION_ONLY_DATA_KEYS
     assert default.data["augment_on"] == "cpu" and default.job_id == cpu.job_id
     assert device.job_id != cpu.job_id and device.data["augment_on"] == "device"
+
+
+def test_bench_line_states_the_saving():
+    from harness.measure.data_bench import format_augment_line
+
+    line = format_augment_line({"cpu": 10.0, "device": 7.5})
+    assert "augment_on=cpu 10.0 ms, device 7.5 ms" in line and "saves 2.5 ms = 25 %" in line

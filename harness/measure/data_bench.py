@@ -206,6 +206,7 @@ def bench_data_command(args: argparse.Namespace) -> int:
         targets=DEFAULT_TARGETS, pipeline_options={"flip": resolver.spec.flip_ok},
     )
     augment = augment_cpu_ms(ann, resolver.video_dir, num_classes, num_frames=int(getattr(args, "frames", 8)),
+                             samples=int(getattr(args, "samples", None) or 16),
                              image_size=int(getattr(args, "image_size", None) or 224), flip=resolver.spec.flip_ok)
     for row in rows:
         row.update(dataset=args.dataset, ann_file=str(ann), augment_on_cpu_ms={**augment})
