@@ -200,6 +200,8 @@ def main() -> None:
             curve.append({"epoch": epoch + 1, "loss": losses[-1], **{k: v for k, v in r.items() if k != "per_pair"}})
             print(json.dumps(curve[-1]), flush=True)
     res = evaluate(model, xva, yva, args.frames, crop)
+    tr = evaluate(model, xtr, ytr, args.frames, crop)  # memorised vs learnt: the same on training videos
+    res.update(train_top1=tr["top1"], train_pair_acc=tr["pair_acc"], train_order_sens=tr["order_sens"])
     curve.append({"epoch": args.epochs, "loss": losses[-1] if losses else None,
                   **{k: v for k, v in res.items() if k != "per_pair"}})
     record = {"method": args.method, "lr": lr, "wd": wd, "epochs": args.epochs, "frames": args.frames,
