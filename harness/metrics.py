@@ -67,7 +67,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def accuracy_standard_error(accuracy_pct: float, n: int) -> float:
     """Binomial standard error, in points, of an accuracy (percent) measured on `n` videos:
     100 * sqrt(p (1 - p) / n). Why: it says how many points one eval set can resolve (48 videos
-    at 45%: 7.2 points; 600 videos: <= 2.05 at any p, 2.0 at p <= 0.44 or p >= 0.56). NaN for n < 1."""
+    at 45%: 7.2 points; 600 videos: at most 2.04 (p = 50%), 2.0 at p <= 40% or >= 60%). NaN for n < 1."""
     if n < 1 or math.isnan(accuracy_pct):
         return float("nan")
     p = min(max(accuracy_pct / 100.0, 0.0), 1.0)
