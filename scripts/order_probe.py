@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.backbone import create_clip, get_tokenizer
-from harness.data.embedded import MAIN_CLASSES, ORDER_PAIRS, ensure_embedded_dataset
+from harness.data.embedded import MAIN_CLASSES, ORDER_PAIRS, EmbeddedRecipe, ensure_embedded_dataset
 from harness.measure.order_pairs import pair_accuracy
 from methods.registry import build_method
 
@@ -143,12 +143,15 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--diag-steps", type=int, default=0, help="print grad norms for the first N steps")
     ap.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (curve)")
+    ap.add_argument("--recipe", action="append", default=[], help="embedded recipe field=value (e.g. reversal_twins=true)")
+    ap.add_argument("--data-cache", default=None, help="embedded dataset cache (default: the user's)")
     ap.add_argument("--out", default=None, help="append the result as a JSON line here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    root = ensure_embedded_dataset()
+    recipe = EmbeddedRecipe(**parse_sets(args.recipe))
+    root = ensure_embedded_dataset(args.data_cache, recipe)
     xtr, ytr = load_split(root, "train")
     xva, yva = load_split(root, "val")
     clip, spec = create_clip("harness-tiny", pretrained="synthetic")
@@ -204,7 +207,7 @@ def main() -> None:
     res.update(train_top1=tr["top1"], train_pair_acc=tr["pair_acc"], train_order_sens=tr["order_sens"])
     curve.append({"epoch": args.epochs, "loss": losses[-1] if losses else None,
                   **{k: v for k, v in res.items() if k != "per_pair"}})
-    record = {"method": args.method, "lr": lr, "wd": wd, "epochs": args.epochs, "frames": args.frames,
+    record = {"method": args.method, "recipe": parse_sets(args.recipe), "lr": lr, "wd": wd, "epochs": args.epochs, "frames": args.frames,
               "seed": args.seed, "sets": opts, "seconds": round(time.time() - start, 1),
               "epoch_loss": [round(x, 4) for x in losses], **res, "curve": curve}
     print(json.dumps(record), flush=True)
