@@ -13,10 +13,11 @@ from method_helpers import make_backbone
 from test_methods_generic import ORDER_BLIND, TEMPORAL
 
 from harness.data.embedded import MAIN_CLASSES, render_clip
+from harness.engine import model as model_io
 from methods.registry import build_method
 
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 1, 3, 1, 1) * 255
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 1, 3, 1, 1) * 255
+CLIP_MEAN = torch.tensor(model_io.CLIP_MEAN).view(1, 1, 3, 1, 1)  # the engine's normalisation
+CLIP_STD = torch.tensor(model_io.CLIP_STD).view(1, 1, 3, 1, 1)
 CLASSNAMES = [c.name for c in MAIN_CLASSES]
 STEPS, LR = 10, 1e-3
 
