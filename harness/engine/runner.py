@@ -143,16 +143,17 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
-    """Give MSTA its LLM descriptions of the training classes (when its consistency loss is on)."""
-    if not hasattr(net, "set_descriptions") or not job.method_options.get("use_consistency", True):
+    """Give a method that needs them (`run_needs()` has "descriptions", e.g. MSTA's consistency
+    loss) the LLM descriptions of the training classes."""
+    if "descriptions" not in net.run_needs():
         return None
     from harness.data.descriptions import load_descriptions, load_upstream_descriptions
 
     ref = job.descriptions
     if ref is None:
-        raise HarnessError(f"msta's consistency loss needs class descriptions, and dataset {job.dataset!r} has none; "
-                           "pass --set msta.use_consistency=false")
-    n = int(job.method_options.get("n_descriptions", 2))
+        raise HarnessError(f"{job.method} needs class descriptions, and dataset {job.dataset!r} has none; switch "
+                           f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
+    n = net.descriptions_per_class
     args = (ref["source"],)
     if ref["root"] is not None:
         descs = load_descriptions(*args, Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])
@@ -168,11 +169,8 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
 
 def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
-    weight-decay exemptions); a module without the hook gets one decayed group."""
-    groups = net.param_groups() if hasattr(net, "param_groups") else None
-    if groups is None:
-        return [{"params": [p for p in net.parameters() if p.requires_grad], "weight_decay": weight_decay,
-                 "group": "decay"}]
+    weight-decay exemptions)."""
+    groups = net.param_groups()
     return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
             for g in groups]
 
@@ -186,9 +184,9 @@ def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
                                   eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
-        if not getattr(net, "allows_grad_clip", True):
-            raise HarnessError(f"schedule.grad_clip: {job.method} rescales its adapter gradients (MMA), so clipping by "
-                               "norm would distort them; leave schedule.grad_clip=0 for this method")
+        if not net.allows_grad_clip:
+            raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
+                               f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
         clip_grad = dict(max_norm=float(sched["grad_clip"]))
     if amp:
         return AmpOptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad, dtype="bfloat16")
@@ -241,8 +239,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     if len(train_set) < micro:
         raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
     if job.schedule["grad_checkpointing"]:
-        net.clip.visual.transformer.grad_checkpointing = True
-        net.clip.transformer.grad_checkpointing = True
+        net.set_grad_checkpointing(True)
     epochs = int(job.schedule["epochs"])
     select_best = job.schedule["select"] == "best" and job.select_on not in (None, "none")
     sel = next((e for e in job.evals if e.name == job.select_on), None) if select_best else None
