@@ -112,13 +112,18 @@ def build_net(job: JobSpec):
     backbone_params = sum(p.numel() for p in clip.parameters())
     classnames = job.train.classnames if job.train else None
     net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
-    try:
-        net.check_protocol(job.protocol, job.closed_set)
-    except HarnessError as err:  # the options cannot run under this protocol: stop the invocation
-        raise ConfigurationError(str(err)) from None
+    check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     net.backbone_params = backbone_params
     return net, spec
+
+
+def check_protocol(net, job: JobSpec) -> None:
+    """A model the job's protocol cannot use stops the invocation (ConfigurationError), not one job."""
+    try:
+        net.check_protocol(job.protocol, job.closed_set)
+    except HarnessError as err:
+        raise ConfigurationError(str(err)) from None
 
 
 def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
@@ -331,6 +336,28 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
+def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch."""
+    micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
+    evals = {}
+    for lst in job.evals:
+        views = max(1, lst.views[0] * lst.views[1])
+        evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
+    return evals
+
+
+def evaluate_net(net, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """A built model (e.g. a loaded checkpoint's) evaluated on every list of a job, no training."""
+    _init_mm()
+    init_distributed()
+    from harness.engine.model import VideoClassifier
+
+    configure_cpu_threads(job.schedule)
+    check_protocol(net, job)
+    model = VideoClassifier(net, job.train.classnames if job.train else []).to(_device())
+    return evaluate_lists(model, job, image_size, save_to)
+
+
 def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
     tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
@@ -364,11 +391,6 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
-    evals = {}
-    micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
-    for lst in job.evals:
-        views = max(1, lst.views[0] * lst.views[1])
-        evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)),
-                                   save_to=job_dir / "predictions")
+    evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted)}
