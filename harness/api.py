@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +181,19 @@ def params(methods: str | Sequence[str] = "all", backbone: str = REAL_BACKBONE, 
     return params_rows(names, backbone, pretrained, frames, classes, overrides, with_flops=flops)
 
 
-def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (), **settings: Any) -> list[dict[str, Any]]:
+def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
+          on_start: Callable[[list[str]], None] | None = None, **settings: Any) -> list[dict[str, Any]]:
     """`harness bench` (throughput, MFU, memory): one row per (method, mode). `sets` are
     `<method>.<option>=value` items, checked against every registered method (one list of items
-    serves every pass of a script); `settings` are `harness.measure.bench.run_bench`'s keywords
-    (backbone, batch, frames, iters, device, modes, on_row, progress, ...)."""
+    serves every pass of a script); `on_start(method names)` is called once every input is
+    valid, before the first measurement; `settings` are `harness.measure.bench.run_bench`'s
+    keywords (backbone, batch, frames, iters, device, modes, on_row, progress, ...)."""
     from harness.measure.bench import run_bench
     from harness.settings import parse_method_sets
     from methods.registry import list_methods
 
+    names = _method_names(methods)
     overrides: Mapping[str, Mapping[str, Any]] = parse_method_sets(list(sets), list_methods())
-    return run_bench(_method_names(methods), overrides=overrides, **settings)
+    if on_start is not None:
+        on_start(names)
+    return run_bench(names, overrides=overrides, **settings)
