@@ -11,8 +11,8 @@ The method contract: everything the engine (harness/engine) knows about a method
 this class, so the engine never probes a model (no hasattr/getattr, no reaching into `.clip`):
 
 * what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
-  configuration by `run_needs()`; the engine then calls the matching hook (`set_descriptions`,
-  with `descriptions_per_class` sentences of each kind);
+  configuration by `run_needs(config)`; the engine then calls the matching hook
+  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind);
 * its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`;
@@ -88,7 +88,7 @@ class VideoTextModel(nn.Module):
     models_frame_order: ClassVar[bool] = False
     #: What the method needs from the run besides videos and class names. Known needs and the
     #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
-    #: `run_needs()` narrows it for one configuration (an option may switch a need off).
+    #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
     requires: ClassVar[frozenset[str]] = frozenset()
     #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
     #: its adapter gradients by design): the engine then refuses `schedule.grad_clip > 0`.
@@ -137,12 +137,14 @@ class VideoTextModel(nn.Module):
         return [g for g in groups if g.params]
 
     # -- what the method needs from the run, and training switches ---------------------------
-    def run_needs(self) -> frozenset[str]:
-        """The subset of `requires` this configuration needs. Default: all of it."""
-        return self.requires
+    # Class methods of the configuration, so that a job can be checked before any model is built.
+    @classmethod
+    def run_needs(cls, config: MethodConfig) -> frozenset[str]:
+        """The subset of `requires` a configuration needs. Default: all of it."""
+        return cls.requires
 
-    @property
-    def descriptions_per_class(self) -> int:
+    @classmethod
+    def descriptions_per_class(cls, config: MethodConfig) -> int:
         """How many spatial and how many temporal sentences per class `set_descriptions` wants."""
         return 0
 

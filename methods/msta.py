@@ -312,13 +312,14 @@ class MSTA(VideoTextModel):
         return torch.cat(chunks)
 
     # -- descriptions and anchors ------------------------------------------------------------
-    def run_needs(self) -> frozenset[str]:
+    @classmethod
+    def run_needs(cls, config: MSTAConfig) -> frozenset[str]:
         """Descriptions only feed the consistency loss: without it, nothing is needed."""
-        return self.requires if self.config.use_consistency else frozenset()
+        return cls.requires if config.use_consistency else frozenset()
 
-    @property
-    def descriptions_per_class(self) -> int:
-        return int(self.config.n_descriptions)
+    @classmethod
+    def descriptions_per_class(cls, config: MSTAConfig) -> int:
+        return int(config.n_descriptions)
 
     def set_descriptions(self, classnames: Sequence[str], spatial: Sequence[Sequence[str]],
                          temporal: Sequence[Sequence[str]]) -> None:

@@ -14,7 +14,7 @@ import torch
 from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
 from methods.base import VideoTextModel
-from methods.registry import build_method, get_method, list_methods
+from methods.registry import build_method, get_method, list_methods, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = list_methods()
@@ -37,25 +37,24 @@ def test_declared_needs_are_known_and_hooked(method):
 def test_a_method_without_the_need_refuses_descriptions():
     clip, spec = create_clip("harness-tiny", seed=0)
     net = build_method("zeroshot", clip, get_tokenizer(spec), 2, {}, classnames=CLASSES)
-    assert net.run_needs() == frozenset()
+    assert net.run_needs(net.config) == frozenset()
     with pytest.raises(HarnessError, match="does not use class descriptions"):
         net.set_descriptions(CLASSES, [["x"]] * 3, [["y"]] * 3)
 
 
 def test_msta_needs_descriptions_only_for_its_consistency_loss():
-    clip, spec = create_clip("harness-tiny", seed=0)
-    on = build_method("msta", clip, get_tokenizer(spec), 2, {"n_descriptions": 3}, classnames=CLASSES)
-    assert on.run_needs() == {"descriptions"} and on.descriptions_per_class == 3
-    clip, spec = create_clip("harness-tiny", seed=0)
-    off = build_method("msta", clip, get_tokenizer(spec), 2, {"use_consistency": False}, classnames=CLASSES)
-    assert off.run_needs() == frozenset()
+    """Read from the class and a configuration, before any model is built (as a job check can)."""
+    msta = get_method("msta").model_cls
+    on = make_config("msta", {"n_descriptions": 3})
+    assert msta.run_needs(on) == {"descriptions"} and msta.descriptions_per_class(on) == 3
+    assert msta.run_needs(make_config("msta", {"use_consistency": False})) == frozenset()
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_grad_checkpointing_hook_recomputes_both_towers_and_keeps_results(method, monkeypatch):
     clip, spec = create_clip("harness-tiny", seed=0)
     net = build_method(method, clip, get_tokenizer(spec), 2, TINY_OPTIONS.get(method, {}), classnames=CLASSES).eval()
-    if "descriptions" in net.run_needs():
+    if "descriptions" in net.run_needs(net.config):
         net.set_descriptions(CLASSES, [["s"]] * 3, [["t"]] * 3)
     video = torch.randn(2, 2, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
     video.requires_grad_(True)  # a gradient to compare even for a method with nothing to train

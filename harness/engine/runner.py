@@ -148,9 +148,9 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
-    """Give a method that needs them (`run_needs()` has "descriptions", e.g. MSTA's consistency
+    """Give a method that needs them (`run_needs(config)` has "descriptions", e.g. MSTA's consistency
     loss) the LLM descriptions of the training classes."""
-    if "descriptions" not in net.run_needs():
+    if "descriptions" not in net.run_needs(net.config):
         return None
     from harness.data.descriptions import load_descriptions, load_upstream_descriptions
 
@@ -158,7 +158,7 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     if ref is None:
         raise HarnessError(f"{job.method} needs class descriptions, and dataset {job.dataset!r} has none; switch "
                            f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
-    n = net.descriptions_per_class
+    n = net.descriptions_per_class(net.config)
     args = (ref["source"],)
     if ref["root"] is not None:
         descs = load_descriptions(*args, Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"], subset=ref["subset"])

@@ -124,9 +124,9 @@ def _make_optimizer(params: list[nn.Parameter], lr: float, device: torch.device)
 def _give_synthetic_descriptions(model: nn.Module, classnames: Sequence[str]) -> None:
     """Methods whose loss needs per-class sentences (MSTA's L_CC) get placeholder ones: their
     cost (encoded once per class set) does not depend on the wording."""
-    if "descriptions" not in model.run_needs():
+    if "descriptions" not in model.run_needs(model.config):
         return
-    n = model.descriptions_per_class
+    n = model.descriptions_per_class(model.config)
     spatial = [[f"a photo showing {c}, view {j}." for j in range(n)] for c in classnames]
     temporal = [[f"a video in which {c} happens, step {j}." for j in range(n)] for c in classnames]
     model.set_descriptions(classnames, spatial, temporal)
