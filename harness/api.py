@@ -105,7 +105,7 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
     rank0 = _rank0()
     if rank0:
         with folder_lock(store.root):
-            store.write_run(dataclasses.asdict(req), prov)
+            store.write_run(dataclasses.asdict(req), prov, [job.job_id for job in jobs])
     failed = []
     # One writer per job: jobs another live run holds are skipped, then waited for (harness/locks.py).
     for number, job in claim_jobs(jobs, store.job_lock_path, store.claim_job):

@@ -146,8 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--n", type=int, default=2)
     describe.add_argument("--dry-run", action="store_true", help="print the prompts, write nothing")
 
-    report = sub.add_parser("report", help="(re)write the summary tables of a results directory")
-    report.add_argument("run_dir")
+    report = sub.add_parser("report", help="the papers' tables (Markdown, CSV, LaTeX) and plots of any set of "
+                            "results directories")
+    report.add_argument("run_dirs", nargs="+", metavar="RESULTS_DIR")
+    report.add_argument("--format", default="all", help="md | csv | latex (comma-separated) | all")
+    report.add_argument("--out", default=None, help="output folder (default: <RESULTS_DIR>/report for one folder, "
+                        "results/report-<hash of the inputs> for several)")
+    report.add_argument("--with-published", action="store_true",
+                        help="add the published numbers as quoted rows (never bolded, never averaged)")
+    report.add_argument("--no-plots", action="store_true", help="tables only")
+    status = sub.add_parser("status", help="each job of a results directory: done / running / failed / pending")
+    status.add_argument("run_dir", metavar="RESULTS_DIR")
     add_checkpoint_commands(sub)
     return parser
 
@@ -367,14 +376,30 @@ def _build_ssv2(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_summary
+    from harness.reports.build import default_out, parse_formats, write_report
     from harness.store import RunStore
 
-    store = RunStore(Path(args.run_dir))
-    if not (store.root / "jobs").is_dir():
-        raise HarnessError(f"{store.root}: not a results directory (no jobs/ folder)")
-    text, path = write_summary(store.root, store.finished_records(), store.failed_records())
-    print(text)
-    print(f"table: {path}")
+    folders = [Path(d) for d in args.run_dirs]
+    formats = parse_formats(args.format)
+    for folder in folders:
+        if not (folder / "jobs").is_dir():
+            raise HarnessError(f"{folder}: not a results directory (no jobs/ folder)")
+    if len(folders) == 1:  # the run's own summary, as `harness run` writes it
+        store = RunStore(folders[0])
+        text, path = write_summary(store.root, store.finished_records(), store.failed_records())
+        print(text)
+        print(f"table: {path}\n")
+    out = Path(args.out) if args.out else default_out(folders)
+    report = write_report(folders, out, formats, with_published=args.with_published, draw=not args.no_plots)
+    print(report.markdown)
+    print(f"report: {out} ({len(report.written)} files)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from harness.reports.status import folder_status, format_status
+
+    print(format_status(*folder_status(Path(args.run_dir))))
     return 0
 
 
@@ -391,7 +416,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
-            "report": cmd_report, "convert": cmd_convert, "predict": cmd_predict}
+            "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:

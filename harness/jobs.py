@@ -21,7 +21,8 @@ from harness.errors import HarnessError
 #: Schedule keys that change how a job runs, not what it computes: recorded in the job's config,
 #: never hashed into its id (another machine, more memory or more workers -> the same job).
 #: Extend here when adding such a key.
-EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_batch", "grad_checkpointing")
+EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_batch", "grad_checkpointing",
+                                        "log_backend")
 #: The same for `data.*` keys (decoder threads change CPU time, never the decoded frames).
 EXECUTION_ONLY_DATA_KEYS: tuple[str, ...] = ("decode_threads",)
 

@@ -243,3 +243,13 @@ def _next_claim(queue: list[tuple[int, Any]], deferred: list[tuple[int, Any]], l
             log(f"[{number}/{total}] {job.job_id}: held by another live run "
                 f"({describe_holder(lock.holder or {})}), skipped for now")
     return None
+
+
+def lock_state(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """What a reader such as `harness status` sees at a lock file: (its holder's record, or None
+    when there is no lock; why it is stale, or None while its holder is alive). Takes nothing."""
+    lock = FileLock(Path(path))
+    info, age = lock.read()
+    if age < 0:
+        return None, None
+    return info or {}, lock._stale_reason(info, age)

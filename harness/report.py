@@ -8,116 +8,28 @@ other setting); the header states the settings all rows share. Nothing is droppe
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness.jobs import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
 from harness.metrics import base2novel_summary, mean_std
 
-PER_METHOD_RECIPE = "per-method recipe"
-
-#: Job fields that are not part of a row's configuration: the two averaged over (split, seed),
-#: what follows from the split (its files, class lists, descriptions), what follows from the
-#: protocol, and bookkeeping.
-NOT_CONFIG_KEYS = ("split", "seed", "train", "evals", "file_provenance", "descriptions", "select_on",
-                   "closed_set", "summary", "splits_root", "cache_dir", "job_id", "results_format")
-
-
-def config_key(job: dict[str, Any]) -> dict[str, Any]:
-    """The settings that make a row: the job's identity minus split and seed, flattened to
-    dotted keys (`schedule.frames`, `method_options.lr`, `weights.sha256`, ...). Reusable by any
-    table that must not mix configurations."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict) and value:
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            flat[prefix] = value
-
-    for key, value in job.items():
-        if key in NOT_CONFIG_KEYS:
-            continue
-        if key == "schedule":
-            value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY_KEYS}
-        if key == "data":
-            value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY_DATA_KEYS}
-        walk(key, value)
-    return flat
-
-
-def config_id(job: dict[str, Any]) -> str:
-    """A short hash of `config_key`: equal for jobs that differ only in split and seed."""
-    return short_hash(config_key(job), 10)
-
-
-def varying_settings(keys: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """(settings shared by every configuration, names of the settings that differ between them)."""
-    names = sorted({k for key in keys for k in key})
-    shared, varying = {}, []
-    for name in names:
-        values = {repr(key.get(name)) for key in keys}
-        if len(values) == 1:
-            shared[name] = keys[0].get(name)
-        else:
-            varying.append(name)
-    return shared, varying
-
-
-def method_label(job: dict[str, Any]) -> str:
-    """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its
-    defaults and from its recipe; ` (per-method recipe)` when the run used `--schedule paper`."""
-    from methods.registry import make_config
-
-    recipe = job.get("recipe") or {}
-    suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
-    try:
-        defaults = make_config(job["method"]).to_dict()
-    except Exception:  # a method removed since the run: show the raw name
-        return job["method"] + suffix
-    defaults.update(recipe.get("method_options") or {})
-    diff = {k: v for k, v in job["method_options"].items() if defaults.get(k) != v}
-    if not diff:
-        return job["method"] + suffix
-    return job["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(diff.items())) + "]" + suffix
-
-
-def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
-    rows = []
-    for rec in records:
-        job, metrics = rec["job"], rec["metrics"]
-        key = config_key(job)
-        for eval_name, ev in metrics["evals"].items():
-            rows.append({
-                "config": config_id(job), "settings": key, "method": method_label(job), "split": job["split"], "shots": job.get("shots"), "seed": job["seed"],
-                "eval": eval_name, "top1": ev.get("top1"), "top5": ev.get("top5"), "n": ev.get("n"),
-                "classes": ev.get("classes"), "views": "x".join(map(str, ev.get("views", [1, 1]))),
-                "trainable": metrics["params"]["trainable"], "total": metrics["params"]["total"],
-                "pct_of_backbone": metrics["params"].get("pct_of_backbone"),
-                "gmacs_per_view": (metrics.get("flops_per_view") or {}).get("gmacs"),
-                "select": metrics["train"].get("selected", job["schedule"]["select"]),
-                "frames": job["schedule"]["frames"], "epochs": job["schedule"]["epochs"],
-                "profile": job.get("profile") or "-", "protocol": job["protocol"], "protocol_hash": job["protocol_hash"],
-                "dataset": job["dataset"], "backbone": job["backbone"], "pretrained": job.get("pretrained") or "random",
-                "job_id": rec["job_id"], "missing": (ev.get("videos") or {}).get("missing", 0),
-                "git_sha": (rec.get("provenance", {}).get("code") or {}).get("git_sha"),
-                **_recipe_columns(job),
-            })
-    return pd.DataFrame(rows)
-
-
-def _recipe_columns(job: dict[str, Any]) -> dict[str, Any]:
-    """Which schedule and recipe a job ran with (harness.recipes), for the tables' notes."""
-    recipe = job.get("recipe") or {}
-    not_applied = recipe.get("not_applied") or {}
-    return {"schedule": PER_METHOD_RECIPE if recipe.get("schedule_kind") == "paper" else "shared",
-            "recipe_scope": recipe.get("scope", "method default"),
-            "lr": job["method_options"].get("lr"), "weight_decay": job["method_options"].get("weight_decay"),
-            "not_applied": ", ".join(f"{k}={v}" for k, v in sorted(not_applied.items()))}
+# Identity and per-job rows live in harness.reports.rows (shared with the cross-run reports);
+# re-exported here, where callers have always found them.
+from harness.reports.rows import (  # noqa: F401
+    NOT_CONFIG_KEYS,
+    PER_METHOD_RECIPE,
+    config_id,
+    config_key,
+    failures_markdown,
+    fmt_params,
+    job_rows,
+    method_label,
+    method_specific,
+    to_markdown,
+    varying_settings,
+)
 
 
 def recipe_lines(df: pd.DataFrame) -> list[str]:
@@ -135,19 +47,6 @@ def recipe_lines(df: pd.DataFrame) -> list[str]:
     for method, text in skipped:
         lines.append(f"{method}: recipe ingredients not applied by the engine: {text}.")
     return lines
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub Markdown table (pandas' own needs the `tabulate` package)."""
-    cols = list(df.columns)
-    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in cells]
-    return "\n".join(lines)
-
-
-def _fmt_params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
 
 
 def _setting_columns(g: pd.DataFrame, columns: list[str]) -> dict[str, Any]:
@@ -170,12 +69,7 @@ def _columns(df: pd.DataFrame) -> list[str]:
     the method label shows)."""
     keys = [g["settings"].iloc[0] for _, g in df.groupby("config", sort=False)]
     _, varying = varying_settings(keys)
-    return [k for k in varying if not _method_specific(k)]
-
-
-def _method_specific(key: str) -> bool:
-    """Settings a method label or the recipe notes already show (they differ per method by design)."""
-    return key == "method" or key.startswith(("method_options.", "recipe."))
+    return [k for k in varying if not method_specific(k)]
 
 
 def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -195,7 +89,7 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         out.append({
             "Method": first["method"], **_setting_columns(g, columns),
-            "Trainable": _fmt_params(int(first["trainable"])), "% of backbone": f"{first['pct_of_backbone']:.2f}",
+            "Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
             "Base": round(summ["base"], 2), "Base std": round(summ["base_std"], 2),
             "Novel": round(summ["novel"], 2), "Novel std": round(summ["novel_std"], 2), "HM": round(summ["hm"], 2),
             "HM std (splits)": round(summ["hm_split_std"], 2), "n": summ["n_splits"],
@@ -217,7 +111,7 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         first = g.iloc[0]
         row = {"Method": first["method"], **_setting_columns(g, columns)}
         row.update({b: v for b, v in zip(by, key[1:])})
-        row.update({"Trainable": _fmt_params(int(first["trainable"])), "% of backbone": f"{first['pct_of_backbone']:.2f}",
+        row.update({"Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
                     "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2), "n": len(g),
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
@@ -246,11 +140,11 @@ _HEADER_FIRST = ("protocol", "protocol_version", "protocol_hash", "dataset", "pr
 def header_lines(df: pd.DataFrame) -> list[str]:
     keys = [g["settings"].iloc[0] for _, g in df.groupby("config", sort=False)]
     shared, varying = varying_settings(keys)
-    shown = {k: v for k, v in shared.items() if not _method_specific(k)}
+    shown = {k: v for k, v in shared.items() if not method_specific(k)}
     order = [k for k in _HEADER_FIRST if k in shown] + sorted(k for k in shown if k not in _HEADER_FIRST)
     first = df.iloc[0]
     lines = ["Settings of every row: " + "; ".join(f"{k}={_cell(shown[k])}" for k in order) + "."]
-    columns = [k for k in varying if not _method_specific(k)]
+    columns = [k for k in varying if not method_specific(k)]
     if columns:
         lines.append("Rows differ in: " + ", ".join(f"`{c}`" for c in columns) + " (columns); method options "
                      "that differ from the defaults are in the method label.")
@@ -271,68 +165,34 @@ def header_lines(df: pd.DataFrame) -> list[str]:
 
 
 def plot_ablations(df: pd.DataFrame, run_dir: Path) -> list[Path]:
-    """For every method option that takes several values in this run (a `--sweep`), plot the
-    headline metric (HM for base-to-novel, top-1 otherwise) against it: `ablation_<option>.png`."""
-    import matplotlib
+    """For every setting swept in this run (`--sweep`), the headline metric (HM for base-to-novel,
+    top-1 otherwise) against it, numeric values in numeric order and the default value included:
+    `ablation_<option>.png` / `.pdf` (two swept settings: a heatmap `ablation_<a>_x_<b>`)."""
+    from harness.reports.plots import ablation_plot, ablation_sets, ablation_stem
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.atomic import atomic_write_bytes
-
-    rows = []
-    for label in df["method"].unique():
-        base, _, opts = label.partition("[")
-        options = dict(kv.split("=", 1) for kv in opts.rstrip("]").split(",") if "=" in kv)
-        table = summary_table(df[df["method"] == label])
-        metric = "HM" if "HM" in table else "Top-1"
-        rows.append({"method": base, "options": options, "value": float(table[metric].iloc[0]), "metric": metric})
+    ablations = ablation_sets(df)
     written = []
-    for option in sorted({k for r in rows for k in r["options"]}):
-        points = sorted(((float(r["options"][option]) if _is_number(r["options"][option]) else r["options"][option],
-                          r["value"]) for r in rows if option in r["options"]), key=lambda p: str(p[0]))
-        if len({p[0] for p in points}) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        xs = [p[0] for p in points]
-        ax.plot(range(len(xs)) if not all(isinstance(x, float) for x in xs) else xs, [p[1] for p in points], "o-")
-        if not all(isinstance(x, float) for x in xs):
-            ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-        ax.set_xlabel(option)
-        ax.set_ylabel(rows[0]["metric"])
-        ax.set_title(f"{rows[0]['method']}: {option}")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120)
-        plt.close(fig)
-        path = run_dir / f"ablation_{option}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        written.append(path)
-    return written
+    for ablation in ablations:
+        written += ablation_plot(ablation, ablation_stem(run_dir, ablation, len(ablations) > 1))
+    return [p for p in written if p.suffix == ".png"]
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def failures_markdown(failures: list[dict[str, Any]]) -> str:
-    """The jobs that failed, with their reason (their error.json holds the traceback)."""
-    lines = ["## Failed jobs", "", "| job | error | message |", "|---|---|---|"]
-    for f in failures:
-        message = str(f.get("message", "")).splitlines()[0] if f.get("message") else ""
-        lines.append(f"| {f.get('job_id')} | {f.get('type')} | {message.replace('|', '/')} |")
-    return "\n".join(lines) + "\n"
+def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown in Markdown: parameters as `0.40M`, percentages with two decimals (the
+    CSV keeps the numbers)."""
+    shown = table.copy()
+    if "Trainable" in shown:
+        shown["Trainable"] = shown["Trainable"].map(fmt_params)
+    if "% of backbone" in shown:
+        shown["% of backbone"] = shown["% of backbone"].map(lambda v: f"{v:.2f}")
+    return shown
 
 
 def write_summary(run_dir: Path, records: list[dict[str, Any]],
                   failures: list[dict[str, Any]] | None = None) -> tuple[str, Path]:
-    """Write summary.md / summary.csv (every table, with protocol and dataset columns) /
-    per_job.csv; return the Markdown text and its path."""
+    """Write summary.md / summary.csv (every table, with protocol and dataset columns; numbers
+    as numbers) / per_job.csv (one row per job, every identity field); return the Markdown text
+    and its path."""
     from harness.atomic import atomic_write_text
 
     df = job_rows(records)
@@ -343,13 +203,15 @@ def write_summary(run_dir: Path, records: list[dict[str, Any]],
         for (protocol, dataset), g in df.groupby(["protocol", "dataset"], sort=False):
             table = summary_table(g)
             parts.append(f"## {protocol} / {dataset}\n\n" + "\n".join(header_lines(g)) + "\n\n"
-                         + to_markdown(table) + "\n")
+                         + to_markdown(markdown_cells(table)) + "\n")
             tables.append(table.assign(Protocol=protocol, Dataset=dataset))
         combined = pd.concat(tables, ignore_index=True, sort=False)
         front = ["Protocol", "Dataset"]
         combined = combined[front + [c for c in combined.columns if c not in front]]
         atomic_write_text(run_dir / "summary.csv", combined.to_csv(index=False))
-        atomic_write_text(run_dir / "per_job.csv", df.drop(columns=["settings"]).to_csv(index=False))
+        from harness.reports.aggregate import per_job_frame
+
+        atomic_write_text(run_dir / "per_job.csv", per_job_frame(records).to_csv(index=False))
         plots = plot_ablations(df, run_dir)
         if plots:
             parts.append("Ablation plots: " + ", ".join(p.name for p in plots) + "\n")

@@ -25,6 +25,26 @@ __all__ = ["DataOptions", "Schedule", "build_dataclass", "parse_method_sets", "p
 _opt = option  # the one option helper (harness.options), short for the tables below
 
 
+#: mmengine visualizer backends `--set log.backend=` accepts, and the package each needs.
+LOG_BACKENDS = ("local", "tensorboard", "wandb", "mlflow")
+_LOG_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def log_setting(name: str, value: Any) -> str:
+    """`--set log.backend=X` -> the schedule key it sets (`log_backend`), after checking the
+    backend exists and its optional package is installed (so a run does not fail per job)."""
+    import importlib.util
+
+    if name != "backend":
+        raise HarnessError(f"--set log.{name}: unknown log setting (only log.backend)")
+    if value not in LOG_BACKENDS:
+        raise HarnessError(f"--set log.backend={value}: choose one of {', '.join(LOG_BACKENDS)}")
+    package = _LOG_PACKAGES.get(value)
+    if package and importlib.util.find_spec(package) is None:
+        raise HarnessError(f"--set log.backend={value} needs the {package} package: pip install 'harness[{value}]'")
+    return "log_backend"
+
+
 @dataclass
 class Schedule:
     """Shared by every method of a protocol (the protocol's YAML sets the defaults)."""
@@ -50,6 +70,9 @@ class Schedule:
     num_workers: int = _opt(-1, "data loader workers per process (-1 = auto: 8 per GPU, 0 on CPU)")
     cpu_threads: int = _opt(0, "torch threads on CPU (0 = auto: cores - 1 - workers, at least 1; "
                                "OpenMP with every core busy collapses under any other load)")
+    log_backend: str = _opt("local", "where training scalars go besides the job's own JSON log (set as "
+                            "log.backend=...): local only, or also tensorboard / wandb / mlflow (optional extras)",
+                            choices=LOG_BACKENDS)
 
 
 @dataclass
@@ -77,7 +100,9 @@ def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict
     valid_data = {f.name for f in dataclasses.fields(DataOptions)}
     for item in items:
         scope, name, value = split_assignment(
-            item, "<method>.<option>=value, schedule.<key>=value or data.<key>=value")
+            item, "<method>.<option>=value, schedule.<key>=value, data.<key>=value or log.backend=value")
+        if scope == "log":
+            scope, name = "schedule", log_setting(name, value)
         if scope == "schedule":
             if name not in valid_schedule:
                 raise unknown_name_error("schedule key", name, valid_schedule)

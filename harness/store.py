@@ -50,15 +50,20 @@ class RunStore:
             return False
         return record_format(record) >= RESULTS_FORMAT
 
-    def write_run(self, request: dict[str, Any], provenance: dict[str, Any]) -> None:
-        """Each invocation appends its own record (a rerun or shard never erases another's)."""
+    def write_run(self, request: dict[str, Any], provenance: dict[str, Any],
+                  job_ids: list[str] | None = None) -> None:
+        """Each invocation appends its own record (a rerun or shard never erases another's),
+        with the ids of the jobs it will run (what `harness status` lists as pending)."""
         invocations = self.root / "invocations"
         invocations.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(invocations)  # callers hold the folder lock (harness/locks.py)
         remove_stale_temps(self.root)
         stamp = provenance["time_utc"].replace(":", "")
         name = f"{stamp}-{os.getpid()}.json"
-        atomic_write_json(invocations / name, {"request": request, "provenance": provenance})
+        record = {"request": request, "provenance": provenance}
+        if job_ids is not None:
+            record["job_ids"] = job_ids
+        atomic_write_json(invocations / name, record)
 
     def start_job(self, job: JobSpec, provenance: dict[str, Any]) -> Path:
         d = self.job_dir(job)

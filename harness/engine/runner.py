@@ -283,6 +283,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
         default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
         log_level="ERROR",
+        visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
         **kwargs,
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
@@ -296,6 +297,20 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
             "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
             "videos": train_info, "selected": best or "last", "resumed": ckpt.resumed or False,
             "checkpoint_notes": notes}
+
+
+#: mmengine visualizer backend of each `log.backend` (the local JSON scalars are always written).
+VIS_BACKENDS = {"tensorboard": "TensorboardVisBackend", "wandb": "WandbVisBackend", "mlflow": "MLflowVisBackend"}
+
+
+def visualizer_config(backend: str) -> dict[str, Any]:
+    """mmengine's visualizer with the local JSON backend (read by `harness report` for training
+    curves) plus the chosen one; each writes under the job's work dir (wandb / mlflow also
+    report to their own servers as configured by their environment variables)."""
+    backends = [dict(type="LocalVisBackend")]
+    if backend in VIS_BACKENDS:
+        backends.append(dict(type=VIS_BACKENDS[backend]))
+    return dict(type="Visualizer", vis_backends=backends)  # the Runner names it and sets its save_dir
 
 
 def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,

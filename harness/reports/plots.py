@@ -1,0 +1,276 @@
+"""Figures (PNG for the README, PDF for papers), drawn with matplotlib's Agg backend:
+
+- accuracy vs trainable parameters (log x), one labelled point per row of a table, methods
+  without trainable parameters drawn as horizontal reference lines;
+- ablations: the headline metric against each swept setting, numeric values on a numeric axis
+  in numeric order, the option's default value included (it is a run like the others) and
+  marked; two swept settings give a heatmap;
+- training curves of one job (loss, learning rate, and validation accuracy per epoch when
+  validation ran) from the scalars mmengine wrote in the job's own work folder.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.atomic import atomic_write_bytes
+from harness.metrics import base2novel_summary, mean_std
+from harness.reports.rows import varying_settings
+from harness.reports.tables import ReportTable
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig: Any, stem: Path, pdf: bool = True) -> list[Path]:
+    """`stem`.png (and .pdf), each written atomically; closes the figure."""
+    plt = _pyplot()
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in ("png", "pdf") if pdf else ("png",):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=120)
+        path = stem.with_suffix(f".{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def params_plot(table: ReportTable, stem: Path) -> list[Path]:
+    """Headline accuracy vs trainable parameters for the measured rows of `table`."""
+    if table.headline is None:
+        return []
+    frame = table.frame[~table.frame["Quoted"].astype(bool)]
+    frame = frame[pd.to_numeric(frame[table.headline], errors="coerce").notna()]
+    if frame.empty:
+        return []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    trained = frame[frame["Trainable"] > 0]
+    for _, row in trained.iterrows():
+        ax.scatter(row["Trainable"], row[table.headline], zorder=3)
+        ax.annotate(str(row["Method"]), (row["Trainable"], row[table.headline]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    for i, (_, row) in enumerate(frame[frame["Trainable"] == 0].iterrows()):
+        ax.axhline(row[table.headline], linestyle="--", color=f"C{7 + i % 3}", linewidth=1,
+                   label=f"{row['Method']} (0 trainable)")
+    if not trained.empty:
+        ax.set_xscale("log")
+        ax.margins(x=0.2, y=0.1)  # room for the labels of the outermost points
+    else:
+        ax.set_xticks([])
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"{table.headline} (%)")
+    ax.set_title(table.title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    if (frame["Trainable"] == 0).any():
+        ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+# -- ablations ------------------------------------------------------------------------------------
+def _headline_value(g: pd.DataFrame) -> tuple[str, float]:
+    """(metric name, value) of one configuration: HM for base-to-novel, else mean top-1 of its
+    first evaluation set."""
+    if g["protocol"].iloc[0] == "base2novel":
+        pairs = []
+        for _run, s in g.groupby(["split", "seed"]):
+            b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
+            if len(b) and len(n):
+                pairs.append((float(b.mean()), float(n.mean())))
+        return "HM", base2novel_summary(pairs)["hm"] if pairs else float("nan")
+    first = g["eval"].iloc[0]
+    return "top-1", mean_std([float(v) for v in g[g["eval"] == first]["top1"]])[0]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+def _default_for(method: str, key: str, settings: dict[str, Any]) -> Any:
+    """The value a method option takes when not set: its recipe's, else its config default."""
+    if not key.startswith("method_options."):
+        return None
+    name = key.split(".", 1)[1]
+    recipe = {k[len("recipe.method_options."):]: v for k, v in settings.items() if k.startswith("recipe.method_options.")}
+    if name in recipe:
+        return recipe[name]
+    try:
+        from methods.registry import make_config
+
+        return make_config(method).to_dict().get(name)
+    except Exception:  # a method removed since the run
+        return None
+
+
+def ablation_sets(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per (protocol, dataset, method, shots): the settings that vary between its configurations
+    (one or two of them, other than recipe records) and the headline value of each."""
+    out = []
+    for (protocol, dataset, method, shots), part in df.groupby(
+            ["protocol", "dataset", df["settings"].map(lambda s: s.get("method")), "shots"], sort=False, dropna=False):
+        configs = [(g["settings"].iloc[0], *_headline_value(g)) for _, g in part.groupby("config", sort=False)]
+        if len(configs) < 2:
+            continue
+        _, varying = varying_settings([c[0] for c in configs])
+        varying = [k for k in varying if not k.startswith("recipe.")]
+        if not 1 <= len(varying) <= 2:
+            continue
+        points = [({k: s.get(k) for k in varying}, value) for s, _, value in configs]
+        out.append({"protocol": protocol, "dataset": dataset, "method": method, "shots": shots,
+                    "axes": varying, "metric": configs[0][1], "points": points,
+                    "defaults": {k: _default_for(method, k, configs[0][0]) for k in varying}})
+    return out
+
+
+def _short(key: str) -> str:
+    return key.split(".", 1)[1] if key.startswith(("method_options.", "schedule.", "data.")) else key
+
+
+def _sorted_values(values: list[Any]) -> list[Any]:
+    """Numbers in numeric order (never as text: 64 < 128 < 256), anything else as text."""
+    unique = list(dict.fromkeys(values))
+    if all(_number(v) is not None for v in unique):
+        return sorted(unique, key=lambda v: _number(v))
+    return sorted(unique, key=str)
+
+
+def ablation_table(ablation: dict[str, Any]) -> pd.DataFrame:
+    """The ablation's values as a table: one row per value (or a grid for two axes)."""
+    axes = ablation["axes"]
+    frame = pd.DataFrame([{**{_short(k): v for k, v in point.items()}, ablation["metric"]: round(value, 2)}
+                          for point, value in ablation["points"]])
+    first = _short(axes[0])
+    frame = frame.set_index(first).loc[_sorted_values(list(frame[first]))].reset_index()
+    if len(axes) == 2:
+        second = _short(axes[1])
+        frame = frame.pivot(index=first, columns=second, values=ablation["metric"])
+        frame = frame.loc[_sorted_values(list(frame.index)), _sorted_values(list(frame.columns))]
+        frame.columns = [f"{second}={c}" for c in frame.columns]
+        frame = frame.reset_index()
+    return frame
+
+
+def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
+    plt = _pyplot()
+    axes, metric = ablation["axes"], ablation["metric"]
+    title = f"{ablation['method']} ({ablation['protocol']}, {ablation['dataset']})"
+    if len(axes) == 1:
+        key = axes[0]
+        values = {point[key]: value for point, value in ablation["points"]}
+        xs = _sorted_values(list(values))
+        fig, ax = plt.subplots(figsize=(4.8, 3.4))
+        numeric = all(_number(x) is not None for x in xs)
+        pos = [_number(x) for x in xs] if numeric else list(range(len(xs)))
+        ax.plot(pos, [values[x] for x in xs], "o-")
+        default = ablation["defaults"].get(key)
+        if default in values:
+            i = xs.index(default)
+            ax.plot([pos[i]], [values[default]], "*", markersize=14, color="C3", label=f"default ({default})")
+            ax.legend(fontsize=8)
+        if numeric and min(pos) > 0 and max(pos) / min(pos) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(pos, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlabel(_short(key))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    else:
+        first, second = axes
+        grid = ablation_table(ablation)
+        rows = [str(v) for v in grid[_short(first)]]
+        cols = [c.split("=", 1)[1] for c in grid.columns[1:]]
+        data = grid.iloc[:, 1:].to_numpy(dtype=float)
+        fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2.5, 1.0 * len(rows) + 1.8))
+        image = ax.imshow(data, cmap="viridis", aspect="auto")
+        low, high = np.nanmin(data), np.nanmax(data)
+        for i in range(data.shape[0]):
+            for j in range(data.shape[1]):
+                if not np.isnan(data[i, j]):
+                    bright = high > low and (data[i, j] - low) / (high - low) > 0.6  # viridis turns yellow
+                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                            color="black" if bright else "white")
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_yticks(range(len(rows)), rows)
+        ax.set_xlabel(_short(second))
+        ax.set_ylabel(_short(first))
+        fig.colorbar(image, ax=ax, label=metric)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, stem)
+
+
+def ablation_stem(folder: Path, ablation: dict[str, Any], several: bool) -> Path:
+    """`ablation_<option>[_x_<option>]` (prefixed by method / dataset when a report holds several)."""
+    name = "_x_".join(_short(k) for k in ablation["axes"])
+    if several:
+        shots = ablation["shots"]
+        name = f"{ablation['protocol']}_{ablation['dataset']}_{ablation['method']}" + (
+            f"_K{int(shots)}" if shots == shots and shots is not None else "") + f"_{name}"
+    return folder / f"ablation_{name}"
+
+
+# -- training curves --------------------------------------------------------------------------------
+def read_scalars(job_dir: Path) -> list[dict[str, Any]]:
+    """Every line mmengine logged for the job (`work/<timestamp>/vis_data/scalars.json`; a
+    resumed job has one file per attempt, read in order)."""
+    lines = []
+    for path in sorted(Path(job_dir).glob("work/*/vis_data/scalars.json")):
+        for text in path.read_text().splitlines():
+            try:
+                lines.append(json.loads(text))
+            except ValueError:
+                continue  # a line cut by a kill: the rest of the log is still good
+    return lines
+
+
+def training_curves(job_dir: Path, stem: Path, title: str) -> list[Path]:
+    """Loss and lr per logged iteration, validation top-1 per epoch when validation ran."""
+    scalars = read_scalars(job_dir)
+    train = [s for s in scalars if "loss" in s and "step" in s]
+    evals = [s for s in scalars if any(k.endswith("/top1") for k in s)]
+    if not train:
+        return []
+    plt = _pyplot()
+    panels = 3 if evals else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.0))
+    steps = [s["step"] for s in train]
+    axes[0].plot(steps, [s["loss"] for s in train])
+    axes[0].set_xlabel("iteration")
+    axes[0].set_ylabel("loss")
+    axes[1].plot(steps, [s.get("lr", np.nan) for s in train], color="C1")
+    axes[1].set_xlabel("iteration")
+    axes[1].set_ylabel("learning rate")
+    axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if evals:
+        for key in sorted({k for s in evals for k in s if k.endswith("/top1")}):
+            pts = [(s.get("epoch", s.get("step")), s[key]) for s in evals if key in s]
+            axes[2].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=key)
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("validation top-1 (%)")
+        axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, stem)

@@ -1,0 +1,142 @@
+"""Job identity and per-job rows shared by every table of the project: which settings make a
+row (`config_key`: the job's identity minus split and seed), how a method is labelled, one frame
+row per (job, evaluation set), Markdown table text. The run summary (`harness.report`) and the
+cross-run reports (`harness.reports.*`) both build on it; it imports neither.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from harness.jobs import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
+
+PER_METHOD_RECIPE = "per-method recipe"
+
+
+#: Job fields that are not part of a row's configuration: the two averaged over (split, seed),
+#: what follows from the split (its files, class lists, descriptions), what follows from the
+#: protocol, and bookkeeping.
+NOT_CONFIG_KEYS = ("split", "seed", "train", "evals", "file_provenance", "descriptions", "select_on",
+                   "closed_set", "summary", "splits_root", "cache_dir", "job_id", "results_format")
+
+
+def config_key(job: dict[str, Any]) -> dict[str, Any]:
+    """The settings that make a row: the job's identity minus split and seed, flattened to
+    dotted keys (`schedule.frames`, `method_options.lr`, `weights.sha256`, ...). Reusable by any
+    table that must not mix configurations."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    for key, value in job.items():
+        if key in NOT_CONFIG_KEYS:
+            continue
+        if key == "schedule":
+            value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY_KEYS}
+        if key == "data":
+            value = {k: v for k, v in value.items() if k not in EXECUTION_ONLY_DATA_KEYS}
+        walk(key, value)
+    return flat
+
+
+def config_id(job: dict[str, Any]) -> str:
+    """A short hash of `config_key`: equal for jobs that differ only in split and seed."""
+    return short_hash(config_key(job), 10)
+
+
+def varying_settings(keys: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """(settings shared by every configuration, names of the settings that differ between them)."""
+    names = sorted({k for key in keys for k in key})
+    shared, varying = {}, []
+    for name in names:
+        values = {repr(key.get(name)) for key in keys}
+        if len(values) == 1:
+            shared[name] = keys[0].get(name)
+        else:
+            varying.append(name)
+    return shared, varying
+
+
+def method_label(job: dict[str, Any]) -> str:
+    """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its
+    defaults and from its recipe; ` (per-method recipe)` when the run used `--schedule paper`."""
+    from methods.registry import make_config
+
+    recipe = job.get("recipe") or {}
+    suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
+    try:
+        defaults = make_config(job["method"]).to_dict()
+    except Exception:  # a method removed since the run: show the raw name
+        return job["method"] + suffix
+    defaults.update(recipe.get("method_options") or {})
+    diff = {k: v for k, v in job["method_options"].items() if defaults.get(k) != v}
+    if not diff:
+        return job["method"] + suffix
+    return job["method"] + "[" + ",".join(f"{k}={v}" for k, v in sorted(diff.items())) + "]" + suffix
+
+
+def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for rec in records:
+        job, metrics = rec["job"], rec["metrics"]
+        key = config_key(job)
+        for eval_name, ev in metrics["evals"].items():
+            rows.append({
+                "config": config_id(job), "settings": key, "method": method_label(job), "split": job["split"], "shots": job.get("shots"), "seed": job["seed"],
+                "eval": eval_name, "top1": ev.get("top1"), "top5": ev.get("top5"), "n": ev.get("n"),
+                "classes": ev.get("classes"), "views": "x".join(map(str, ev.get("views", [1, 1]))),
+                "trainable": metrics["params"]["trainable"], "total": metrics["params"]["total"],
+                "pct_of_backbone": metrics["params"].get("pct_of_backbone"),
+                "gmacs_per_view": (metrics.get("flops_per_view") or {}).get("gmacs"),
+                "select": metrics["train"].get("selected", job["schedule"]["select"]),
+                "frames": job["schedule"]["frames"], "epochs": job["schedule"]["epochs"],
+                "profile": job.get("profile") or "-", "protocol": job["protocol"], "protocol_hash": job["protocol_hash"],
+                "dataset": job["dataset"], "backbone": job["backbone"], "pretrained": job.get("pretrained") or "random",
+                "job_id": rec["job_id"], "missing": (ev.get("videos") or {}).get("missing", 0),
+                "git_sha": (rec.get("provenance", {}).get("code") or {}).get("git_sha"),
+                **_recipe_columns(job),
+            })
+    return pd.DataFrame(rows)
+
+
+def _recipe_columns(job: dict[str, Any]) -> dict[str, Any]:
+    """Which schedule and recipe a job ran with (harness.recipes), for the tables' notes."""
+    recipe = job.get("recipe") or {}
+    not_applied = recipe.get("not_applied") or {}
+    return {"schedule": PER_METHOD_RECIPE if recipe.get("schedule_kind") == "paper" else "shared",
+            "recipe_scope": recipe.get("scope", "method default"),
+            "lr": job["method_options"].get("lr"), "weight_decay": job["method_options"].get("weight_decay"),
+            "not_applied": ", ".join(f"{k}={v}" for k, v in sorted(not_applied.items()))}
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' own needs the `tabulate` package)."""
+    cols = list(df.columns)
+    cells = [[("" if pd.isna(v) else str(v)) for v in row] for row in df.itertuples(index=False)]
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines)
+
+
+def fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n:,}"
+
+
+def method_specific(key: str) -> bool:
+    """Settings a method label or the recipe notes already show (they differ per method by design)."""
+    return key == "method" or key.startswith(("method_options.", "recipe."))
+
+
+def failures_markdown(failures: list[dict[str, Any]]) -> str:
+    """The jobs that failed, with their reason (their error.json holds the traceback)."""
+    lines = ["## Failed jobs", "", "| job | error | message |", "|---|---|---|"]
+    for f in failures:
+        message = str(f.get("message", "")).splitlines()[0] if f.get("message") else ""
+        lines.append(f"| {f.get('job_id')} | {f.get('type')} | {message.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
