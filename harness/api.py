@@ -157,15 +157,48 @@ def failures(store: Any, jobs: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 # -- evaluate ----------------------------------------------------------------------------------
-def evaluate(net: Any, job: Any, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Evaluate a built model (e.g. a loaded checkpoint's `net`, for frames of `image_size`
-    pixels) on every evaluation list of a job, with no training: the run's own multi-view
-    evaluation, batching and metrics, so the numbers compare with a run's line by line. Returns
-    {eval name: metrics}; with `save_to`, the per-video scores are kept there (`<eval>.npz`), as
-    in a run's `predictions/`. A model the job's protocol cannot use raises ConfigurationError."""
-    from harness.engine.runner import evaluate_net
+@dataclasses.dataclass
+class EvalRequest:
+    """What `harness eval` evaluates: a checkpoint (converted release or a run's) under a
+    protocol, with no training. Field names are the command's options; method, backbone and
+    method options come from the checkpoint (given ones must match it)."""
 
-    return evaluate_net(net, job, image_size, save_to)
+    checkpoint: str
+    protocol: str
+    dataset: str = "embedded"
+    method: str | None = None
+    backbone: str | None = None
+    pretrained: str | None = None  # where the checkpoint's backbone weights are now, if they moved
+    splits: list[int] | None = None
+    shots: list[int] | None = None
+    seed: int | None = None  # default: the run's seed for a run checkpoint
+    sets: list[str] = dataclasses.field(default_factory=list)  # schedule.* / data.* only
+    profile: str | None = None
+    out: str | None = None  # default results/eval-<protocol>-<dataset>[-<profile>]
+    data_root: str | None = None
+    splits_root: str | None = None
+    cache: str | None = None
+
+
+def evaluation_jobs(ev: EvalRequest) -> tuple[list, Any, Path]:
+    """(jobs, RunRequest, results folder) of an evaluation: the checkpoint is loaded and every
+    mismatch reported now, before any job (harness/convert/evaluate.py)."""
+    from harness.convert.evaluate import checkpoint_jobs
+    from harness.jobs import default_profile
+
+    profile = ev.profile or default_profile(ev.dataset)
+    jobs, req = checkpoint_jobs(ev, profile, ev.splits, ev.shots)
+    # beside, not inside, the runs: results/eval-<protocol>-<dataset>[-<profile>]
+    run_dir = Path(ev.out) if ev.out else default_out(req).with_name("eval-" + default_out(req).name)
+    return jobs, req, run_dir
+
+
+def evaluate(ev: EvalRequest, *, progress: bool = True) -> Any:
+    """Evaluate a checkpoint under a protocol with no training; its results are written exactly
+    as a run's (same jobs, store and tables) into `ev.out`. Returns the RunStore; failed jobs
+    as in `run` (`failures(store, jobs)`)."""
+    jobs, req, run_dir = evaluation_jobs(ev)
+    return run(req, run_dir, jobs=jobs, progress=progress)
 
 
 # -- params and bench --------------------------------------------------------------------------

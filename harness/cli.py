@@ -35,6 +35,13 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def add_data_locations(parser: argparse.ArgumentParser) -> None:
+    """--data-root, --splits-root, --cache: where a job's videos, split files and cache are."""
+    parser.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
+    parser.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
+    parser.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule", default="shared", choices=("shared", "paper"),
                      help="shared: one schedule for all methods; paper: each method's published schedule")
     run.add_argument("--out", default=None, help="results directory (default results/<protocol>-<dataset>[-<profile>])")
-    run.add_argument("--data-root", default=None, help="videos root (or env HARNESS_DATA_ROOT)")
-    run.add_argument("--splits-root", default=None, help="local copy of the upstream split files (offline)")
-    run.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
+    add_data_locations(run)
     run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
     run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -162,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_checkpoint_commands(sub: Any) -> None:
-    """`convert` (official releases -> this project's checkpoints) and `predict` (videos -> classes)."""
+    """`convert` (official releases -> this project's checkpoints), `eval` (a checkpoint under a
+    protocol, no training) and `predict` (videos -> classes)."""
     convert = sub.add_parser("convert", help="convert an official released checkpoint into one this project loads")
     convert.add_argument("checkpoint", help="the released checkpoint file")
     convert.add_argument("--from", dest="source", required=True,
@@ -177,6 +183,27 @@ def add_checkpoint_commands(sub: Any) -> None:
     convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     convert.add_argument("--splits-root", default=None, help="local copy of the upstream files (K400 class list)")
     convert.add_argument("--cache", default=None)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint under a protocol (no training); writes a run's results")
+    ev.add_argument("--checkpoint", required=True, help="a converted checkpoint (harness convert) or a run's "
+                    "(results/<run>/jobs/<id>/work/*.pth)")
+    ev.add_argument("--method", default=None, help="expected method (default: the checkpoint's; another is an error)")
+    ev.add_argument("--protocol", required=True, help="base2novel | few_shot | zero_shot | fully_supervised")
+    ev.add_argument("--dataset", default="embedded", help="as `harness run --dataset`")
+    ev.add_argument("--backbone", default=None, help="expected backbone (default: the checkpoint's; another is an error)")
+    ev.add_argument("--pretrained", "--base", dest="pretrained", default=None,
+                    help="where the checkpoint's backbone weights are now, if they moved (identity still checked)")
+    ev.add_argument("--splits", default=None, help="upstream split indices, e.g. 1,2,3")
+    ev.add_argument("--shots", default=None, help="few_shot: K values")
+    ev.add_argument("--seed", type=int, default=None, help="job seed (default: the run's seed for a run checkpoint)")
+    ev.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="schedule.<key>=v or data.<key>=v (e.g. schedule.views=[4,3]); method options come "
+                    "from the checkpoint")
+    ev.add_argument("--profile", default=None, help="named profile (its views, splits, batch); default as `run`")
+    ev.add_argument("--out", default=None, help="results directory (default results/eval-<protocol>-<dataset>[-<profile>])")
+    add_data_locations(ev)
+    ev.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
+    ev.add_argument("--no-progress", action="store_true")
 
     predict = sub.add_parser("predict", help="top-k classes with scores for video files")
     predict.add_argument("videos", nargs="+", help="video files")
@@ -409,6 +436,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return convert_command(args)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from harness import api
+    from harness.store import RunStore
+
+    ev = api.EvalRequest(checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, method=args.method,
+                         backbone=args.backbone, pretrained=args.pretrained,
+                         splits=_int_list(args.splits, "--splits") if args.splits else None,
+                         shots=_int_list(args.shots, "--shots") if args.shots else None, seed=args.seed,
+                         sets=args.sets, profile=args.profile, out=args.out, data_root=args.data_root,
+                         splits_root=args.splits_root, cache=args.cache)
+    jobs, req, run_dir = api.evaluation_jobs(ev)
+    if args.dry_run:
+        return _print_dry_run(jobs)
+    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from harness.convert.predict import predict_command
 
@@ -416,7 +459,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
-            "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict}
+            "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict,
+            "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

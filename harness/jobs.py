@@ -83,6 +83,8 @@ class JobSpec:
     #: what it set, and the ingredients the engine does not implement (`not_applied`).
     recipe: dict[str, Any] = field(default_factory=dict)
     weights: dict[str, Any] = field(default_factory=dict)
+    #: `harness eval`: the checkpoint evaluated instead of training ({sha256, kind, path}).
+    checkpoint: dict[str, Any] = field(default_factory=dict)
     results_format: int = RESULTS_FORMAT
 
     #: Machine-specific locations: recorded, but not part of the job's identity (the files'
@@ -106,10 +108,13 @@ class JobSpec:
         ident["data"] = {k: v for k, v in ident["data"].items() if k not in EXECUTION_ONLY_DATA_KEYS}
         if self.weights.get("kind") == "file":
             ident.pop("pretrained")
+        _checkpoint_identity(ident, self.checkpoint)
         return ident
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not d["checkpoint"]:  # records of training jobs stay as they were
+            d.pop("checkpoint")
         d["job_id"] = self.job_id
         return d
 
@@ -120,6 +125,15 @@ class JobSpec:
         d["train"] = ListSpec(**d["train"]) if d.get("train") else None
         d["evals"] = [ListSpec(**e) for e in d["evals"]]
         return cls(**d)
+
+
+def _checkpoint_identity(ident: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+    """An evaluated checkpoint counts by its content (sha256) and kind, not by where it lies; a
+    training job has none, and its id stays what it was before the field existed."""
+    if checkpoint:
+        ident["checkpoint"] = {k: checkpoint[k] for k in ("sha256", "kind")}
+    else:
+        ident.pop("checkpoint", None)
 
 
 def _strip_keys(obj: Any, keys: tuple[str, ...]) -> Any:
@@ -257,6 +271,7 @@ class RunRequest:
     cache_dir: str | None = None
     frames: int | None = None
     shots: list[int] | None = None
+    checkpoint: str | None = None  # `harness eval`: the checkpoint evaluated (no training)
 
 
 def default_profile(dataset: str) -> str | None:

@@ -2,8 +2,6 @@
 tests call instead of re-entering the CLI."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 import harness.engine.runner as runner_mod
@@ -35,18 +33,12 @@ def test_run_keeps_each_failure_for_the_caller(tmp_path, harness_cache, monkeypa
     assert api.failures(store, jobs[:1]) == [f for f in failed if f["job_id"] == jobs[0].job_id]
 
 
-def test_evaluate_reproduces_the_runs_numbers(tmp_path, harness_cache):
-    """Evaluating a model with nothing to train (zero-shot) gives exactly the run's metrics."""
-    req = api.request("zeroshot", "base2novel", profile="tiny", cache_dir=str(harness_cache))
-    (job,) = api.sweep_jobs(req, [[]])
-    store = api.run(req, tmp_path, progress=False)
-    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("jobs/*/metrics.json")]
-    assert store.is_finished(job) and record["job_id"] == job.job_id
-    net, spec = runner_mod.build_net(job)
-    evals = api.evaluate(net, job, spec.image_size)
-    assert set(evals) == {"base", "novel"}
-    for name, ev in evals.items():
-        assert ev["top1"] == record["metrics"]["evals"][name]["top1"] and ev["n"] == record["metrics"]["evals"][name]["n"]
+def test_evaluate_refuses_a_missing_checkpoint_before_any_job(tmp_path, harness_cache):
+    ev = api.EvalRequest(checkpoint=str(tmp_path / "none.pt"), protocol="base2novel", out=str(tmp_path / "out"),
+                         cache=str(harness_cache))
+    with pytest.raises(HarnessError, match="none.pt"):
+        api.evaluate(ev)
+    assert not (tmp_path / "out").exists()
 
 
 def test_params_rows_for_method_names_and_sets():

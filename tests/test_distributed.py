@@ -41,6 +41,9 @@ def test_two_gloo_processes_match_one(tmp_path, harness_cache):
     m2 = json.loads(next(two.glob("jobs/*/metrics.json")).read_text())["metrics"]
     assert m2["train"]["world_size"] == 2 and m2["train"]["micro_batch"] == 2
     assert m1["train"]["iters"] == m2["train"]["iters"]
+    # accounting counts every process's clips: the same training and evaluation clips as one process
+    a1, a2 = m1["accounting"], m2["accounting"]
+    assert a2["processes"] == 2 and (a2["train"]["clips"], a2["eval"]["clips"]) == (a1["train"]["clips"], a1["eval"]["clips"])
     for name in ("base", "novel"):
         assert m1["evals"][name]["n"] == m2["evals"][name]["n"]
         assert m1["evals"][name]["top1"] == pytest.approx(m2["evals"][name]["top1"], abs=100 / m1["evals"][name]["n"] + 1e-6)

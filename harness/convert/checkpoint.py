@@ -40,6 +40,9 @@ class LoadedModel:
     kind: str  # "converted" | "run" | "none"
     meta: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
+    #: How the model was built: method, method_options, frames, classnames, backbone (name),
+    #: pretrained (as applied), seed; `harness eval` makes its jobs from it.
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def save_converted(conversion: Conversion, out: str | Path) -> Path:
@@ -76,7 +79,9 @@ def build_model(method: str, backbone: str, pretrained: str | None, frames: int,
     from methods.registry import build_method
 
     clip, spec = create_backbone(backbone, pretrained, seed=seed, cache_dir=cache_dir)
+    backbone_params = sum(p.numel() for p in clip.parameters())  # before the method inserts its modules
     net = build_method(method, clip, get_tokenizer(spec), frames, options, list(classnames) if classnames else None)
+    net.backbone_params = backbone_params
     return net.eval(), spec.to_dict()
 
 
@@ -115,8 +120,8 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
                     cache_dir: str | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load it (converted or run checkpoints).
 
-    `method`, when given, must be the checkpoint's. `base` replaces the recorded base backbone
-    location of a converted checkpoint (e.g. the file moved); its identity is still checked."""
+    `method`, when given, must be the checkpoint's. `base` replaces the recorded backbone
+    location (e.g. the file moved); its identity is still checked."""
     from harness.data.upstream import file_sha256
 
     path = Path(path)
@@ -129,7 +134,7 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
         kind, seed, state = "converted", 0, obj["state_dict"]
     else:
         recipe, backbone, pretrained, seed, state = _run_recipe(path, obj)
-        kind, cache_dir = "run", cache_dir or recipe.get("cache_dir")
+        kind, cache_dir, pretrained = "run", cache_dir or recipe.get("cache_dir"), base or pretrained
     if method is not None and method != recipe["method"]:
         raise HarnessError(f"--method {method}: {path} is a checkpoint of method {recipe['method']!r}")
     net, built = build_model(recipe["method"], backbone["name"], pretrained, recipe["frames"],
@@ -140,8 +145,10 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
     required = (set(params) - set(meta.get("from_base", []))) if kind == "converted" else \
         {n for n, p in params.items() if p.requires_grad}
     _apply(net, state, required, str(path))
+    used = {k: recipe.get(k) for k in ("method", "method_options", "frames", "classnames")}
     return LoadedModel(net=net, backbone=built, classnames=recipe.get("classnames"), kind=kind, meta=meta,
-                       sha256=file_sha256(path))
+                       sha256=file_sha256(path),
+                       recipe={**used, "backbone": backbone["name"], "pretrained": pretrained, "seed": seed})
 
 
 def _run_recipe(path: Path, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None, int, dict]:

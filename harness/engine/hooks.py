@@ -103,3 +103,26 @@ class NonFiniteLossHook(Hook):
                 raise HarnessError(f"non-finite training loss ({key}={float(value)}) at iteration {runner.iter + 1} "
                                    f"(epoch {runner.epoch + 1}): training diverged; lower the learning rate "
                                    "(<method>.lr) or enable schedule.grad_clip")
+
+
+class StepTimerHook(Hook):
+    """Training throughput and data wait (`harness.engine.accounting`): sums IterTimerHook's
+    per-step `train/data_time` and `train/time` from the message hub, and the clips per step."""
+
+    priority = "BELOW_NORMAL"  # after IterTimerHook (NORMAL) has written this step's times
+
+    def __init__(self) -> None:
+        from harness.engine.accounting import StepTimes
+
+        self.times = StepTimes()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from harness.engine.accounting import batch_size
+
+        hub = runner.message_hub
+        self.times.add(float(hub.get_scalar("train/time").current()),
+                       float(hub.get_scalar("train/data_time").current()), batch_size(data_batch))
+
+    def summary(self, processes: int = 1) -> dict:
+        """This process's steps; clips counted on every process alike (DefaultSampler pads)."""
+        return self.times.summary(clips=self.times.clips * processes)

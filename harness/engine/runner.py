@@ -103,18 +103,24 @@ def _amp_enabled(amp: str, device: torch.device) -> bool:
 
 
 def build_net(job: JobSpec):
-    """Backbone + method for a job (the same seed gives every method the same random backbone)."""
+    """Backbone + method for a job (the same seed gives every method the same random backbone);
+    for `harness eval`, the model its checkpoint describes."""
     from harness.backbone import get_tokenizer
     from harness.weights import create_backbone
     from methods.registry import build_method
 
-    clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
-    backbone_params = sum(p.numel() for p in clip.parameters())
-    classnames = job.train.classnames if job.train else None
-    net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
+    if job.checkpoint:
+        from harness.convert.evaluate import checkpoint_net
+
+        net, spec = checkpoint_net(job)
+    else:
+        clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
+        backbone_params = sum(p.numel() for p in clip.parameters())
+        classnames = job.train.classnames if job.train else None
+        net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
+        net.backbone_params = backbone_params
     check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
-    net.backbone_params = backbone_params
     return net, spec
 
 
@@ -233,7 +239,12 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     from mmengine.runner import Runner
 
     from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
-    from harness.engine.hooks import NonFiniteLossHook, ProgressBarHook, TrainableCheckpointHook
+    from harness.engine.hooks import (
+        NonFiniteLossHook,
+        ProgressBarHook,
+        StepTimerHook,
+        TrainableCheckpointHook,
+    )
     from harness.engine.metric import SelectionMetric
 
     net = model.net
@@ -287,6 +298,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         **kwargs,
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
+    runner.register_hook(timer := StepTimerHook())  # accounting: clips/s and data wait
     start = time.perf_counter()
     runner.train()
     seconds = time.perf_counter() - start
@@ -296,7 +308,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     return {"iters": runner.iter, "epochs": epochs, "seconds": round(seconds, 2), "micro_batch": micro,
             "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
             "videos": train_info, "selected": best or "last", "resumed": ckpt.resumed or False,
-            "checkpoint_notes": notes}
+            "checkpoint_notes": notes, "timing": timer.summary(world_size())}
 
 
 #: mmengine visualizer backend of each `log.backend` (the local JSON scalars are always written).
@@ -320,6 +332,8 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     from mmengine.dataset import DefaultSampler, pseudo_collate
     from mmengine.dist import collect_results, get_dist_info
 
+    from harness.engine.accounting import EvalTimer
+
     device = next(model.parameters()).device
     amp = _amp_enabled(job.schedule["amp"], device)
     dataset, info = _dataset(lst, job, image_size, train=False)
@@ -329,8 +343,9 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     model.set_classes(lst.classnames)
     model.eval()
     results: list[dict[str, Any]] = []
+    timer = EvalTimer()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for data in loader:
+        for data in timer.batches(loader):
             results.extend(model.val_step(data))
     _, world = get_dist_info()
     if world > 1:
@@ -347,7 +362,8 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
         np.savez_compressed(save_to / f"{safe}.npz", scores=scores, labels=np.asarray(labels),
                             classnames=np.asarray(lst.classnames))
     out = topk_accuracy(scores, labels)
-    out.update(n=len(results), classes=len(lst.classnames), views=list(lst.views), videos=info)
+    out.update(n=len(results), classes=len(lst.classnames), views=list(lst.views), videos=info,
+               timing=timer.summary(clips=len(results) * lst.views[0] * lst.views[1]))
     return out
 
 
@@ -359,18 +375,6 @@ def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = 
         views = max(1, lst.views[0] * lst.views[1])
         evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
     return evals
-
-
-def evaluate_net(net, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
-    """A built model (e.g. a loaded checkpoint's) evaluated on every list of a job, no training."""
-    _init_mm()
-    init_distributed()
-    from harness.engine.model import VideoClassifier
-
-    configure_cpu_threads(job.schedule)
-    check_protocol(net, job)
-    model = VideoClassifier(net, job.train.classnames if job.train else []).to(_device())
-    return evaluate_lists(model, job, image_size, save_to)
 
 
 def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
@@ -391,9 +395,11 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     init_distributed()
     from mmengine.runner import set_random_seed
 
+    from harness.engine.accounting import JobAccounting
     from harness.engine.model import VideoClassifier
 
     set_random_seed(job.seed)
+    accounting = JobAccounting(_device(), world_size())
     threads = configure_cpu_threads(job.schedule)
     net, spec = build_net(job)
     counts = net.parameter_counts()
@@ -401,11 +407,12 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
     descriptions = _attach_descriptions(net, job)
     flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
-    train_stats: dict[str, Any] = {"iters": 0, "skipped": "nothing to train"}
+    train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
     model = VideoClassifier(net, job.train.classnames if job.train else [])
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
-            "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted)}
+            "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
+            "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()])}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.engine.accounting import accounting_columns
 from harness.errors import HarnessError
 from harness.reports.rows import config_key, job_rows
 
@@ -121,6 +122,7 @@ def per_job_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                     "train_seconds": (metrics.get("train") or {}).get("seconds"),
                     "selected": (metrics.get("train") or {}).get("selected"),
                     "git_sha": ((rec.get("provenance") or {}).get("code") or {}).get("git_sha")})
+        row.update(accounting_columns(metrics))
         for name, ev in metrics["evals"].items():
             videos = ev.get("videos") or {}
             row.update({f"{name}.top1": ev.get("top1"), f"{name}.top5": ev.get("top5"), f"{name}.n": ev.get("n"),

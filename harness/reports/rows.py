@@ -12,6 +12,7 @@ import pandas as pd
 from harness.jobs import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
 
 PER_METHOD_RECIPE = "per-method recipe"
+EVALUATED_CHECKPOINT = "evaluated checkpoint"  # `harness eval` rows: no training in this run
 
 
 #: Job fields that are not part of a row's configuration: the two averaged over (split, seed),
@@ -70,6 +71,7 @@ def method_label(job: dict[str, Any]) -> str:
 
     recipe = job.get("recipe") or {}
     suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
+    suffix += f" ({EVALUATED_CHECKPOINT})" if job.get("checkpoint") else ""
     try:
         defaults = make_config(job["method"]).to_dict()
     except Exception:  # a method removed since the run: show the raw name

@@ -1,0 +1,93 @@
+"""`harness eval`: evaluate a checkpoint (converted release or a run's) under a protocol, with
+no training, writing exactly what a run writes (config.json, metrics.json, predictions/, the
+summary tables) through the same store, job runner and report.
+
+Why jobs and not a separate path: an evaluated checkpoint must be comparable with trained
+results line by line: the same lists, views, batching and metrics code. The job is the run's
+job for the checkpoint's method, options and frames, with the schedule's `epochs` set to 0 and
+a `checkpoint` record ({sha256, kind, path}) whose sha256 and kind enter the job's identity, so
+another file is another job and the same file elsewhere is the same job.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+#: Checkpoints loaded while the jobs were made (validation up front), handed to the first job
+#: that evaluates them instead of loading the file again; later jobs load their own copy.
+_preloaded: dict[str, Any] = {}
+
+
+def checkpoint_jobs(args: Any, profile: str | None, splits: list[int] | None = None,
+                    shots: list[int] | None = None) -> tuple[list, Any]:
+    """`args`: a `harness.api.EvalRequest` (or the parsed `harness eval` options). Load the checkpoint (every mismatch is reported here, before any job), then the run's
+    jobs for its method, options, frames and backbone, marked with the checkpoint."""
+    from harness.convert.checkpoint import load_checkpoint
+    from harness.defaults import DEFAULT_SEED
+    from harness.jobs import RunRequest, expand_jobs
+    from harness.settings import parse_set_args
+
+    loaded = load_checkpoint(args.checkpoint, method=args.method, base=args.pretrained, cache_dir=args.cache)
+    recipe = loaded.recipe
+    method = recipe["method"]
+    if args.backbone and args.backbone != recipe["backbone"]:
+        raise HarnessError(f"--backbone {args.backbone}: {args.checkpoint} is a checkpoint of backbone "
+                           f"{recipe['backbone']!r}")
+    options, schedule, data = parse_set_args(args.sets, [method])
+    if options:
+        raise HarnessError(f"--set {method}.<option>: a checkpoint's method options are fixed ({args.checkpoint} "
+                           "records them); only schedule.* and data.* apply to an evaluation")
+    for key, value in (("frames", recipe["frames"]), ("epochs", 0)):
+        if key in schedule and schedule[key] != value:
+            raise HarnessError(f"--set schedule.{key}={schedule[key]}: evaluating {args.checkpoint} uses "
+                               f"schedule.{key}={value} (the checkpoint's model)")
+    schedule.update(frames=recipe["frames"], epochs=0, warmup_epochs=0, select="last")
+    seed = args.seed if args.seed is not None else (recipe["seed"] if loaded.kind == "run" else DEFAULT_SEED)
+    req = RunRequest(methods=[method], protocol=args.protocol, dataset=args.dataset, backbone=recipe["backbone"],
+                     pretrained=recipe["pretrained"], splits=splits,
+                     seed=seed, method_options={method: dict(recipe["method_options"])}, schedule_overrides=schedule,
+                     data_overrides=data, profile=profile, data_root=args.data_root, splits_root=args.splits_root,
+                     cache_dir=args.cache, shots=shots,
+                     checkpoint=str(Path(args.checkpoint).resolve()))
+    record = {"sha256": loaded.sha256, "kind": loaded.kind, "path": req.checkpoint}
+    jobs = [dataclasses.replace(job, checkpoint=dict(record)) for job in expand_jobs(req)]
+    _check_fits(loaded.net, jobs, args.checkpoint)
+    _preloaded[loaded.sha256] = loaded
+    return jobs, req
+
+
+def _check_fits(net: Any, jobs: list, checkpoint: str) -> None:
+    """Refuse now, not inside every job: a model the protocol cannot use (a closed-set head under
+    an open-set protocol), and a linear head, which scores exactly its training classes in
+    their order, on an evaluation list with other classes (naming the list)."""
+    for job in jobs[:1]:
+        try:
+            net.check_protocol(job.protocol, job.closed_set)
+        except HarnessError as err:
+            raise HarnessError(f"{checkpoint}: {err}") from None
+    if getattr(net, "cls_head", None) is None or not hasattr(net, "check_classnames"):
+        return
+    for lst in (lst for job in jobs for lst in job.evals):
+        try:
+            net.check_classnames(lst.classnames)
+        except HarnessError as err:
+            raise HarnessError(f"{checkpoint} on {lst.class_file} ({lst.name}): {err}") from None
+
+
+def checkpoint_net(job: Any) -> tuple[Any, Any]:
+    """(net, BackboneSpec) of an eval job: its checkpoint loaded (the file must still be the one
+    the job was made for); the runner checks it against the protocol as for any job."""
+    from harness.backbone import BackboneSpec
+    from harness.convert.checkpoint import load_checkpoint
+
+    record = job.checkpoint
+    loaded = _preloaded.pop(record["sha256"], None)
+    if loaded is None:
+        loaded = load_checkpoint(record["path"], method=job.method, base=job.pretrained, cache_dir=job.cache_dir)
+    if loaded.sha256 != record["sha256"]:
+        raise HarnessError(f"{record['path']}: changed since the evaluation started (sha256 {loaded.sha256[:12]}, "
+                           f"expected {record['sha256'][:12]})")
+    return loaded.net, BackboneSpec(**loaded.backbone)
