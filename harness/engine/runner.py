@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size  # noqa: F401 - re-exported
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
@@ -34,42 +35,8 @@ def _init_mm() -> None:
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def broadcast_from_rank0(value: Any) -> Any:
-    """Rank 0's `value` on every process of a torchrun job (the value itself in one process):
-    decisions that touch files (locks, which checkpoint to resume) are made once, by rank 0."""
-    if world_size() <= 1:
-        return value
-    import torch.distributed as dist
-
-    init_distributed()
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _launcher() -> str:
     return "pytorch" if world_size() > 1 else "none"
-
-
-def init_distributed() -> None:
-    """Join the torchrun process group (gloo on CPU-only hosts, nccl on GPUs) once per process.
-
-    mmengine's own initialisation assumes CUDA (`torch.cuda.set_device`); doing it here first
-    lets the same command run on CPU processes (tests, laptops) and GPUs alike."""
-    import torch.distributed as dist
-
-    if world_size() > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _device() -> torch.device:
