@@ -12,7 +12,6 @@ Heavy imports (torch, mmengine) happen inside the functions, so importing this m
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -90,19 +89,16 @@ def run(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] | 
     return store
 
 
-def _rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
     """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
     recorded in its error.json and the run goes on with the next. Returns the jobs that failed
     in this process."""
+    from harness.distributed import rank0 as is_rank0
     from harness.locks import claim_jobs, folder_lock
     from harness.provenance import provenance
 
     prov = provenance()
-    rank0 = _rank0()
+    rank0 = is_rank0()
     if rank0:
         with folder_lock(store.root):
             store.write_run(dataclasses.asdict(req), prov, [job.job_id for job in jobs])
