@@ -159,7 +159,7 @@ def main() -> None:
     crop = spec.image_size
     opts = parse_sets(args.sets)
     model = build_method(args.method, clip, get_tokenizer(spec), args.frames, opts, CLASSNAMES)
-    if hasattr(model, "set_descriptions"):
+    if "descriptions" in model.run_needs(model.config):  # the method contract (methods/base.py)
         s = json.loads((root / "description/2_s_description_embedded.json").read_text())
         tt = json.loads((root / "description/2_t_description_embedded.json").read_text())
         model.set_descriptions(CLASSNAMES, [s[str(i)] for i in range(12)], [tt[str(i)] for i in range(12)])

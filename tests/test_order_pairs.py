@@ -22,6 +22,22 @@ def test_pair_accuracy_hand_computed():
     assert res["per_pair"]["left / right"] == pytest.approx(75.0)
 
 
+def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, harness_cache, monkeypatch):
+    """The benchmark runs through harness.api, so the job's own error is raised (it used to be an
+    exit code from re-entering the CLI)."""
+    import harness.engine.runner as runner_mod
+    from harness.errors import HarnessError
+    from harness.measure.order_pairs import run_order_pairs
+
+    def fail(job, job_dir, progress=True):
+        raise HarnessError(f"{job.method}: out of memory at epoch 1")
+
+    monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
+    monkeypatch.setattr(runner_mod, "run_job", fail)
+    with pytest.raises(HarnessError, match="order-pair training of vificlip failed: HarnessError: vificlip: out of memory"):
+        run_order_pairs(["vificlip"], tmp_path, epochs=1)
+
+
 @pytest.mark.slow
 def test_st_adapter_separates_order_only_pairs(tmp_path, harness_cache, monkeypatch):
     """Trained briefly on the embedded dataset (pretrained synthetic tiny CLIP, seed 0), ST-Adapter's
