@@ -3,14 +3,13 @@ that needs them, so `harness ls` and `--help` are instant and errors are shown a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
-from harness.errors import ConfigurationError, HarnessError
+from harness.errors import HarnessError
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -286,17 +285,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _expand_all(req: Any, args: argparse.Namespace, methods: list[str], problems: Any, run_dir: Path) -> list:
     """Every job of every sweep value, checked; every problem of the invocation raised together."""
-    from harness.jobs import expand_jobs
-    from harness.settings import parse_set_args
+    from harness import api
     from harness.validate import check_jobs, check_results_dir
 
     jobs: list = []
-    for extra in problems.attempt(lambda: sweep_grid(args.sweeps)) or []:
-        def expand(extra: list[str] = extra) -> list:
-            m_opts, sched, dat = parse_set_args(args.sets + extra, methods)
-            return expand_jobs(dataclasses.replace(req, method_options=m_opts, schedule_overrides=sched,
-                                                   data_overrides=dat))
-        jobs.extend(problems.attempt(expand) or [])
+    for extra in problems.attempt(lambda: sweep_grid(args.sweeps)) or []:  # each grid point: its own problems
+        jobs.extend(problems.attempt(lambda extra=extra: api.sweep_jobs(req, [args.sets + extra])) or [])
     index, count = problems.attempt(lambda: _shard(args.shard)) or (0, 1)
     jobs = jobs[index::count]
     check_jobs(jobs, problems)
@@ -332,61 +326,15 @@ def _print_dry_run(jobs: list) -> int:
 
 
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
-    """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
-    recorded in its error.json and the run goes on with the next. Exit code 1 if any failed."""
-    from harness.locks import claim_jobs, folder_lock
-    from harness.provenance import provenance
+    """Run the jobs (harness.api.run_jobs) and print the run's summary table; exit status 1 if
+    any job failed (each failure is in its error.json), 0 otherwise."""
+    from harness import api
 
-    prov = provenance()
-    rank0 = _rank() == 0
-    if rank0:
-        with folder_lock(store.root):
-            store.write_run(dataclasses.asdict(req), prov, [job.job_id for job in jobs])
-    failed = []
-    # One writer per job: jobs another live run holds are skipped, then waited for (harness/locks.py).
-    for number, job in claim_jobs(jobs, store.job_lock_path, store.claim_job):
-        tag = f"[{number}/{len(jobs)}] {job.job_id}"
-        if store.is_finished(job):
-            print(f"{tag}: finished earlier, skipped", file=sys.stderr)
-            continue
-        if not _run_one_job(job, store, prov, tag, rank0, progress):
-            failed.append(job)
-    if rank0:
-        with folder_lock(store.root):
-            _print_summary(store)
+    failed = api.run_jobs(jobs, store, req, progress)
+    if _rank() == 0:
+        print((store.root / "summary.md").read_text())
+        print(f"results: {store.root} (table: {store.root / 'summary.md'})")
     return 1 if failed else 0
-
-
-def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
-    """Run one job and record its result or its error; True if it finished."""
-    from harness.engine.runner import run_job
-
-    print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
-    job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
-    try:
-        metrics = run_job(job, job_dir, progress=progress and rank0)
-    except ConfigurationError:
-        raise
-    except Exception as err:  # one job's failure must not lose the others' results
-        where = store.fail_job(job, err) if rank0 else store.job_dir(job) / "error.json"
-        kind = "" if isinstance(err, HarnessError) else f"{type(err).__name__}: "
-        print(f"  job {job.job_id} failed: {kind}{err} (details: {where})", file=sys.stderr)
-        return False
-    if rank0:
-        store.finish_job(job, metrics, prov)
-        line = ", ".join(f"{name} top1 {ev['top1']:.2f}" for name, ev in metrics["evals"].items() if ev)
-        print(f"  {line}", file=sys.stderr)
-    return True
-
-
-def _print_summary(store: Any) -> None:
-    """(Re)write the run's tables from every finished job; list the jobs that failed."""
-    from harness.report import write_summary
-
-    failures = store.failed_records()
-    text, path = write_summary(store.root, store.finished_records(), failures)
-    print(text)
-    print(f"results: {store.root} (table: {path})")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -444,14 +392,11 @@ def _ls_recipes(method: str | None, protocol: str | None) -> None:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from harness.measure.params import format_params_table, params_rows
-    from harness.settings import parse_method_sets
-    from methods.registry import parse_method_list
+    from harness import api
+    from harness.measure.params import format_params_table
 
     _check_counts({"--frames": args.frames, "--classes": args.classes})
-    methods = parse_method_list(args.methods)
-    overrides = parse_method_sets(args.sets, methods)
-    rows = params_rows(methods, args.backbone, args.pretrained, args.frames, args.classes, overrides, with_flops=args.flops)
+    rows = api.params(args.methods, args.backbone, args.pretrained, args.frames, args.classes, args.sets, flops=args.flops)
     print(format_params_table(rows, args.format))
     return 0
 
@@ -480,10 +425,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_data_command(args)
     if args.order_pairs:
         from harness.measure.order_pairs import format_rows, run_order_pairs
-        from methods.registry import list_methods, parse_method_list
 
-        methods = parse_method_list(args.methods) if args.methods else list_methods(True) + list_methods(False)
-        rows = run_order_pairs(methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
+        rows = run_order_pairs(args.methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
         print(format_rows(rows))
         return 0
     from harness.measure.bench_cli import run_bench_command
@@ -572,16 +515,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from harness.convert.evaluate import checkpoint_jobs, eval_run_dir
-    from harness.jobs import default_profile
+    from harness import api
     from harness.store import RunStore
 
-    profile = args.profile or default_profile(args.dataset)
-    jobs, req = checkpoint_jobs(args, profile, _int_list(args.splits, "--splits") if args.splits else None,
-                                _int_list(args.shots, "--shots") if args.shots else None)
+    ev = api.EvalRequest(checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, method=args.method,
+                         backbone=args.backbone, pretrained=args.pretrained,
+                         splits=_int_list(args.splits, "--splits") if args.splits else None,
+                         shots=_int_list(args.shots, "--shots") if args.shots else None, seed=args.seed,
+                         sets=args.sets, profile=args.profile, out=args.out, data_root=args.data_root,
+                         splits_root=args.splits_root, cache=args.cache)
+    jobs, req, run_dir = api.evaluation_jobs(ev)
     if args.dry_run:
         return _print_dry_run(jobs)
-    return run_jobs(jobs, RunStore(eval_run_dir(args, profile)), req, progress=not args.no_progress)
+    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

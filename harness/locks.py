@@ -157,9 +157,7 @@ def _rank() -> int:
 
 
 def _broadcast(value: Any) -> Any:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return value
-    from harness.engine.runner import broadcast_from_rank0
+    from harness.distributed import broadcast_from_rank0
 
     return broadcast_from_rank0(value)
 

@@ -62,3 +62,31 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not vals:
         return float("nan"), float("nan")
     return float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else 0.0
+
+
+def accuracy_standard_error(accuracy_pct: float, n: int) -> float:
+    """Binomial standard error, in points, of an accuracy (percent) measured on `n` videos:
+    100 * sqrt(p (1 - p) / n). Why: it says how many points one eval set can resolve (48 videos
+    at 45%: 7.2 points; 600 videos: at most 2.04 (p = 50%), 2.0 at p <= 40% or >= 60%). NaN for n < 1."""
+    if n < 1 or math.isnan(accuracy_pct):
+        return float("nan")
+    p = min(max(accuracy_pct / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1.0 - p) / n)
+
+
+def mean_standard_error(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) over runs (splits / seeds): sample std (ddof=1) / sqrt(k).
+    NaN values are dropped; the standard error is NaN with fewer than two runs (a single run says
+    nothing about its spread; the per-eval-set binomial error is `accuracy_standard_error`)."""
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    if len(vals) < 2:
+        return float(vals[0]), float("nan")
+    return float(np.mean(vals)), float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+
+
+def within_noise(a: float, se_a: float, b: float, se_b: float, z: float = 2.0) -> bool:
+    """True when |a - b| <= z * sqrt(se_a^2 + se_b^2): the difference is not resolved (about 95%
+    for independent, roughly normal estimates at z=2); tables mark such differences."""
+    return abs(a - b) <= z * math.sqrt(se_a ** 2 + se_b ** 2)

@@ -88,6 +88,9 @@ class DataOptions:
     decoder: str = _opt("auto", "video decode path, all exact (same frames as decord): auto (prepared frames "
                         "where `harness data prepare` ran, else decord), decord, pyav, frames, gpu (torchcodec "
                         "CUDA extra)", choices=("auto", "decord", "pyav", "frames", "gpu"))
+    augment_on: str = _opt("cpu", "where training crop/flip/resize run: cpu (MMAction2 pipeline) or device (on the "
+                           "batch, on the model's device; crops come from the centre square, so pixels change)",
+                           choices=("cpu", "device"))
     decode_threads: int = _opt(1, "decoder threads per DataLoader worker (exact; helps wall time, not CPU time)")
 
 

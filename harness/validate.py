@@ -251,13 +251,19 @@ class DataCheck:
 
     @staticmethod
     def _descriptions_problem(job: Any) -> str | None:
-        opts = job.method_options
-        if job.descriptions is None or "n_descriptions" not in opts or not opts.get("use_consistency", True):
-            return None
+        """The descriptions the job's method will ask for (`run_needs` / `descriptions_per_class`,
+        class methods of its configuration: no model is built), loaded and checked per class."""
+        from methods.registry import get_method, make_config
+
+        model_cls = get_method(job.method).model_cls
+        config = make_config(job.method, job.method_options)
+        if job.descriptions is None or "descriptions" not in model_cls.run_needs(config):
+            return None  # no descriptions at all: the engine says so when the job starts
         from harness.data.descriptions import load_job_descriptions
 
         try:
-            load_job_descriptions(job.descriptions, int(opts["n_descriptions"]), job.cache_dir, job.splits_root)
+            load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
+                                  job.splits_root)
         except HarnessError as err:
             return str(err)
         return None

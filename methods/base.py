@@ -6,6 +6,18 @@ classes are scored by cosine similarity with the text features of a prompt per c
 `logit_scale.exp()`. Methods subclass it and override the narrow hooks below instead of copying
 the encoder: `visual_tokens` (after the positional embedding), `visual_pool`, `text_embeddings`,
 `class_text_features`, `extra_losses`, and `declare_trainable`.
+
+The method contract: everything the engine (harness/engine) knows about a method is declared on
+this class, so the engine never probes a model (no hasattr/getattr, no reaching into `.clip`):
+
+* what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
+  configuration by `run_needs(config)`; the engine then calls the matching hook
+  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind);
+* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
+* gradient checkpointing: `set_grad_checkpointing(enable)`;
+* gradient-clipping compatibility: `allows_grad_clip`;
+* whether it models frame order: `models_frame_order`; whether its text path is frozen:
+  `text_is_frozen`; whether it can run under a protocol: `check_protocol()`.
 """
 from __future__ import annotations
 
@@ -18,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 
@@ -73,6 +86,13 @@ class VideoTextModel(nn.Module):
     #: The generic tests check this claim (reversed clips after perturbing every trainable
     #: tensor) and the order-pair benchmark reads it.
     models_frame_order: ClassVar[bool] = False
+    #: What the method needs from the run besides videos and class names. Known needs and the
+    #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
+    #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
+    requires: ClassVar[frozenset[str]] = frozenset()
+    #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
+    #: its adapter gradients by design): the engine then refuses `schedule.grad_clip > 0`.
+    allows_grad_clip: ClassVar[bool] = True
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:
@@ -115,6 +135,30 @@ class VideoTextModel(nn.Module):
         groups = [ParamGroup("decay", [n for n, _ in decay], [p for _, p in decay]),
                   ParamGroup("no_decay", [n for n, _ in exempt], [p for _, p in exempt], weight_decay=False)]
         return [g for g in groups if g.params]
+
+    # -- what the method needs from the run, and training switches ---------------------------
+    # Class methods of the configuration, so that a job can be checked before any model is built.
+    @classmethod
+    def run_needs(cls, config: MethodConfig) -> frozenset[str]:
+        """The subset of `requires` a configuration needs. Default: all of it."""
+        return cls.requires
+
+    @classmethod
+    def descriptions_per_class(cls, config: MethodConfig) -> int:
+        """How many spatial and how many temporal sentences per class `set_descriptions` wants."""
+        return 0
+
+    def set_descriptions(self, classnames: Sequence[str], spatial: Sequence[Sequence[str]],
+                         temporal: Sequence[Sequence[str]]) -> None:
+        """Hook for methods that declare "descriptions" in `requires`: one list of spatial and one
+        of temporal sentences per class name. A method without that need has nothing to store."""
+        raise HarnessError(f"method {self.method_name!r} does not use class descriptions "
+                           "(it does not declare 'descriptions' in its `requires`)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass of both towers (saves memory, same
+        outputs). Methods whose blocks live outside the towers' `resblocks` override this."""
+        self.clip.set_grad_checkpointing(enable)
 
     def _apply_trainable(self) -> None:
         self.requires_grad_(False)

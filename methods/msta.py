@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -248,7 +248,9 @@ class MSTA(VideoTextModel):
     models_frame_order = True  # temporal conv on the video side
     #: Adapter weights receive gradients 1/lambda (200x) larger than their true ones by design:
     #: clipping by global norm would distort them. The engine must not clip for this method.
-    allows_grad_clip: ClassVar[bool] = False
+    allows_grad_clip = False
+    #: The consistency loss needs LLM descriptions of the training classes (`set_descriptions`).
+    requires = frozenset({"descriptions"})
 
     config: MSTAConfig
 
@@ -310,6 +312,15 @@ class MSTA(VideoTextModel):
         return torch.cat(chunks)
 
     # -- descriptions and anchors ------------------------------------------------------------
+    @classmethod
+    def run_needs(cls, config: MSTAConfig) -> frozenset[str]:
+        """Descriptions only feed the consistency loss: without it, nothing is needed."""
+        return cls.requires if config.use_consistency else frozenset()
+
+    @classmethod
+    def descriptions_per_class(cls, config: MSTAConfig) -> int:
+        return int(config.n_descriptions)
+
     def set_descriptions(self, classnames: Sequence[str], spatial: Sequence[Sequence[str]],
                          temporal: Sequence[Sequence[str]]) -> None:
         """Store the LLM descriptions per class name (the engine loads them). The first

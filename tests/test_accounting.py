@@ -27,14 +27,16 @@ class SleepyData(torch.utils.data.Dataset):
 def test_training_data_wait_from_mmengine_timer(tmp_path):
     """mmengine's IterTimerHook data_time vs time, summed by StepTimerHook: a loader that takes
     DATA_S per batch and a step that takes STEP_S wait DATA_S / (DATA_S + STEP_S) of the time."""
-    from mmengine.model import BaseModel
+    from mmengine.model import BaseDataPreprocessor, BaseModel
     from mmengine.runner import Runner
 
     from harness.engine.hooks import StepTimerHook
 
     class SleepyModel(BaseModel):
         def __init__(self) -> None:
-            super().__init__()
+            # an instance, not a registry lookup: an earlier test may have left mmaction as the
+            # default scope, whose registry would import mmaction.models (broken in 1.2.0)
+            super().__init__(data_preprocessor=BaseDataPreprocessor())
             self.w = torch.nn.Parameter(torch.zeros(1))
 
         def forward(self, inputs, data_samples=None, mode="tensor"):

@@ -47,7 +47,7 @@ def test_frame_order_contract_of_the_reference_methods():
 def _tiny(method: str, frames: int = 4, seed: int = 0):
     clip, spec = create_clip("harness-tiny", seed=seed)
     net = build_method(method, clip, get_tokenizer(spec), frames, TINY_OPTIONS.get(method, {}), classnames=CLASSES)
-    if hasattr(net, "set_descriptions"):
+    if "descriptions" in net.run_needs(net.config):
         net.set_descriptions(CLASSES, [["a red thing", "a blue thing"]] * 5, [["it starts", "it ends"]] * 5)
     return net
 

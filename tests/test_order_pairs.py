@@ -1,5 +1,5 @@
 """Order-pair scoring against hand-computed values, and (slow) the claim it supports: a temporal
-method separates the order-only class pairs where mean-pooling ViFi-CLIP cannot."""
+method separates the order-only class pairs where mean-pooled frozen CLIP cannot."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,16 +22,36 @@ def test_pair_accuracy_hand_computed():
     assert res["per_pair"]["left / right"] == pytest.approx(75.0)
 
 
+def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, harness_cache, monkeypatch):
+    """The benchmark runs through harness.api, so the job's own error is raised (it used to be an
+    exit code from re-entering the CLI)."""
+    import harness.engine.runner as runner_mod
+    from harness.errors import HarnessError
+    from harness.measure.order_pairs import run_order_pairs
+
+    def fail(job, job_dir, progress=True):
+        raise HarnessError(f"{job.method}: out of memory at epoch 1")
+
+    monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
+    monkeypatch.setattr(runner_mod, "run_job", fail)
+    with pytest.raises(HarnessError, match="order-pair training of vificlip failed: HarnessError: vificlip: out of memory"):
+        run_order_pairs(["vificlip"], tmp_path, epochs=1)
+
+
 @pytest.mark.slow
 def test_st_adapter_separates_order_only_pairs(tmp_path, harness_cache, monkeypatch):
-    """Trained briefly on the embedded dataset (pretrained synthetic tiny CLIP), ST-Adapter's
-    temporal convolution tells time-reversed classes apart; mean pooling cannot (vificlip is at
-    chance by construction, see `harness bench --order-pairs`). Measured when written: 100% on
-    left/right and 67% over all 4 main pairs (64 videos); thresholds leave a wide margin."""
+    """Trained briefly on the embedded dataset (pretrained synthetic tiny CLIP, seed 0), ST-Adapter's
+    temporal convolution tells time-reversed classes apart; order-blind frozen zero-shot CLIP
+    (mean-pooled frames) cannot, and the temporal method beats it by >= 15 points (the issue's
+    margin). Measured when written: ST-Adapter 76.6% overall and 100% on left/right, zero-shot
+    near chance (64 pair videos); thresholds leave a wide margin."""
     from harness.measure.order_pairs import run_order_pairs
 
     monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
-    (row,) = run_order_pairs(["st_adapter"], tmp_path, epochs=15,
-                             extra_sets=["st_adapter.lr=3e-3", "schedule.warmup_epochs=1"])
+    rows = run_order_pairs(["zeroshot", "st_adapter"], tmp_path, epochs=15,
+                           extra_sets=["st_adapter.lr=3e-3", "schedule.warmup_epochs=1"])
+    by_method = {r["method"]: r for r in rows}
+    row = by_method["st_adapter"]
     assert row["per_pair"]["a shape moving left / a shape moving right"] >= 75.0
     assert row["pair_accuracy"] >= 58.0
+    assert row["pair_accuracy"] >= by_method["zeroshot"]["pair_accuracy"] + 15.0

@@ -10,7 +10,6 @@ another file is another job and the same file elsewhere is the same job.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,9 @@ from harness.errors import HarnessError
 _preloaded: dict[str, Any] = {}
 
 
-def eval_run_dir(args: argparse.Namespace, profile: str | None) -> Path:
-    """`--out`, else results/eval-<protocol>-<dataset>[-<profile>] (beside, not inside, the runs)."""
-    from harness.store import default_run_dir
-
-    if args.out:
-        return Path(args.out)
-    run_dir = default_run_dir(Path("results"), args.protocol, args.dataset, profile)
-    return run_dir.with_name("eval-" + run_dir.name)
-
-
-def checkpoint_jobs(args: argparse.Namespace, profile: str | None, splits: list[int] | None = None,
+def checkpoint_jobs(args: Any, profile: str | None, splits: list[int] | None = None,
                     shots: list[int] | None = None) -> tuple[list, Any]:
-    """Load the checkpoint (every mismatch is reported here, before any job), then the run's
+    """`args`: a `harness.api.EvalRequest` (or the parsed `harness eval` options). Load the checkpoint (every mismatch is reported here, before any job), then the run's
     jobs for its method, options, frames and backbone, marked with the checkpoint."""
     from harness.convert.checkpoint import load_checkpoint
     from harness.defaults import DEFAULT_SEED

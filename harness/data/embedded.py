@@ -70,6 +70,10 @@ class EmbeddedRecipe:
     few_shot_ks: tuple[int, ...] = (2, 4, 8, 16)
     crf: int = 18
     noise: float = 3.0          # std of per-frame pixel noise (0-255 scale)
+    # True: clip i of a reversed class is the time reversal of clip i of its forward partner (same
+    # seed), so within a pair the two classes share every appearance and only the order differs:
+    # a model cannot fit the pairs by memorising per-clip looks (docs/embedded-benchmark.md).
+    reversal_twins: bool = False
 
     def validate(self) -> None:
         """Raise HarnessError naming the first option that cannot produce a valid dataset."""
@@ -91,9 +95,18 @@ class EmbeddedRecipe:
                 raise HarnessError(f"embedded dataset recipe: {msg} (got {self}).")
 
 
+_LATER_OPTIONS = {"reversal_twins": False}
+
+
 def recipe_hash(recipe: EmbeddedRecipe) -> str:
     """sha256 of the canonical JSON of the recipe plus GENERATOR_VERSION."""
-    payload = {"generator_version": GENERATOR_VERSION, "recipe": dataclasses.asdict(recipe)}
+    fields = dataclasses.asdict(recipe)
+    # Options added after the first release enter the hash only when they differ from their
+    # default, so that adding one does not invalidate every existing cache.
+    for name, default in _LATER_OPTIONS.items():
+        if fields[name] == default:
+            del fields[name]
+    payload = {"generator_version": GENERATOR_VERSION, "recipe": fields}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -440,9 +453,18 @@ def _plan(recipe: EmbeddedRecipe) -> dict[str, list[_Video]]:
              "zs": (ZS_CLASSES, recipe.zs_pool_per_class, 3)}
     plan: dict[str, list[_Video]] = {}
     for pool, (classes, n, code) in pools.items():
-        plan[pool] = [_Video(f"{pool}_{c.key}_{i:03d}.mp4", c, (recipe.seed, code, ci, i))
+        plan[pool] = [_Video(f"{pool}_{c.key}_{i:03d}.mp4", c, (recipe.seed, code, _seed_class(classes, ci, recipe), i))
                       for ci, c in enumerate(classes) for i in range(n)]
     return plan
+
+
+def _seed_class(classes: Sequence[ClassDef], index: int, recipe: EmbeddedRecipe) -> int:
+    """Class index that seeds the clips of `classes[index]`: its own, or with `reversal_twins` the
+    forward partner's for a reversed class (same motion), so twin clips are exact reversals."""
+    cls = classes[index]
+    if recipe.reversal_twins and cls.reverse:
+        return next(i for i, c in enumerate(classes) if c.motion == cls.motion and not c.reverse)
+    return index
 
 
 def _draw(videos: Sequence[_Video], classes: Sequence[ClassDef], k: int | None, seed: tuple[int, ...],

@@ -60,12 +60,32 @@ def _loading(num_frames: int, views: int, test_mode: bool, modality: str) -> lis
     return [sample, regroup, {"type": "RawFrameDecode"}]
 
 
+AUGMENT_ON = ("cpu", "device")
+
+
 def train_pipeline(num_frames: int, image_size: int, modality: str = "video", color_jitter: bool = False,
-                   flip: bool = True, area_range: tuple[float, float] = (0.08, 1.0)) -> list[dict]:
+                   flip: bool = True, area_range: tuple[float, float] = (0.08, 1.0),
+                   augment_on: str = "cpu") -> list[dict]:
     """Training transforms: T segment frames, random resized crop, flip, optional colour jitter.
 
     Pass `flip=False` for datasets whose labels a mirror image changes (`DatasetSpec.flip_ok`).
+    `augment_on='device'` (`data.augment_on`) stops after decoding and a deterministic resize
+    (short side `short_side(image_size)`, centre square), so items stack into a batch; the crop,
+    flip and final resize then run on the batch (`harness.engine.device_augment`).
     """
+    if augment_on not in AUGMENT_ON:
+        raise HarnessError(f"data.augment_on={augment_on!r}: use one of {', '.join(AUGMENT_ON)}")
+    if augment_on == "device":
+        if color_jitter:
+            raise HarnessError("data.augment_on=device does not support data.color_jitter=true (colour jitter "
+                               "runs on the CPU only); use data.augment_on=cpu for colour-jitter runs")
+        side = short_side(image_size)
+        return _loading(num_frames, 1, False, modality) + [
+            {"type": "Resize", "scale": (-1, side)},
+            {"type": "CenterCrop", "crop_size": side},
+            {"type": "FormatShape", "input_format": "NCTHW"},
+            {"type": "PackActionInputs"},
+        ]
     pipeline = _loading(num_frames, 1, False, modality) + [
         {"type": "Resize", "scale": (-1, short_side(image_size))},
         {"type": "RandomResizedCrop", "area_range": tuple(area_range)},

@@ -15,7 +15,13 @@ CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
 
 class VideoPreprocessor(BaseDataPreprocessor):
     """Turns MMAction2's packed items (uint8 (V, 3, T, H, W) each) into a normalised float
-    batch (B, V, T, 3, H, W): V views (clips x crops), T frames."""
+    batch (B, V, T, 3, H, W): V views (clips x crops), T frames.
+
+    `augment` (set for training with `data.augment_on=device`, see
+    `harness.engine.device_augment`) crops, flips and resizes the uint8 training batch here, on
+    the model's device, before normalisation; evaluation batches are never augmented."""
+
+    augment: Any = None
 
     def __init__(self, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> None:
         super().__init__()
@@ -26,6 +32,8 @@ class VideoPreprocessor(BaseDataPreprocessor):
         data = self.cast_data(data)
         inputs = data["inputs"]
         batch = torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs
+        if training and self.augment is not None:
+            batch = self.augment(batch)
         batch = (batch.float() - self.mean) / self.std  # (B, V, 3, T, H, W)
         data["inputs"] = batch.permute(0, 1, 3, 2, 4, 5).contiguous()
         return data

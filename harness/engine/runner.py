@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size  # noqa: F401 - re-exported
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
@@ -38,42 +39,8 @@ def _init_mm() -> None:
     warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def broadcast_from_rank0(value: Any) -> Any:
-    """Rank 0's `value` on every process of a torchrun job (the value itself in one process):
-    decisions that touch files (locks, which checkpoint to resume) are made once, by rank 0."""
-    if world_size() <= 1:
-        return value
-    import torch.distributed as dist
-
-    init_distributed()
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def _launcher() -> str:
     return "pytorch" if world_size() > 1 else "none"
-
-
-def init_distributed() -> None:
-    """Join the torchrun process group (gloo on CPU-only hosts, nccl on GPUs) once per process.
-
-    mmengine's own initialisation assumes CUDA (`torch.cuda.set_device`); doing it here first
-    lets the same command run on CPU processes (tests, laptops) and GPUs alike."""
-    import torch.distributed as dist
-
-    if world_size() > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 def _device() -> torch.device:
@@ -123,12 +90,17 @@ def build_net(job: JobSpec):
         classnames = job.train.classnames if job.train else None
         net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
         net.backbone_params = backbone_params
-    try:
-        net.check_protocol(job.protocol, job.closed_set)
-    except HarnessError as err:  # the options cannot run under this protocol: stop the invocation
-        raise ConfigurationError(str(err)) from None
+    check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     return net, spec
+
+
+def check_protocol(net, job: JobSpec) -> None:
+    """A model the job's protocol cannot use stops the invocation (ConfigurationError), not one job."""
+    try:
+        net.check_protocol(job.protocol, job.closed_set)
+    except HarnessError as err:
+        raise ConfigurationError(str(err)) from None
 
 
 def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
@@ -136,33 +108,50 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
 
     frames = job.schedule["frames"]
+    augment_on = job.data.get("augment_on", "cpu") if train else "cpu"
+    if augment_on != "cpu" and not job.data.get("train_augment", True):
+        raise HarnessError(f"data.augment_on={augment_on} needs data.train_augment=true (there is nothing random "
+                           f"to move to the device otherwise)")
     if train and not job.data.get("train_augment", True):
         pipeline = test_pipeline(frames, image_size, clips=1, crops=1, modality=lst.modality)
     elif train:
         flip = get_dataset(lst.dataset).flip_ok
         pipeline = train_pipeline(frames, image_size, modality=lst.modality,
-                                  color_jitter=job.data["color_jitter"], flip=flip)
+                                  color_jitter=job.data["color_jitter"], flip=flip, augment_on=augment_on)
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
-    return build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                               modality=lst.modality, on_missing=job.data["on_missing"],
-                               max_missing=job.data["max_missing"], test_mode=not train,
-                               decoder=job.data.get("decoder", "auto"),
-                               decode_threads=job.data.get("decode_threads", 1))
+    dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
+                                        modality=lst.modality, on_missing=job.data["on_missing"],
+                                        max_missing=job.data["max_missing"], test_mode=not train,
+                                        decoder=job.data.get("decoder", "auto"),
+                                        decode_threads=job.data.get("decode_threads", 1))
+    info["augment_on"] = augment_on
+    return dataset, info
+
+
+def _device_augment(job: JobSpec, image_size: int):
+    """The batch augmentation of `data.augment_on=device` for the training list, else None."""
+    if job.data.get("augment_on", "cpu") != "device":
+        return None
+    from harness.data.datasets import get_dataset
+    from harness.engine.device_augment import DeviceAugment
+
+    return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
-    """Give MSTA its LLM descriptions of the training classes (when its consistency loss is on)."""
-    if not hasattr(net, "set_descriptions") or not job.method_options.get("use_consistency", True):
+    """Give a method that needs them (`run_needs(config)` has "descriptions", e.g. MSTA's consistency
+    loss) the LLM descriptions of the training classes."""
+    if "descriptions" not in net.run_needs(net.config):
         return None
     from harness.data.descriptions import load_job_descriptions
 
     ref = job.descriptions
     if ref is None:
-        raise HarnessError(f"msta's consistency loss needs class descriptions, and dataset {job.dataset!r} has none; "
-                           "pass --set msta.use_consistency=false")
-    n = int(job.method_options.get("n_descriptions", 2))
+        raise HarnessError(f"{job.method} needs class descriptions, and dataset {job.dataset!r} has none; switch "
+                           f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
+    n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
     net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
@@ -170,11 +159,8 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
 
 def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
-    weight-decay exemptions); a module without the hook gets one decayed group."""
-    groups = net.param_groups() if hasattr(net, "param_groups") else None
-    if groups is None:
-        return [{"params": [p for p in net.parameters() if p.requires_grad], "weight_decay": weight_decay,
-                 "group": "decay"}]
+    weight-decay exemptions)."""
+    groups = net.param_groups()
     return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
             for g in groups]
 
@@ -188,9 +174,9 @@ def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
                                   eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
-        if not getattr(net, "allows_grad_clip", True):
-            raise HarnessError(f"schedule.grad_clip: {job.method} rescales its adapter gradients (MMA), so clipping by "
-                               "norm would distort them; leave schedule.grad_clip=0 for this method")
+        if not net.allows_grad_clip:
+            raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
+                               f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
         clip_grad = dict(max_norm=float(sched["grad_clip"]))
     if amp:
         return AmpOptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad, dtype="bfloat16")
@@ -245,11 +231,11 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     amp = _amp_enabled(job.schedule["amp"], device)
     micro, accumulate = micro_batch_and_accumulation(job.schedule, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
+    model.data_preprocessor.augment = _device_augment(job, spec.image_size)
     if len(train_set) < micro:
         raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
     if job.schedule["grad_checkpointing"]:
-        net.clip.visual.transformer.grad_checkpointing = True
-        net.clip.transformer.grad_checkpointing = True
+        net.set_grad_checkpointing(True)
     epochs = int(job.schedule["epochs"])
     select_best = job.schedule["select"] == "best" and job.select_on not in (None, "none")
     sel = next((e for e in job.evals if e.name == job.select_on), None) if select_best else None
@@ -361,6 +347,16 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
+def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch."""
+    micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
+    evals = {}
+    for lst in job.evals:
+        views = max(1, lst.views[0] * lst.views[1])
+        evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
+    return evals
+
+
 def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
     tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
@@ -396,12 +392,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
-    evals = {}
-    micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
-    for lst in job.evals:
-        views = max(1, lst.views[0] * lst.views[1])
-        evals[lst.name] = evaluate(model, lst, job, spec.image_size, max(1, math.ceil(micro / views)),
-                                   save_to=job_dir / "predictions")
+    evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
             "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()])}

@@ -124,13 +124,12 @@ def _make_optimizer(params: list[nn.Parameter], lr: float, device: torch.device)
 def _give_synthetic_descriptions(model: nn.Module, classnames: Sequence[str]) -> None:
     """Methods whose loss needs per-class sentences (MSTA's L_CC) get placeholder ones: their
     cost (encoded once per class set) does not depend on the wording."""
-    setter = getattr(model, "set_descriptions", None)
-    if setter is None:
+    if "descriptions" not in model.run_needs(model.config):
         return
-    n = int(getattr(model.config, "n_descriptions", 2))
+    n = model.descriptions_per_class(model.config)
     spatial = [[f"a photo showing {c}, view {j}." for j in range(n)] for c in classnames]
     temporal = [[f"a video in which {c} happens, step {j}." for j in range(n)] for c in classnames]
-    setter(classnames, spatial, temporal)
+    model.set_descriptions(classnames, spatial, temporal)
 
 
 def _compile_hooks(model: nn.Module, names: Sequence[str]) -> None:
@@ -184,7 +183,7 @@ def _build_model(method: str, settings: BenchSettings, options: Mapping[str, Any
     _give_synthetic_descriptions(model, classnames)
     # The text encoder runs every step only when it trains; otherwise once per class set,
     # and compiling it would cost more than it saves.
-    encoders = ["encode_video"] + ([] if getattr(model, "text_is_frozen", True) else ["encode_text_embeddings"])
+    encoders = ["encode_video"] + ([] if model.text_is_frozen else ["encode_text_embeddings"])
     return model, float(getattr(model.config, "lr", 1e-3)), encoders
 
 

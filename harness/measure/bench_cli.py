@@ -106,18 +106,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
     """Run the bench for parsed options; rows are printed (and saved to --json) as they come."""
     if args.report_only:
         return _report_only(args)
+    from harness import api
     from harness.atomic import atomic_write_json
-    from harness.measure.bench import MODES, format_bench, run_bench
-    from harness.settings import parse_method_sets
-    from methods.registry import list_methods, parse_method_list
+    from harness.measure.bench import MODES, format_bench
 
-    methods = parse_method_list(args.methods or "zeroshot")
-    # Checked against every registered method, not only those benched: one set of --set items
-    # serves every pass of a script (scripts/gpu_bench.sh: eager pass, compile pass).
-    overrides = parse_method_sets(args.sets, list_methods())
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     settings = resolve_defaults(args)
-    _announce(settings, methods, modes or MODES, not args.no_baseline)
     previous: list[dict[str, Any]] = []
     if args.append and args.json_path and os.path.exists(args.json_path):
         with open(args.json_path) as handle:
@@ -131,8 +125,11 @@ def run_bench_command(args: argparse.Namespace) -> int:
             atomic_write_json(args.json_path, previous + rows, sort_keys=False)
 
     deadline = time.time() + args.time_budget if args.time_budget else None
-    run_bench(methods, pretrained=args.pretrained, image_size=args.image_size, compile=args.compile, modes=modes,
-              baseline=not args.no_baseline, overrides=overrides, frozen_bf16=args.frozen_bf16, deadline=deadline,
+    # --set items are checked against every registered method, not only those benched: one set of
+    # items serves every pass of a script (scripts/gpu_bench.sh: eager pass, compile pass).
+    announce = lambda methods: _announce(settings, methods, modes or MODES, not args.no_baseline)  # noqa: E731
+    api.bench(args.methods or "zeroshot", args.sets, on_start=announce, pretrained=args.pretrained,
+              image_size=args.image_size, compile=args.compile, modes=modes, baseline=not args.no_baseline, frozen_bf16=args.frozen_bf16, deadline=deadline,
               on_row=save, progress=lambda text: print(text, file=sys.stderr, flush=True), **settings)
     print(format_bench(rows, args.format))
     if args.md_path:

@@ -120,6 +120,36 @@ def bench_data(
     return rows
 
 
+def augment_cpu_ms(ann_file: str | os.PathLike, data_root: str | os.PathLike, num_classes: int,
+                   num_frames: int = 8, image_size: int = 224, samples: int = 16, runs: int = 5,
+                   flip: bool = True, decoder: str = "auto") -> dict[str, float]:
+    """CPU ms per training clip (`time.process_time`, median of `runs` runs of `samples` clips,
+    the same seeds for both) with `data.augment_on=cpu` and `device`: what moving the random
+    crop / flip / resize to the batch saves the DataLoader workers. The device side's own cost
+    (one batched crop + resize on the accelerator) is not in these numbers."""
+    import statistics
+
+    import numpy as np
+
+    from harness.data.pipeline import AUGMENT_ON, build_video_dataset, train_pipeline
+
+    out: dict[str, float] = {}
+    for where in AUGMENT_ON:
+        pipeline = train_pipeline(num_frames, image_size, flip=flip, augment_on=where)
+        dataset, _ = build_video_dataset(ann_file, data_root, pipeline, num_classes, decoder=decoder, probe=0)
+        n = len(dataset)
+        dataset[0]  # warm-up: imports, first-call set-up
+        per_run = []
+        for _ in range(runs):
+            start = time.process_time()
+            for i in range(samples):
+                np.random.seed(i)
+                dataset[i % n]
+            per_run.append((time.process_time() - start) / samples)
+        out[where] = round(statistics.median(per_run) * 1e3, 2)
+    return out
+
+
 def workers_needed(target_clips_per_s: float, per_worker_clips_per_s: float | None) -> int | None:
     """DataLoader workers (one CPU core each) that feed `target` clips/s at the per-worker rate."""
     if not per_worker_clips_per_s or per_worker_clips_per_s <= 0:
@@ -175,12 +205,25 @@ def bench_data_command(args: argparse.Namespace) -> int:
         workers=[int(w) for w in str(workers).split(",") if w.strip()],
         targets=DEFAULT_TARGETS, pipeline_options={"flip": resolver.spec.flip_ok},
     )
+    augment = augment_cpu_ms(ann, resolver.video_dir, num_classes, num_frames=int(getattr(args, "frames", 8)),
+                             samples=int(getattr(args, "samples", None) or 16),
+                             image_size=int(getattr(args, "image_size", None) or 224), flip=resolver.spec.flip_ok)
     for row in rows:
-        row.update(dataset=args.dataset, ann_file=str(ann))
+        row.update(dataset=args.dataset, ann_file=str(ann), augment_on_cpu_ms={**augment})
     if getattr(args, "format", "table") == "json":
         print(json.dumps(rows, indent=2))
     else:
         print(f"{args.dataset}: {ann} ({rows[0]['videos_used']} videos), training pipeline, "
               f"decoder {rows[0]['decoder']}")
         print(format_data_bench(rows), end="")
+        print(format_augment_line(augment))
     return 0
+
+
+def format_augment_line(ms: Mapping[str, float]) -> str:
+    """One line: CPU ms per clip with augmentation on the CPU vs on the device, and the saving."""
+    cpu, device = ms["cpu"], ms["device"]
+    saved = cpu - device
+    pct = 100.0 * saved / cpu if cpu > 0 else 0.0
+    return (f"CPU time per clip (process_time, median): data.augment_on=cpu {cpu:.1f} ms, device {device:.1f} ms "
+            f"(saves {saved:.1f} ms = {pct:.0f} % per clip on the workers; the device's own crop/resize not counted)")

@@ -12,10 +12,13 @@ scores each job saves (`predictions/val.npz`).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.errors import HarnessError
 
 
 def pair_accuracy(scores: np.ndarray, labels: np.ndarray, classnames: list[str],
@@ -57,21 +60,24 @@ def score_run(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_order_pairs(methods: list[str], out: Path, epochs: int = 10, extra_sets: list[str] | None = None,
-                    progress: bool = False) -> list[dict[str, Any]]:
+def run_order_pairs(methods: str | Sequence[str] | None, out: Path, epochs: int = 10,
+                    extra_sets: Sequence[str] | None = None, progress: bool = False) -> list[dict[str, Any]]:
     """Train each method briefly on the embedded dataset (fully supervised, all classes) and
-    score the order-only pairs."""
-    from harness.cli import main
+    score the order-only pairs. `methods`: names, 'a,b' or None (every method, those that model
+    frame order first). A job that fails stops the benchmark with its own error message."""
+    from harness import api
+    from harness.jobs import expand_jobs
+    from methods.registry import list_methods
 
-    args = ["run", "--methods", ",".join(methods), "--protocol", "fully_supervised", "--out", str(out),
-            "--set", f"schedule.epochs={epochs}"]
-    for item in extra_sets or []:
-        args += ["--set", item]
-    if not progress:
-        args.append("--no-progress")
-    code = main(args)
-    if code != 0:
-        raise RuntimeError(f"order-pair training run failed (exit {code}); see {out}/jobs/*/error.json")
+    names = methods if methods else list_methods(True) + list_methods(False)
+    req = api.request(names, "fully_supervised", sets=[f"schedule.epochs={epochs}", *(extra_sets or [])])
+    jobs = expand_jobs(req)
+    store = api.run(req, out, jobs=jobs, progress=progress)
+    failed = api.failures(store, jobs)
+    if failed:
+        first = failed[0]
+        raise HarnessError(f"order-pair training of {first.get('method')} failed: {first.get('type')}: "
+                           f"{first.get('message')} ({len(failed)} failed job(s); details: {out}/jobs/*/error.json)")
     return score_run(out)
 
 
