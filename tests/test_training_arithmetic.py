@@ -102,6 +102,17 @@ def test_fractional_warmup_epochs():
     assert [round(v, 7) for v in (lrs[0], lrs[1], lrs[2], lrs[7])] == [0.001, 1.0, 1.0, 0.505]
 
 
+class _GroupedLinear(nn.Linear):
+    """A linear layer with the method contract's optimiser hook (one decayed group)."""
+
+    allows_grad_clip = True
+
+    def param_groups(self):
+        from methods.base import ParamGroup
+
+        return [ParamGroup("decay", [n for n, _ in self.named_parameters()], list(self.parameters()))]
+
+
 def test_micro_batch_accumulation_equals_full_batch_step():
     """One AdamW update from 2 micro-batches x accumulation 2 equals one from the batch of 4:
     same accumulated gradient (Adam alone is blind to a gradient scale error) and same weights."""
@@ -111,7 +122,7 @@ def test_micro_batch_accumulation_equals_full_batch_step():
 
     def run(accumulate: int):
         torch.manual_seed(1)
-        net = nn.Linear(3, 2).double()
+        net = _GroupedLinear(3, 2).double()
         wrapper = _optim_wrapper(net, _job(lr=0.1, weight_decay=0.05), accumulate, amp=False)
         seen = {}
         step = wrapper.optimizer.step
