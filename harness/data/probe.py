@@ -5,8 +5,10 @@ step of a run, not by a DataLoader worker hours later; decoding every listed vid
 would cost as much as an epoch. Reading a file's container structure costs a few small reads:
 MP4/MOV top-level atoms must tile the file and include `moov` (a truncated download loses its
 tail atoms or cuts one short), AVI's RIFF size must fit the file, Matroska/WebM must start with
-its EBML magic. Formats without a known layout only need to exist and be non-empty. Full
-decoding stays in `harness data check`.
+its EBML magic. The container is recognised by its first bytes, not by the file name (decoders
+read an MP4 named `.avi`); a file named like a known container whose bytes are none of them is
+reported. Formats without a known layout only need to exist and be non-empty. Full decoding
+stays in `harness data check`.
 
 Stdlib only; the verdicts are remembered in `<cache>/video-probe.json` under the file's
 absolute path, size and mtime, so a replaced file is probed again and an unchanged one never.
@@ -22,9 +24,10 @@ from harness.atomic import atomic_write_json
 
 _CACHE_NAME = "video-probe.json"
 #: Bumped when the probe's rules change, so older cached verdicts are not trusted.
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 _MP4_EXTS = {".mp4", ".m4v", ".mov", ".3gp"}
 _MKV_EXTS = {".mkv", ".webm"}
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _MP4_ATOMS = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"meta", b"styp",
               b"sidx", b"moof", b"mfra", b"pdin", b"prfl", b"udta"}
 
@@ -37,13 +40,21 @@ def probe_video(path: str | os.PathLike) -> str | None:
         if size == 0:
             return "empty file (0 bytes)"
         with open(p, "rb") as handle:
+            head = handle.read(12)
+            handle.seek(0)
+            if head[4:8] in _MP4_ATOMS:
+                return _probe_mp4(handle, size)
+            if head[:4] == b"RIFF":
+                return _probe_avi(handle, size)
+            if head[:4] == _EBML_MAGIC:
+                return None
             ext = p.suffix.lower()
             if ext in _MP4_EXTS:
-                return _probe_mp4(handle, size)
+                return "not an MP4/MOV file (no ftyp/moov atom at the start)"
             if ext == ".avi":
-                return _probe_avi(handle, size)
+                return "not an AVI file (no RIFF/AVI header)"
             if ext in _MKV_EXTS:
-                return None if handle.read(4) == b"\x1a\x45\xdf\xa3" else "not a Matroska/WebM file (no EBML header)"
+                return "not a Matroska/WebM file (no EBML header)"
     except OSError as err:
         return f"unreadable ({err.strerror or err})"
     return None
