@@ -8,6 +8,7 @@ from `--base`.
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import ClassVar
 
 import torch
@@ -30,9 +31,9 @@ class VisualReleaseConverter(Converter):
         classnames, head_notes = self.head_options(options)
         return BuildPlan(options, frames, classnames, notes + head_notes)
 
+    @abstractmethod
     def release_options(self, state: dict[str, torch.Tensor], options: dict) -> tuple[int, list[str]]:
         """Set the options the release determines (sizes, variant) in `options`; (frames, notes)."""
-        raise NotImplementedError
 
     def head_options(self, options: dict) -> tuple[list[str] | None, list[str]]:
         """Set `head` (default linear) and return (class names, notes)."""

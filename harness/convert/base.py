@@ -9,6 +9,7 @@ for every key, load, verify the frozen weights against the base, and describe it
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,7 @@ def closed_set_classes(rows: int, request: ConvertRequest, what: str) -> tuple[l
     return given, "classes from --classes (not the Kinetics-400 names: order not checkable)"
 
 
-class Converter:
+class Converter(ABC):
     """One official code base's checkpoint layout. Subclasses fill in the hooks."""
 
     #: --from name; also the target method unless `method` differs.
@@ -134,11 +135,13 @@ class Converter:
         self.release: Release | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
+    @abstractmethod
     def prepare(self, release: Release) -> BuildPlan:
-        raise NotImplementedError
+        """The options, frames and classes the target model is built with, read from the release."""
 
+    @abstractmethod
     def source(self, name: str) -> Source | None:
-        raise NotImplementedError
+        """Where the target parameter `name` comes from in the release (None: from the base)."""
 
     def ignore(self, key: str, value: torch.Tensor) -> str | None:
         return None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import atomic_write_json
+from harness.data.upstream import file_sha256
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ def load_manifest(video_root: str | os.PathLike) -> dict[str, Any] | None:
         raise HarnessError(f"{path}: unreadable prepared-data manifest ({exc}); delete it and rerun "
                            f"`harness data prepare`") from exc
     return manifest
-
-
-def file_sha256(path: Path) -> str:
-    from harness.data.upstream import file_sha256 as sha
-
-    return sha(path)
 
 
 def _stat(path: Path) -> tuple[int, int]:

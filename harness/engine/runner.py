@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size  # noqa: F401 - re-exported
+from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
