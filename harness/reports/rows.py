@@ -153,10 +153,11 @@ def vocabulary_note(df: pd.DataFrame) -> str | None:
     measured = df[df["vocab_n"].notna()] if "vocab_n" in df else df.iloc[0:0]
     if measured.empty:
         return None
-    n, chance = int(measured["vocab_n"].iloc[0]), measured["vocab_chance"].iloc[0]
+    n, chance = int(measured["vocab_n"].iloc[0]), pd.to_numeric(measured["vocab_chance"]).iloc[0]
+    chance_text = f"; chance {float(chance):.1f}" if chance == chance else ""
     return (f"Vocab before / after: zero-shot top-1 on the backbone's pretraining vocabulary ({n} held-out "
-            f"synthetic frames as static clips, mean over colour, position, vertical position, size and shape; "
-            f"chance {float(chance):.1f}), through each method's own video and text paths, before and after its "
+            f"synthetic frames as static clips, mean over colour, position, vertical position, size and shape"
+            f"{chance_text}), through each method's own video and text paths, before and after its "
             f"training; binomial standard error <= {accuracy_standard_error(50.0, n):.1f} points. "
             "Vocab change = after - before (points; negative = forgotten), mean over runs. "
             "Only jobs on `synthetic` weights measure it.")
