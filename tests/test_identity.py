@@ -66,7 +66,7 @@ def test_protocol_hash_shared_by_every_subset_of_methods_and_splits(harness_cach
 @pytest.mark.parametrize("change", [
     dict(method_options={"aim": {"lr": 1e-4}}),
     dict(method_options={"aim": {"weight_decay": 0.5}}),
-    dict(schedule_overrides={"frames": 4}),
+    dict(schedule_overrides={"frames": 8}),  # the embedded profile has 4
     dict(schedule_overrides={"amp": "bf16"}),
     dict(schedule_overrides={"epochs": 2}),
     dict(data_overrides={"color_jitter": True}),
