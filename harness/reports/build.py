@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 from harness.jobs import short_hash
-from harness.reports import aggregate, latex, plots, published, render, rows, tables
+from harness.reports import aggregate, latex, noise, plots, published, render, rows, tables
 
 FORMATS = ("md", "csv", "latex")
 
@@ -90,6 +90,7 @@ def _header_lines(found: aggregate.Collected) -> list[str]:
     for conflict in found.conflicts:
         lines.append(f"**Conflict**: {conflict}.")
     lines.append("Bold: best measured value per column. Std over runs (splits x seeds) after ±, when n > 1. "
+                 + noise.SE_LEGEND + " "
                  f"Flags: `{aggregate.FLAG_CHANCE}` (novel / zero-shot top-1 within {aggregate.CHANCE_MARGIN:g} "
                  f"points of chance), `{aggregate.FLAG_VIDEOS}` (fewer videos used than listed), "
                  f"`{aggregate.FLAG_PROFILE}` (a profile shortened the schedule: not comparable with papers).")

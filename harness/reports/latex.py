@@ -14,7 +14,7 @@ _PM = "\x00PM\x00"  # placeholder that survives escaping, becomes $\pm$
 def escape(text: str) -> str:
     """TeX-escape plain text (method names such as `st_adapter`, `msta[rank=8]`, `%`)."""
     out = "".join(_ESCAPES.get(ch, ch) for ch in text)
-    return out.replace("Δ", r"$\Delta$").replace(_PM, r"$\pm$").replace("±", r"$\pm$")
+    return out.replace("Δ", r"$\Delta$").replace(_PM, r"$\pm$").replace("±", r"$\pm$").replace("≈", r"$\approx$")
 
 
 def to_tabular(table: ReportTable) -> str:
