@@ -47,6 +47,11 @@ def average_standard_error(ses: Sequence[float]) -> float:
     return run_average_standard_error(list(ses))
 
 
+def is_marked(flag: object) -> bool:
+    """A `within_noise` cell that is set (pandas gives True, numpy's True, False or <NA>)."""
+    return flag is not None and flag is not pd.NA and bool(flag == True)  # noqa: E712 (numpy bools)
+
+
 def _known(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.reports.noise import MARK, NOISE_SUFFIX, SE_SUFFIX
+from harness.reports.noise import MARK, NOISE_SUFFIX, SE_SUFFIX, is_marked
 from harness.reports.rows import fmt_params
 from harness.reports.tables import ReportTable
 
@@ -61,11 +61,6 @@ def visible_columns(table: ReportTable) -> list[str]:
     return [c for c in cols if c not in tail] + tail
 
 
-def _is_true(flag: Any) -> bool:
-    """A within-noise flag that is set (pandas gives True, numpy's True or <NA>)."""
-    return flag is not None and flag is not pd.NA and flag == True  # noqa: E712 (numpy bools)
-
-
 def _companion(column: str, metrics: list[str]) -> bool:
     """A `<metric> std` / `se` / `within_noise` column: shown inside its metric's cell."""
     return any(column.endswith(suffix) and column[:-len(suffix)] in metrics
@@ -91,7 +86,7 @@ def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list
                 se = row.get(f"{col}{SE_SUFFIX}")
                 if text and se is not None and se == se:
                     text = f"{text} (SE {_number(se)})"
-                if text and _is_true(row.get(f"{col}{NOISE_SUFFIX}")):
+                if text and is_marked(row.get(f"{col}{NOISE_SUFFIX}")):
                     text = f"{text} {MARK}"
                 if text and pos in best.get(col, ()):
                     text = bold(text)
