@@ -54,7 +54,8 @@ def write_report(folders: list[Path], out: Path, formats: tuple[str, ...] = FORM
     ablations = plots.ablation_sets(df) if not df.empty else []
     for ablation in ablations:
         sections.append(f"## Ablation: {ablation['method']} ({ablation['protocol']}, {ablation['dataset']})\n\n"
-                        + rows.to_markdown(plots.ablation_table(ablation)) + "\n")
+                        + rows.to_markdown(plots.ablation_table(ablation, annotated=True)) + "\n\n"
+                        + plots.ABLATION_NOTE + "\n")
     if draw and not df.empty:
         report.written += _draw(report, df, ablations, found, curves)
         images = [p for p in report.written if p.suffix == ".png"]

@@ -169,6 +169,8 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
                          "HM se": _round(harmonic_mean_standard_error(base, se_b, novel, se_n)),
                          "n": len(found), "Flags": ", ".join(sorted({f for r, *_ in found.values()
                                                                        for f in r["Flags"].split(", ") if f}))})
+        if not rows:  # no row on every dataset: no average block (an empty one has no columns to render)
+            return blocks
         blocks.append(ReportTable("base2novel-average", f"Base-to-novel: average over {', '.join(datasets)}",
                                   _frame(rows), ["Base", "Novel", "HM"], "HM",
                                   ["Average block: Base and Novel averaged over the datasets, HM of those "
