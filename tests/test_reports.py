@@ -25,14 +25,14 @@ from methods.registry import make_config
 
 def write_job(root: Path, job_id: str, evals: dict, *, method="msta", protocol="base2novel", dataset="hmdb51",
               split=1, seed=1, shots=None, frames=8, backbone="ViT-B-16", pretrained="openai", profile=None,
-              options=None, trainable=1000, classes=10, used=None, git_sha="abc") -> None:
+              options=None, trainable=1000, classes=10, used=None, git_sha="abc", videos=10) -> None:
     """One finished job as `harness run` records it (only the fields the report reads)."""
     job = {"method": method, "method_options": {**make_config(method).to_dict(), **(options or {})},
            "split": split, "shots": shots, "seed": seed, "schedule": {"select": "last", "frames": frames, "epochs": 50},
            "profile": profile, "protocol": protocol, "protocol_hash": "h", "dataset": dataset,
            "backbone": backbone, "pretrained": pretrained}
-    metrics = {"evals": {name: {"top1": t1, "top5": t5, "n": 10, "classes": classes, "views": [1, 1],
-                                "videos": {"listed": 10, "used": 10 if used is None else used}}
+    metrics = {"evals": {name: {"top1": t1, "top5": t5, "n": videos, "classes": classes, "views": [1, 1],
+                                "videos": {"listed": videos, "used": videos if used is None else used}}
                          for name, (t1, t5) in evals.items()},
                "params": {"trainable": trainable, "total": 100000, "pct_of_backbone": trainable / 1000},
                "flops_per_view": {"gmacs": 2.5}, "train": {"selected": "last"}}
