@@ -446,6 +446,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_counts({"--batch": args.batch, "--frames": args.frames, "--iters": args.iters, "--epochs": args.epochs,
                    "--samples": args.samples, "--runs": args.runs, "--gop": args.gop, "--image-size": args.image_size,
                    "--num-classes": args.num_classes}, {"--warmup": args.warmup})
+    if args.seeds is not None and not args.order_pairs:
+        raise HarnessError("--seeds: only with --order-pairs (the other benches train nothing)")
     if args.data and args.synthetic:
         from harness.measure.decode_bench import bench_synthetic_command
 

@@ -61,6 +61,8 @@ def test_bad_seeds_option_is_one_line(capsys):
 
     assert main(["bench", "--order-pairs", "--seeds", "1,x"]) == 2
     assert "--seeds '1,x': expected comma-separated integers" in capsys.readouterr().err
+    assert main(["bench", "--seeds", "1,2"]) == 2
+    assert "--seeds: only with --order-pairs" in capsys.readouterr().err
 
 
 def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, harness_cache, monkeypatch):

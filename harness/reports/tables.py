@@ -41,7 +41,8 @@ PER_DATASET_KEYS = ("dataset", "schedule.views", "shots")
 @dataclass
 class ReportTable:
     """One table: `frame` holds numbers as numbers (a `<metric> std` column next to each metric,
-    NaN where n = 1), a `Quoted` flag column and a `Source` column for published rows."""
+    NaN where n = 1, its standard error `<metric> se` and, once `noise.mark_table` ran,
+    `<metric> within_noise`), a `Quoted` flag column and a `Source` column for published rows."""
 
     slug: str
     title: str
