@@ -130,17 +130,8 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
         out.append(row)
-    return _mark_within(pd.DataFrame(out), list(by))
-
-
-def _mark_within(table: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """`noise.mark_table` within each group of rows that measure the same thing (one eval set,
-    target or K): rows of different groups are never compared."""
-    if table.empty:
-        return table
-    parts = [noise.mark_table(part, SUMMARY_METRICS)[0]
-             for _, part in (table.groupby(by, sort=False, dropna=False) if by else [(None, table)])]
-    return pd.concat(parts).loc[table.index]
+    # rows of one eval set, target or K only are compared with each other
+    return noise.mark_table(pd.DataFrame(out), SUMMARY_METRICS, by=by)[0]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -80,3 +80,17 @@ def test_ablation_marks_values_within_noise_of_the_best(tmp_path):
     assert table.loc[64, "top-1"] == "50.00 (SE 2.50)"
     assert table.loc[256, "top-1"] == "**70.00 (SE 2.29)**"
     assert list(plots.ablation_table(ablation)["top-1"]) == [50.0, 68.0, 70.0]  # the plain table stays numeric
+
+
+def test_rows_of_different_eval_sets_are_never_compared(tmp_path):
+    """Fully supervised: one row per (configuration, eval list); each eval list has its own
+    reference row (zeroshot's row of that list)."""
+    run = tmp_path / "run"
+    write_job(run, "a-msta", {"val": (52, 99), "val@2x3": (52, 99)}, protocol="fully_supervised", videos=400)
+    write_job(run, "b-zs", {"val": (50, 99), "val@2x3": (90, 99)}, protocol="fully_supervised", method="zeroshot",
+              trainable=0, videos=400)
+    (table,) = write_report([run], tmp_path / "out", formats=("md",), draw=False).tables
+    marks = {(m, e): v for m, e, v in zip(table.frame["Method"], table.frame["Eval"], table.frame["Top-1 within_noise"])}
+    # val: 52 vs 50 -> ≈; val@2x3: 52 vs 90 -> not (compared with zeroshot's val, 50, it would be ≈)
+    assert marks[("msta", "val")] == True and marks[("msta", "val@2x3")] == False  # noqa: E712 (numpy bools)
+    assert pd.isna(marks[("zeroshot", "val")]) and pd.isna(marks[("zeroshot", "val@2x3")])  # both references

@@ -93,23 +93,37 @@ def best_flags(values: Sequence[float], ses: Sequence[float]) -> list[bool | Non
     return flags
 
 
-def mark_table(frame: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, str | None]:
+def mark_table(frame: pd.DataFrame, metrics: Sequence[str],
+               by: Sequence[str] = ()) -> tuple[pd.DataFrame, str | None]:
     """`frame` with a `<metric> within_noise` column per metric that has an SE column (True /
-    False / None), and the note explaining the mark (None when nothing could be compared)."""
-    reference = reference_position(frame)
-    if reference is None or len(frame) < 2:
+    False / None), and the note explaining the mark (None when nothing could be compared). With
+    `by` (columns such as `Eval`), rows are compared only within their group, each group with its
+    own reference row: rows measured on different eval sets are never compared."""
+    frame = frame.reset_index(drop=True)
+    keys = [c for c in by if c in frame]
+    groups = [list(idx) for idx in frame.groupby(keys, sort=False, dropna=False).indices.values()] if keys \
+        else [list(range(len(frame)))]
+    flags: dict[str, list[bool | None]] = {m: [None] * len(frame) for m in metrics
+                                           if m in frame and m + SE_SUFFIX in frame}
+    references = []
+    quoted = frame["Quoted"].astype(bool).tolist() if "Quoted" in frame else [False] * len(frame)
+    for rows in groups:
+        part = frame.iloc[rows]
+        reference = reference_position(part)
+        if reference is None or len(rows) < 2:
+            continue
+        references.append(part.iloc[reference]["Method"])
+        for metric, column in flags.items():
+            values = [float(v) if _known(v) else float("nan") for v in pd.to_numeric(part[metric], errors="coerce")]
+            for row, flag in zip(rows, noise_flags(values, list(part[metric + SE_SUFFIX]), reference)):
+                column[row] = None if quoted[row] else flag
+    if not flags:
         return frame, None
     frame = frame.copy()
-    compared = False
-    for metric in metrics:
-        if metric not in frame or metric + SE_SUFFIX not in frame:
-            continue
-        values = [float(v) if _known(v) else float("nan") for v in pd.to_numeric(frame[metric], errors="coerce")]
-        flags = noise_flags(values, list(frame[metric + SE_SUFFIX]), reference)
-        quoted = frame["Quoted"].astype(bool).tolist() if "Quoted" in frame else [False] * len(frame)
-        flags = [None if q else f for f, q in zip(flags, quoted)]
-        frame[metric + NOISE_SUFFIX] = pd.array(flags, dtype="boolean")
-        compared = compared or any(f is not None for f in flags)
-    if not compared:
+    for metric, column in flags.items():
+        frame[metric + NOISE_SUFFIX] = pd.array(column, dtype="boolean")
+    if not any(f is not None for column in flags.values() for f in column):
         return frame, None
-    return frame, NOTE.format(reference=frame.iloc[reference]["Method"])
+    names = list(dict.fromkeys(references))
+    reference = names[0] if len(names) == 1 else "the first row of each " + "/".join(keys)
+    return frame, NOTE.format(reference=reference)

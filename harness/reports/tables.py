@@ -280,7 +280,7 @@ def build_tables(df: pd.DataFrame) -> list[ReportTable]:
             if table.slug.startswith(protocol) and note not in table.notes:
                 table.notes.insert(0, note)
     for table in tables:
-        table.frame, noise_note = noise.mark_table(table.frame, table.metrics)
+        table.frame, noise_note = noise.mark_table(table.frame, table.metrics, by=("Eval",))
         if noise_note and noise_note not in table.notes:
             table.notes.append(noise_note)
     return tables
