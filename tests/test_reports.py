@@ -186,6 +186,7 @@ def test_latex_is_balanced_escaped_and_compiles(b2n, tmp_path):
     assert "62.44 (SE 11.63) $\\approx$" in text
     assert latex.escape("st_adapter 5% {x}") == "st\\_adapter 5\\% \\{x\\}"
     document = (tmp_path / "out" / "report.tex").read_text()
+    assert "$\\approx$: within noise of the reference row msta" in document
     assert document.count("\\begin{tabular}") == 3 and (tmp_path / "out" / "tables" / "base2novel-hmdb51.tex").is_file()
     if shutil.which("pdflatex"):
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "report.tex"], cwd=tmp_path / "out",
