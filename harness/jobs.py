@@ -151,7 +151,10 @@ class FileResolver:
     copied from `--splits-root`); videos from the data root. The embedded dataset is its own
     splits and data root; its fingerprint is its generation recipe hash, not encoded bytes."""
 
-    def __init__(self, dataset: str, data_root: str | None, splits_root: str | None, cache_dir: str | None = None):
+    def __init__(self, dataset: str, data_root: str | None, splits_root: str | None, cache_dir: str | None = None,
+                 embedded_recipe: str | None = None):
+        """`embedded_recipe`: the named generation recipe of the embedded dataset (a profile's
+        `dataset_recipe`; None: `small`); ignored for other datasets."""
         from harness.data.datasets import get_dataset, video_root
 
         self.spec = get_dataset(dataset)
@@ -165,9 +168,12 @@ class FileResolver:
             from harness.data.embedded import (
                 GENERATOR_VERSION,
                 ensure_embedded_dataset,
+                named_recipe,
             )
 
-            self.root = ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None)
+            self.embedded_recipe = embedded_recipe or "small"
+            self.root = ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None,
+                                                named_recipe(self.embedded_recipe))
             recipe = json.loads((self.root / "recipe.json").read_text())
             self.fingerprint = {"embedded_recipe_hash": recipe["hash"],
                                 "generator_version": GENERATOR_VERSION}
@@ -291,7 +297,8 @@ def expand_jobs(req: RunRequest) -> list[JobSpec]:
     protocol = load_protocol(req.protocol)
     check_dataset(protocol, req.dataset)
     profile = get_profile(req.profile) if req.profile else None
-    resolver = FileResolver(req.dataset, req.data_root, req.splits_root, req.cache_dir)
+    resolver = FileResolver(req.dataset, req.data_root, req.splits_root, req.cache_dir,
+                            (profile or {}).get("dataset_recipe"))
     splits = select_splits(protocol, resolver.spec, req.splits, profile)
     shots_list = select_shots(protocol, resolver.spec, req.shots, profile)
     data = build_dataclass(DataOptions, dict(req.data_overrides), "data")
@@ -494,6 +501,13 @@ def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cach
                     classnames=names, video_root=str(resolver.video_dir), modality=resolver.spec.modality)
 
 
+def _dataset_recipe(req: RunRequest) -> str | None:
+    """The embedded dataset recipe the request's profile names (None: the default)."""
+    from protocols import get_profile
+
+    return get_profile(req.profile).get("dataset_recipe") if req.profile else None
+
+
 def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int],
                        record: dict[str, Any] | None = None) -> list[ListSpec]:
     """The target datasets' evaluation lists; their files' fingerprints go into `record` (keyed
@@ -501,7 +515,7 @@ def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[in
     spec = protocol["evaluate_target"]
     out = []
     for target in protocol["targets"].get(req.dataset, []):
-        resolver = FileResolver(target, req.data_root, req.splits_root, req.cache_dir)
+        resolver = FileResolver(target, req.data_root, req.splits_root, req.cache_dir, _dataset_recipe(req))
         for split in spec["eval_splits"]:
             classes_role = spec["classes"] if resolver.has(spec["classes"]) else "classes"
             out.append(_list_spec(resolver, f"{target}/split{split}", spec["ann"], classes_role, views, split=split))

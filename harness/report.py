@@ -30,6 +30,8 @@ from harness.reports.rows import (  # noqa: F401
     method_specific,
     to_markdown,
     varying_settings,
+    vocabulary_cells,
+    vocabulary_note,
 )
 
 
@@ -100,7 +102,7 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
             "HM std (splits)": round(summ["hm_split_std"], 2),
             "Base se": round(se_b, 2), "Novel se": round(se_n, 2),
             "HM se": round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n), 2),
-            "n": summ["n_splits"],
+            **vocabulary_cells(g), "n": summ["n_splits"],
             "Splits": ",".join(map(str, sorted(set(g["split"])))), "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
             "Select": ",".join(sorted(set(map(str, g["select"])))),
             "GMACs/view": first.get("gmacs_per_view"),
@@ -126,7 +128,8 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         row.update({"Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
                     "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2),
                     "Top-1 se": round(noise.cell_standard_error(g), 2),
-                    "Top-5 se": round(noise.cell_standard_error(g, "top5"), 2), "n": len(g),
+                    "Top-5 se": round(noise.cell_standard_error(g, "top5"), 2), **vocabulary_cells(g),
+                    "n": len(g),
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
         out.append(row)
@@ -176,6 +179,9 @@ def header_lines(df: pd.DataFrame) -> list[str]:
                      "on base validation (which is also the reported base test set, as upstream).")
     lines.extend(recipe_lines(df))
     lines.append("GMACs/view = multiply-adds of one clip through the video encoder (what papers call GFLOPs).")
+    vocab = vocabulary_note(df)
+    if vocab:
+        lines.append(vocab)
     if df["missing"].sum():
         lines.append(f"Missing videos skipped: {int(df['missing'].sum())} (see per-job metrics).")
     return lines

@@ -11,6 +11,18 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+@pytest.fixture(autouse=True)
+def _small_benchmark_recipe(request, monkeypatch):
+    """The `embedded` profile selects the `benchmark` dataset recipe (2,160 clips, 600-video eval
+    sets): generating and evaluating it in every test that runs the default profile would multiply
+    the suite's time. Tests get the `small` recipe under that name, except those marked
+    `real_benchmark_recipe` (tests/test_embedded_benchmark.py checks the real one)."""
+    if request.node.get_closest_marker("real_benchmark_recipe") is None:
+        from harness.data import embedded
+
+        monkeypatch.setitem(embedded.NAMED_RECIPES, "benchmark", embedded.NAMED_RECIPES["small"])
+
+
 @pytest.fixture(scope="session")
 def embedded_root(tmp_path_factory):
     """Root folder of the default embedded dataset, generated once for the session."""

@@ -376,6 +376,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     from mmengine.runner import set_random_seed
 
     from harness.engine.accounting import JobAccounting
+    from harness.engine.forgetting import job_vocabulary, vocabulary_record
     from harness.engine.model import VideoClassifier
 
     set_random_seed(job.seed)
@@ -387,12 +388,15 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
     descriptions = _attach_descriptions(net, job)
     flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
+    vocabulary_before = job_vocabulary(net, job, spec.image_size)  # forgetting: None unless synthetic weights
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
     model = VideoClassifier(net, job.train.classnames if job.train else [])
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
+    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size))
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
-            "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()])}
+            "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()]),
+            **vocabulary}

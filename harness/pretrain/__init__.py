@@ -13,12 +13,13 @@ The package, one job per module:
 - `recipe`: `PretrainRecipe` (everything that determines the weights) and its hash;
 - `scenes`: the synthetic image-caption pairs (drawing and captioning);
 - `train`: the objective, the schedule and the training loop (`train`, `pretrain_clip`);
-- `probe`: zero-shot accuracy of a model on held-out synthetic frames;
+- `probe`: zero-shot accuracy of a model on held-out synthetic frames (the frames and tasks are
+  shared with the forgetting measurement, `harness.engine.forgetting`);
 - `cache`: `ensure_pretrained_tiny`, the cached weights file, made once under a file lock.
 `harness.weights` resolves the `synthetic` tag through `cache`; `harness.backbone` knows none of it.
 """
 from harness.pretrain.cache import default_cache_dir, ensure_pretrained_tiny, pretrained_path
-from harness.pretrain.probe import PROBES, probe_zero_shot
+from harness.pretrain.probe import PROBE_TEMPLATE, PROBES, ProbeTask, held_out_frames, probe_zero_shot
 from harness.pretrain.recipe import PRETRAIN_VERSION, PretrainRecipe, recipe_hash
 from harness.pretrain.scenes import (
     COLORS,
@@ -42,6 +43,7 @@ from harness.pretrain.train import contrastive_loss, pretrain_clip, train
 
 __all__ = [
     "COLORS", "EMPTY", "PRETRAIN_VERSION", "PROBES", "SHAPES", "SIZES", "TEMPLATES", "VERBS", "Caption",
+    "PROBE_TEMPLATE", "ProbeTask", "held_out_frames",
     "PretrainRecipe", "Scene", "background_pool", "caption_scene", "contrastive_loss", "default_cache_dir",
     "ensure_pretrained_tiny", "pretrain_clip", "pretrained_path", "probe_zero_shot", "recipe_hash",
     "render_batch", "render_scene", "sample_captions", "sample_scene", "to_model_input", "train", "vocabulary",

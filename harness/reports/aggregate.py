@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.engine.accounting import accounting_columns
 from harness.errors import HarnessError
-from harness.reports.rows import config_key, job_rows
+from harness.reports.rows import config_key, job_rows, vocabulary_fields
 
 #: Accuracy within this many points of chance (100 / classes) makes a row untrustworthy.
 CHANCE_MARGIN = 2.0
@@ -123,6 +123,7 @@ def per_job_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
                     "selected": (metrics.get("train") or {}).get("selected"),
                     "git_sha": ((rec.get("provenance") or {}).get("code") or {}).get("git_sha")})
         row.update(accounting_columns(metrics))
+        row.update({k: v for k, v in vocabulary_fields(metrics).items() if k in ("vocab_before", "vocab_after")})
         for name, ev in metrics["evals"].items():
             videos = ev.get("videos") or {}
             row.update({f"{name}.top1": ev.get("top1"), f"{name}.top5": ev.get("top5"), f"{name}.n": ev.get("n"),

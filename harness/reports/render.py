@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from harness.reports.noise import MARK, NOISE_SUFFIX, SE_SUFFIX, is_marked
-from harness.reports.rows import fmt_params
+from harness.reports.rows import VOCAB_COLUMNS, fmt_params
 from harness.reports.tables import ReportTable
 
 
@@ -92,6 +92,8 @@ def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list
                     text = bold(text)
             elif col.startswith("Δ "):
                 text = _number(value, signed=True)
+            elif col in VOCAB_COLUMNS:
+                text = _number(value, signed=col == "Vocab change")
             elif col == "n" and row["Quoted"]:
                 text = ""
             else:

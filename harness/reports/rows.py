@@ -102,7 +102,7 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
                 "dataset": job["dataset"], "backbone": job["backbone"], "pretrained": job.get("pretrained") or "random",
                 "job_id": rec["job_id"], "missing": (ev.get("videos") or {}).get("missing", 0),
                 "git_sha": (rec.get("provenance", {}).get("code") or {}).get("git_sha"),
-                **_recipe_columns(job),
+                **_recipe_columns(job), **vocabulary_fields(metrics),
             })
     return pd.DataFrame(rows)
 
@@ -115,6 +115,52 @@ def _recipe_columns(job: dict[str, Any]) -> dict[str, Any]:
             "recipe_scope": recipe.get("scope", "method default"),
             "lr": job["method_options"].get("lr"), "weight_decay": job["method_options"].get("weight_decay"),
             "not_applied": ", ".join(f"{k}={v}" for k, v in sorted(not_applied.items()))}
+
+
+def vocabulary_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The job's forgetting measurement (metrics "vocabulary", harness.engine.forgetting): mean
+    zero-shot top-1 on the held-out pretraining vocabulary before and after training; None when
+    the job has none (not `synthetic` weights, an older result, or the measurement failed)."""
+    vocab = metrics.get("vocabulary") or {}
+    before, after = (vocab.get(k) or {} for k in ("before", "after"))
+    return {"vocab_before": before.get("mean"), "vocab_after": after.get("mean"), "vocab_n": vocab.get("n"),
+            "vocab_chance": vocab.get("chance")}
+
+
+#: Table columns of the forgetting measurement (means over a row's runs; absent when no run has it).
+VOCAB_COLUMNS = ("Vocab before", "Vocab after", "Vocab change")
+
+
+def vocabulary_cells(g: pd.DataFrame) -> dict[str, float]:
+    """`VOCAB_COLUMNS` of one table row: the mean over its runs (one per job: `g` has a row per
+    evaluation set) of the accuracy before, after, and of after - before (points; negative =
+    forgotten). {} when none of its runs measured it."""
+    if "vocab_before" not in g:
+        return {}
+    runs = g.drop_duplicates("job_id")
+    runs = runs[runs["vocab_before"].notna() & runs["vocab_after"].notna()]
+    if runs.empty:
+        return {}
+    before, after = runs["vocab_before"].astype(float), runs["vocab_after"].astype(float)
+    return dict(zip(VOCAB_COLUMNS, (round(float(x.mean()), 2) for x in (before, after, after - before))))
+
+
+def vocabulary_note(df: pd.DataFrame) -> str | None:
+    """What the Vocab columns are, with the frame count and the binomial standard error it gives;
+    None when no job of `df` measured it."""
+    from harness.metrics import accuracy_standard_error
+
+    measured = df[df["vocab_n"].notna()] if "vocab_n" in df else df.iloc[0:0]
+    if measured.empty:
+        return None
+    n, chance = int(measured["vocab_n"].iloc[0]), pd.to_numeric(measured["vocab_chance"]).iloc[0]
+    chance_text = f"; chance {float(chance):.1f}" if chance == chance else ""
+    return (f"Vocab before / after: zero-shot top-1 on the backbone's pretraining vocabulary ({n} held-out "
+            f"synthetic frames as static clips, mean over colour, position, vertical position, size and shape"
+            f"{chance_text}), through each method's own video and text paths, before and after its "
+            f"training; binomial standard error <= {accuracy_standard_error(50.0, n):.1f} points. "
+            "Vocab change = after - before (points; negative = forgotten), mean over runs. "
+            "Only jobs on `synthetic` weights measure it.")
 
 
 def to_markdown(df: pd.DataFrame) -> str:

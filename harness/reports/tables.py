@@ -22,7 +22,13 @@ import pandas as pd
 from harness.jobs import short_hash
 from harness.metrics import base2novel_summary, harmonic_mean, harmonic_mean_standard_error, mean_std
 from harness.reports import noise
-from harness.reports.rows import method_specific, varying_settings
+from harness.reports.rows import (
+    VOCAB_COLUMNS,
+    method_specific,
+    varying_settings,
+    vocabulary_cells,
+    vocabulary_note,
+)
 
 #: Dataset order of the papers' tables (others follow alphabetically).
 DATASET_ORDER = ("k400", "hmdb51", "ucf101", "ssv2", "k600", "embedded")
@@ -147,7 +153,7 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
                    "Novel se": _round(se_n),
                    "HM": _round(summ["hm"]), "HM std": _round(summ["hm_split_std"]) if many else np.nan,
                    "HM se": _round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)),
-                   "n": len(pairs), "Flags": _flags(g)}
+                   **vocabulary_cells(g), "n": len(pairs), "Flags": _flags(g)}
             rows.append(row)
             per_row.setdefault(row_id, {})[dataset] = (row, summ["base"], summ["novel"], se_b, se_n)
         blocks.append(ReportTable(f"base2novel-{dataset}", f"Base-to-novel: {dataset}", _frame(rows),
@@ -198,7 +204,8 @@ def few_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
         row = _identity(g, varying)
         for (ds, k), s in g.groupby(["dataset", "shots"]):
             row.update(_mean_block(s, f"{ds} K={int(k)}"))
-        rows.append({**row, "n": int(g.groupby(["split", "seed", "shots"]).ngroups), "Flags": _flags(g)})
+        rows.append({**row, **vocabulary_cells(g), "n": int(g.groupby(["split", "seed", "shots"]).ngroups),
+                     "Flags": _flags(g)})
     return ReportTable("few_shot", "Few-shot top-1 (K shots per class)", _frame(rows, metrics), metrics,
                        metrics[-1] if metrics else None, protocol="few_shot")
 
@@ -211,7 +218,8 @@ def zero_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
         row = _identity(g, varying)
         for target, s in g.groupby("target", sort=False):
             row.update(_mean_block(s, target))
-        rows.append({**row, "Trained on": ",".join(dict.fromkeys(g["dataset"])), "n": int(g.groupby(["split", "seed"]).ngroups),
+        rows.append({**row, "Trained on": ",".join(dict.fromkeys(g["dataset"])), **vocabulary_cells(g),
+                     "n": int(g.groupby(["split", "seed"]).ngroups),
                      "Flags": _flags(g)})
     return ReportTable("zero_shot", "Zero-shot top-1 (mean ± std over the evaluation splits)",
                        _frame(rows, metrics), metrics, metrics[0] if metrics else None, protocol="zero_shot",
@@ -231,7 +239,7 @@ def fully_supervised_tables(df: pd.DataFrame, varying: list[str]) -> list[Report
             row.update(_mean_block(g, "Top-1"))
             row.update(_mean_block(g, "Top-5", "top5"))
             row.update({"GMACs/view": gmacs, "GMACs x views": _round(gmacs * clips * crops) if gmacs == gmacs and gmacs is not None else np.nan,
-                        "n": len(g), "Flags": _flags(g)})
+                        **vocabulary_cells(g), "n": len(g), "Flags": _flags(g)})
             rows.append(row)
         out.append(ReportTable(f"fully_supervised-{dataset}", f"Fully supervised: {dataset}", _frame(rows),
                                ["Top-1", "Top-5"], "Top-1",
@@ -248,10 +256,11 @@ def _frame(rows: list[dict[str, Any]], metrics: list[str] | None = None) -> pd.D
             for col in (m, f"{m} std", f"{m}{noise.SE_SUFFIX}"):
                 if col not in frame:
                     frame[col] = np.nan
+        tail = (*VOCAB_COLUMNS, "n", "Flags")
         fixed = [c for c in frame.columns if c not in metrics and not c.endswith((" std", noise.SE_SUFFIX))
-                 and c not in ("n", "Flags")]
+                 and c not in tail]
         ordered = [c for m in metrics for c in (m, f"{m} std", f"{m}{noise.SE_SUFFIX}")]
-        frame = frame[fixed + ordered + [c for c in ("n", "Flags") if c in frame]]
+        frame = frame[fixed + ordered + [c for c in tail if c in frame]]
     frame.insert(0, "Quoted", False)
     frame["Source"] = ""
     return frame
@@ -276,9 +285,12 @@ def build_tables(df: pd.DataFrame) -> list[ReportTable]:
         shared, _ = varying_settings(_unique([_row_settings(s) for s in part["settings"]]))
         note = "Settings of every row: " + "; ".join(f"{k}={_cell(v)}" for k, v in sorted(shared.items())
                                                       if k in _SHOWN_SHARED) + "."
+        vocab = vocabulary_note(part)
         for table in tables:
             if table.slug.startswith(protocol) and note not in table.notes:
                 table.notes.insert(0, note)
+                if vocab and any(c in table.frame for c in VOCAB_COLUMNS):
+                    table.notes.append(vocab)
     for table in tables:
         table.frame, noise_note = noise.mark_table(table.frame, table.metrics, by=("Eval",))
         if noise_note and noise_note not in table.notes:
