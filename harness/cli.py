@@ -438,7 +438,12 @@ def _bench_order_pairs(args: argparse.Namespace) -> int:
     if args.md_path:
         atomic_write_text(args.md_path, report["markdown"])
     if args.json_path:
-        atomic_write_json(args.json_path, {k: v for k, v in report.items() if k != "markdown"}, sort_keys=False)
+        import json
+
+        numbers = {k: v for k, v in report.items() if k != "markdown"}
+        # strict JSON: an SE that is not defined (one seed) is null, not NaN
+        atomic_write_json(args.json_path, json.loads(json.dumps(numbers), parse_constant=lambda _: None),
+                          sort_keys=False)
     return 0
 
 
