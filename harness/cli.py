@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "accuracy on its order-only class pairs (do methods see frame order?)")
     bench.add_argument("--epochs", type=int, default=15, help="--order-pairs: training epochs")
     bench.add_argument("--out", default="results/order-pairs", help="--order-pairs: results directory")
+    bench.add_argument("--seeds", default=None, help="--order-pairs: comma-separated seeds, e.g. 1,2,3 (each method "
+                       "trained once per seed; mean ± SE over seeds and the temporal vs order-blind verdict; default: "
+                       "the run's default seed)")
     bench.add_argument("--dataset", default="embedded", help="--data: the dataset whose training list is decoded")
     bench.add_argument("--data-root", default=None, help="--data: folder holding <dataset>/videos/")
     bench.add_argument("--synthetic", default=None, choices=("kinetics-like", "ssv2-like"),
@@ -411,10 +414,45 @@ def _check_counts(values: dict[str, Any], at_least_zero: dict[str, Any] | None =
     problems.raise_if_any()
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds 1,2,3` as distinct integers in order; a bad list is one line naming the option."""
+    if text is None:
+        return None
+    seeds = _int_list(text, "--seeds")
+    if not seeds:
+        raise HarnessError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3")
+    return list(dict.fromkeys(seeds))
+
+
+def _bench_order_pairs(args: argparse.Namespace) -> int:
+    """`harness bench --order-pairs`: per-run rows, mean ± SE over seeds, the verdicts (stdout,
+    --md; --json also keeps the numbers)."""
+    from harness.atomic import atomic_write_json, atomic_write_text
+    from harness.measure.order_pairs import order_pairs_report, run_order_pairs
+
+    seeds = _parse_seeds(args.seeds)
+    rows = run_order_pairs(args.methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True,
+                           seeds=seeds)
+    report = order_pairs_report(rows)
+    print(report["markdown"])
+    if args.md_path:
+        atomic_write_text(args.md_path, report["markdown"])
+    if args.json_path:
+        import json
+
+        numbers = {k: v for k, v in report.items() if k != "markdown"}
+        # strict JSON: an SE that is not defined (one seed) is null, not NaN
+        atomic_write_json(args.json_path, json.loads(json.dumps(numbers), parse_constant=lambda _: None),
+                          sort_keys=False)
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_counts({"--batch": args.batch, "--frames": args.frames, "--iters": args.iters, "--epochs": args.epochs,
                    "--samples": args.samples, "--runs": args.runs, "--gop": args.gop, "--image-size": args.image_size,
                    "--num-classes": args.num_classes}, {"--warmup": args.warmup})
+    if args.seeds is not None and not args.order_pairs:
+        raise HarnessError("--seeds: only with --order-pairs (the other benches train nothing)")
     if args.data and args.synthetic:
         from harness.measure.decode_bench import bench_synthetic_command
 
@@ -424,11 +462,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_data_command(args)
     if args.order_pairs:
-        from harness.measure.order_pairs import format_rows, run_order_pairs
-
-        rows = run_order_pairs(args.methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True)
-        print(format_rows(rows))
-        return 0
+        return _bench_order_pairs(args)
     from harness.measure.bench_cli import run_bench_command
 
     return run_bench_command(args)

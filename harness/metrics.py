@@ -6,7 +6,7 @@ values and reused by the report code.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -90,3 +90,34 @@ def within_noise(a: float, se_a: float, b: float, se_b: float, z: float = 2.0) -
     """True when |a - b| <= z * sqrt(se_a^2 + se_b^2): the difference is not resolved (about 95%
     for independent, roughly normal estimates at z=2); tables mark such differences."""
     return abs(a - b) <= z * math.sqrt(se_a ** 2 + se_b ** 2)
+
+
+def run_average_standard_error(standard_errors: Sequence[float],
+                               eval_sets: Sequence[Hashable] | None = None) -> float:
+    """Standard error, in points, of the average of k runs' accuracies from eval-set sampling
+    alone: sqrt(sum_g (sum_{i in g} se_i)^2) / k, with se_i the binomial SE of run i
+    (`accuracy_standard_error`) and g the groups of runs evaluated on the same videos.
+
+    Why grouped: runs on different eval sets (splits) sample independent videos, so their errors
+    add in quadrature (sqrt(sum se_i^2) / k); runs on one eval set (seeds of one split) share its
+    sampling error, which averaging over them does not reduce (their SEs add linearly first).
+    `eval_sets` None: every run on its own set. NaN when any run's SE is unknown."""
+    ses = [float(s) for s in standard_errors]
+    if not ses or any(math.isnan(s) for s in ses):
+        return float("nan")
+    groups: dict[Hashable, float] = {}
+    for i, se in enumerate(ses):
+        key = eval_sets[i] if eval_sets is not None else i
+        groups[key] = groups.get(key, 0.0) + se
+    return math.sqrt(sum(g ** 2 for g in groups.values())) / len(ses)
+
+
+def harmonic_mean_standard_error(base: float, se_base: float, novel: float, se_novel: float) -> float:
+    """SE of HM = 2BN / (B + N) by the delta method, base and novel independent (disjoint videos):
+    sqrt((dHM/dB se_B)^2 + (dHM/dN se_N)^2), dHM/dB = 2N^2 / (B + N)^2, dHM/dN = 2B^2 / (B + N)^2.
+    NaN when B + N = 0 (HM is not differentiable there) or an input SE is unknown."""
+    if base + novel == 0:
+        return float("nan")
+    d_base = 2.0 * novel ** 2 / (base + novel) ** 2
+    d_novel = 2.0 * base ** 2 / (base + novel) ** 2
+    return math.sqrt((d_base * se_base) ** 2 + (d_novel * se_novel) ** 2)

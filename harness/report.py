@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.metrics import base2novel_summary, mean_std
+from harness.metrics import base2novel_summary, harmonic_mean_standard_error, mean_std
+from harness.reports import noise
 
 # Identity and per-job rows live in harness.reports.rows (shared with the cross-run reports);
 # re-exported here, where callers have always found them.
@@ -79,27 +80,38 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
     columns = _columns(df)
     out = []
     for _config, g in df.groupby("config", sort=False):
-        pairs = []
+        pairs, runs = [], []
         for _run, s in g.groupby(["split", "seed"]):
             b = s[s["eval"] == "base"]["top1"]
             n = s[s["eval"] == "novel"]["top1"]
             if len(b) and len(n):
                 pairs.append((float(b.mean()), float(n.mean())))
+                runs.append(s)
         if not pairs:
             continue
         summ = base2novel_summary(pairs)
+        used = pd.concat(runs)
+        se_b = noise.cell_standard_error(used[used["eval"] == "base"])
+        se_n = noise.cell_standard_error(used[used["eval"] == "novel"])
         first = g.iloc[0]
         out.append({
             "Method": first["method"], **_setting_columns(g, columns),
             "Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
             "Base": round(summ["base"], 2), "Base std": round(summ["base_std"], 2),
             "Novel": round(summ["novel"], 2), "Novel std": round(summ["novel_std"], 2), "HM": round(summ["hm"], 2),
-            "HM std (splits)": round(summ["hm_split_std"], 2), **vocabulary_cells(g), "n": summ["n_splits"],
+            "HM std (splits)": round(summ["hm_split_std"], 2),
+            "Base se": round(se_b, 2), "Novel se": round(se_n, 2),
+            "HM se": round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n), 2),
+            **vocabulary_cells(g), "n": summ["n_splits"],
             "Splits": ",".join(map(str, sorted(set(g["split"])))), "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
             "Select": ",".join(sorted(set(map(str, g["select"])))),
             "GMACs/view": first.get("gmacs_per_view"),
         })
-    return pd.DataFrame(out)
+    return noise.mark_table(pd.DataFrame(out), SUMMARY_METRICS)[0]
+
+
+#: The accuracy columns of the run summary that carry a standard error (`<metric> se`).
+SUMMARY_METRICS = ("Base", "Novel", "HM", "Top-1", "Top-5")
 
 
 def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
@@ -114,12 +126,15 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
         row = {"Method": first["method"], **_setting_columns(g, columns)}
         row.update({b: v for b, v in zip(by, key[1:])})
         row.update({"Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
-                    "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2), **vocabulary_cells(g),
+                    "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2),
+                    "Top-1 se": round(noise.cell_standard_error(g), 2),
+                    "Top-5 se": round(noise.cell_standard_error(g, "top5"), 2), **vocabulary_cells(g),
                     "n": len(g),
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
         out.append(row)
-    return pd.DataFrame(out)
+    # rows of one eval set, target or K only are compared with each other
+    return noise.mark_table(pd.DataFrame(out), SUMMARY_METRICS, by=by)[0]
 
 
 def summary_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -151,7 +166,9 @@ def header_lines(df: pd.DataFrame) -> list[str]:
     if columns:
         lines.append("Rows differ in: " + ", ".join(f"`{c}`" for c in columns) + " (columns); method options "
                      "that differ from the defaults are in the method label.")
-    lines.append("Each row is one configuration; `n` = runs (splits x seeds) averaged, std over them.")
+    lines.append("Each row is one configuration; `n` = runs (splits x seeds) averaged, std over them. "
+                 + noise.SE_LEGEND + f" `{noise.MARK}`: within noise of the reference row (`zeroshot` when "
+                 "present, else the first row of its eval set): |difference| <= 2 sqrt(SE_a^2 + SE_b^2).")
     profiles = sorted(set(df["profile"]) - {"-"})
     if profiles:
         lines.append(f"Profile {', '.join(f'`{p}`' for p in profiles)} shortens the schedule: numbers are NOT "
@@ -187,11 +204,23 @@ def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
     """The table as shown in Markdown: parameters as `0.40M`, percentages with two decimals (the
     CSV keeps the numbers)."""
     shown = table.copy()
+    for metric in SUMMARY_METRICS:
+        if metric + noise.SE_SUFFIX in shown:
+            shown[metric] = [_with_se(v, se, mark) for v, se, mark in
+                             zip(shown[metric], shown[metric + noise.SE_SUFFIX],
+                                 shown.get(metric + noise.NOISE_SUFFIX, [None] * len(shown)))]
+    shown = shown.drop(columns=[c for c in shown.columns if c.endswith((noise.SE_SUFFIX, noise.NOISE_SUFFIX))])
     if "Trainable" in shown:
         shown["Trainable"] = shown["Trainable"].map(fmt_params)
     if "% of backbone" in shown:
         shown["% of backbone"] = shown["% of backbone"].map(lambda v: f"{v:.2f}")
     return shown
+
+
+def _with_se(value: float, se: float, within: object) -> str:
+    """`48.6 (SE 2.04)`, with ` ≈` when within noise of the table's reference row."""
+    text = str(value) if se != se else f"{value} (SE {se:.2f})"
+    return f"{text} {noise.MARK}" if noise.is_marked(within) else text
 
 
 def write_summary(run_dir: Path, records: list[dict[str, Any]],

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from harness.metrics import base2novel_summary, harmonic_mean, topk_accuracy
+from harness.metrics import accuracy_standard_error, base2novel_summary, harmonic_mean, topk_accuracy
 
 
 def test_topk_hand_computed():
@@ -65,3 +65,28 @@ def test_within_noise_hand_computed():
     # se 3 and 4 -> combined 5; at z=2 differences up to 10 points are noise
     assert within_noise(50.0, 3.0, 60.0, 4.0)
     assert not within_noise(50.0, 3.0, 60.5, 4.0)
+
+
+def test_se_of_a_two_run_average_hand_computed():
+    from harness.metrics import run_average_standard_error
+    # run 1: 60% of 100 videos -> sqrt(.6 * .4 / 100) = 4.899 points; run 2: 80% of 400 -> sqrt(.16 / 400) = 2.0
+    se1, se2 = accuracy_standard_error(60.0, 100), accuracy_standard_error(80.0, 400)
+    assert (se1, se2) == pytest.approx((4.899, 2.0), abs=1e-3)
+    # different eval sets (two splits): sqrt(24 + 4) / 2 = 2.6458
+    assert run_average_standard_error([se1, se2]) == pytest.approx(2.6458, abs=1e-4)
+    assert run_average_standard_error([se1, se2], ["split1", "split2"]) == pytest.approx(2.6458, abs=1e-4)
+    # one eval set (two seeds of one split): its sampling error is shared, (4.899 + 2.0) / 2 = 3.4495
+    assert run_average_standard_error([se1, se2], ["split1", "split1"]) == pytest.approx(3.4495, abs=1e-4)
+    assert np.isnan(run_average_standard_error([se1, float("nan")]))
+
+
+def test_hm_standard_error_by_the_delta_method_hand_computed():
+    from harness.metrics import harmonic_mean_standard_error
+    # B 80 (SE 4), N 40 (SE 3): dHM/dB = 2 * 40^2 / 120^2 = 0.2222, dHM/dN = 2 * 80^2 / 120^2 = 0.8889;
+    # SE = sqrt((0.2222 * 4)^2 + (0.8889 * 3)^2) = sqrt(0.7901 + 7.1111) = 2.8109
+    assert harmonic_mean_standard_error(80.0, 4.0, 40.0, 3.0) == pytest.approx(2.8109, abs=1e-4)
+    # the linearisation agrees with a small finite difference of the HM itself
+    eps = 1e-4
+    slope_b = (harmonic_mean(80.0 + eps, 40.0) - harmonic_mean(80.0, 40.0)) / eps
+    assert slope_b == pytest.approx(2 * 40 ** 2 / 120 ** 2, rel=1e-3)
+    assert np.isnan(harmonic_mean_standard_error(0.0, 1.0, 0.0, 1.0))

@@ -25,14 +25,14 @@ from methods.registry import make_config
 
 def write_job(root: Path, job_id: str, evals: dict, *, method="msta", protocol="base2novel", dataset="hmdb51",
               split=1, seed=1, shots=None, frames=8, backbone="ViT-B-16", pretrained="openai", profile=None,
-              options=None, trainable=1000, classes=10, used=None, git_sha="abc") -> None:
+              options=None, trainable=1000, classes=10, used=None, git_sha="abc", videos=10) -> None:
     """One finished job as `harness run` records it (only the fields the report reads)."""
     job = {"method": method, "method_options": {**make_config(method).to_dict(), **(options or {})},
            "split": split, "shots": shots, "seed": seed, "schedule": {"select": "last", "frames": frames, "epochs": 50},
            "profile": profile, "protocol": protocol, "protocol_hash": "h", "dataset": dataset,
            "backbone": backbone, "pretrained": pretrained}
-    metrics = {"evals": {name: {"top1": t1, "top5": t5, "n": 10, "classes": classes, "views": [1, 1],
-                                "videos": {"listed": 10, "used": 10 if used is None else used}}
+    metrics = {"evals": {name: {"top1": t1, "top5": t5, "n": videos, "classes": classes, "views": [1, 1],
+                                "videos": {"listed": videos, "used": videos if used is None else used}}
                          for name, (t1, t5) in evals.items()},
                "params": {"trainable": trainable, "total": 100000, "pct_of_backbone": trainable / 1000},
                "flops_per_view": {"gmacs": 2.5}, "train": {"selected": "last"}}
@@ -62,8 +62,12 @@ def test_base2novel_blocks_bold_quoted_rows_and_delta(b2n, tmp_path):
     # vificlip HM 2*74*54/128 = 62.44, published 61.9 -> Δ +0.54 (same method, backbone, weights, 32 frames)
     hmdb = text.split("## Base-to-novel: hmdb51")[1].split("##")[0]
     assert "| Method | schedule.frames | Trainable | % of backbone | Base | Novel | HM | Δ Base | Δ Novel | Δ HM | n | Source |" in hmdb
-    assert "| msta | 8 | 1,000 | 1.00 | **75.00 ± 5.00** | 45.00 ± 5.00 | 56.25 ± 5.31 |  |  |  | 2 |  |" in hmdb
-    assert "| vificlip | 32 | 0 | 0.00 | 74.00 | **54.00** | **62.44** | +0.20 | +0.70 | +0.54 | 1 |  |" in hmdb
+    # SE (10 videos per eval set): base sqrt(14.49^2 + 12.65^2) / 2 = 9.62 (binomial 70% and 80% of 10);
+    # vificlip is within noise of msta (the first row: no zeroshot here) everywhere: `≈`
+    assert ("| msta | 8 | 1,000 | 1.00 | **75.00 ± 5.00 (SE 9.62)** | 45.00 ± 5.00 (SE 11.07) | "
+            "56.25 ± 5.31 (SE 9.06) |  |  |  | 2 |  |") in hmdb
+    assert ("| vificlip | 32 | 0 | 0.00 | 74.00 (SE 13.87) ≈ | **54.00 (SE 15.76) ≈** | **62.44 (SE 11.63) ≈** | "
+            "+0.20 | +0.70 | +0.54 | 1 |  |") in hmdb
     # quoted rows: below, never bold, with source; MSTA's published row is ViCLIP and so never a Δ
     assert ("| vificlip (quoted) |  |  |  | 73.80 | 53.30 | 61.90 |  |  |  |  | ViFi-CLIP README (CLIP ViT-B-16, "
             "32 frames) |") in hmdb
@@ -71,12 +75,12 @@ def test_base2novel_blocks_bold_quoted_rows_and_delta(b2n, tmp_path):
     assert hmdb.index("| vificlip |") < hmdb.index("| vificlip (quoted) |")
     # UCF: the published ViFi-CLIP base (92.9) is higher than every measured one, yet the bold is measured
     ucf = text.split("## Base-to-novel: ucf101")[1].split("##")[0]
-    assert "**90.00**" in ucf and "**92.90**" not in ucf
+    assert "**90.00 (SE 9.49)**" in ucf and "**92.90" not in ucf
     # average over datasets: msta base (75 + 90) / 2 = 82.5, novel (45 + 60) / 2 = 52.5, HM 64.17;
     # vificlip base 79.5, novel 62 -> HM 2*79.5*62/141.5 = 69.67; quoted rows are never averaged in
     avg = text.split("## Base-to-novel: average over hmdb51, ucf101")[1].split("##")[0]
-    assert "| msta | 8 | 1,000 | 1.00 | **82.50** | 52.50 | 64.17 | 2 |" in avg
-    assert "| vificlip | 32 | 0 | 0.00 | 79.50 | **62.00** | **69.67** | 2 |" in avg
+    assert "| msta | 8 | 1,000 | 1.00 | **82.50 (SE 6.75)** | 52.50 (SE 9.52) | 64.17 (SE 7.40) | 2 |" in avg
+    assert "| vificlip | 32 | 0 | 0.00 | 79.50 (SE 8.94) ≈ | **62.00 (SE 10.71) ≈** | **69.67 (SE 7.58) ≈** | 2 |" in avg
     assert "quoted" not in avg.split("|---|")[1]
     assert [t.slug for t in report.tables] == ["base2novel-hmdb51", "base2novel-ucf101", "base2novel-average"]
 
@@ -131,7 +135,7 @@ def test_duplicates_counted_once_and_conflicts_flagged(b2n, tmp_path):
     report = write_report([b2n, copy, other], tmp_path / "out", draw=False)
     assert "**Conflict**: m-h1" in report.markdown
     # the kept copy is the first one: HMDB msta still averages 70/80 and 40/50
-    assert "**75.00 ± 5.00**" in report.markdown
+    assert "**75.00 ± 5.00 (SE 9.62)**" in report.markdown
 
 
 def test_few_shot_zero_shot_and_fully_supervised_layouts(tmp_path):
@@ -178,9 +182,11 @@ def test_latex_is_balanced_escaped_and_compiles(b2n, tmp_path):
     assert header.count("&") == len(columns) - 1 and "\\% of backbone" in header and "$\\Delta$ HM" in header
     rows = _tabular_rows(text)
     assert len(rows) == 6 and all(r.count("&") == len(columns) - 1 for r in rows)
-    assert "\\textbf{75.00$\\pm$5.00}" in text and "\\textbf{61.90}" not in text
+    assert "\\textbf{75.00$\\pm$5.00 (SE 9.62)}" in text and "\\textbf{61.90}" not in text
+    assert "62.44 (SE 11.63) $\\approx$" in text
     assert latex.escape("st_adapter 5% {x}") == "st\\_adapter 5\\% \\{x\\}"
     document = (tmp_path / "out" / "report.tex").read_text()
+    assert "$\\approx$: within noise of the reference row msta" in document
     assert document.count("\\begin{tabular}") == 3 and (tmp_path / "out" / "tables" / "base2novel-hmdb51.tex").is_file()
     if shutil.which("pdflatex"):
         done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "report.tex"], cwd=tmp_path / "out",

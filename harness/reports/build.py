@@ -9,7 +9,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
 from harness.jobs import short_hash
-from harness.reports import aggregate, latex, plots, published, render, rows, tables
+from harness.reports import aggregate, latex, noise, plots, published, render, rows, tables
 
 FORMATS = ("md", "csv", "latex")
 
@@ -54,7 +54,8 @@ def write_report(folders: list[Path], out: Path, formats: tuple[str, ...] = FORM
     ablations = plots.ablation_sets(df) if not df.empty else []
     for ablation in ablations:
         sections.append(f"## Ablation: {ablation['method']} ({ablation['protocol']}, {ablation['dataset']})\n\n"
-                        + rows.to_markdown(plots.ablation_table(ablation)) + "\n")
+                        + rows.to_markdown(plots.ablation_table(ablation, annotated=True)) + "\n\n"
+                        + plots.ABLATION_NOTE + "\n")
     if draw and not df.empty:
         report.written += _draw(report, df, ablations, found, curves)
         images = [p for p in report.written if p.suffix == ".png"]
@@ -90,6 +91,7 @@ def _header_lines(found: aggregate.Collected) -> list[str]:
     for conflict in found.conflicts:
         lines.append(f"**Conflict**: {conflict}.")
     lines.append("Bold: best measured value per column. Std over runs (splits x seeds) after ±, when n > 1. "
+                 + noise.SE_LEGEND + " "
                  f"Flags: `{aggregate.FLAG_CHANCE}` (novel / zero-shot top-1 within {aggregate.CHANCE_MARGIN:g} "
                  f"points of chance), `{aggregate.FLAG_VIDEOS}` (fewer videos used than listed), "
                  f"`{aggregate.FLAG_PROFILE}` (a profile shortened the schedule: not comparable with papers).")

@@ -2,6 +2,7 @@
 of them: `\\documentclass{article}` + `booktabs` and `graphicx` (to fit wide tables), nothing else, so it compiles anywhere."""
 from __future__ import annotations
 
+from harness.reports.noise import MARK
 from harness.reports.render import cells
 from harness.reports.tables import ReportTable
 
@@ -14,7 +15,7 @@ _PM = "\x00PM\x00"  # placeholder that survives escaping, becomes $\pm$
 def escape(text: str) -> str:
     """TeX-escape plain text (method names such as `st_adapter`, `msta[rank=8]`, `%`)."""
     out = "".join(_ESCAPES.get(ch, ch) for ch in text)
-    return out.replace("Δ", r"$\Delta$").replace(_PM, r"$\pm$").replace("±", r"$\pm$")
+    return out.replace("Δ", r"$\Delta$").replace(_PM, r"$\pm$").replace("±", r"$\pm$").replace("≈", r"$\approx$")
 
 
 def to_tabular(table: ReportTable) -> str:
@@ -47,6 +48,9 @@ def to_document(tables: list[ReportTable]) -> str:
              r"\begin{document}"]
     for table in tables:
         parts += [r"\begin{table}[ht]", r"\centering", r"\small", rf"\caption{{{escape(table.title)}}}",
-                  r"\resizebox{\linewidth}{!}{%", to_tabular(table).rstrip("\n") + "}", r"\end{table}"]
+                  r"\resizebox{\linewidth}{!}{%", to_tabular(table).rstrip("\n") + "}"]
+        parts += [r"\par{\footnotesize " + escape(note.replace("`", "")) + "}"
+                  for note in table.notes if note.startswith(f"`{MARK}`")]  # what the mark in the cells means
+        parts.append(r"\end{table}")
     parts.append(r"\end{document}")
     return "\n".join(parts) + "\n"

@@ -4,7 +4,8 @@
   without trainable parameters drawn as horizontal reference lines;
 - ablations: the headline metric against each swept setting, numeric values on a numeric axis
   in numeric order, the option's default value included (it is a run like the others) and
-  marked; two swept settings give a heatmap;
+  marked, each point with its standard error (error bars; harness.reports.noise); two swept
+  settings give a heatmap;
 - training curves of one job (loss, learning rate, and validation accuracy per epoch when
   validation ran) from the scalars mmengine wrote in the job's own work folder.
 """
@@ -19,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from harness.atomic import atomic_write_bytes
-from harness.metrics import base2novel_summary, mean_std
+from harness.metrics import base2novel_summary, harmonic_mean_standard_error, mean_std
+from harness.reports import noise
 from harness.reports.rows import varying_settings
 from harness.reports.tables import ReportTable
 
@@ -82,18 +84,24 @@ def params_plot(table: ReportTable, stem: Path) -> list[Path]:
 
 
 # -- ablations ------------------------------------------------------------------------------------
-def _headline_value(g: pd.DataFrame) -> tuple[str, float]:
-    """(metric name, value) of one configuration: HM for base-to-novel, else mean top-1 of its
-    first evaluation set."""
+def _headline_value(g: pd.DataFrame) -> tuple[str, float, float]:
+    """(metric name, value, standard error) of one configuration: HM for base-to-novel (its SE
+    by the delta method), else mean top-1 of its first evaluation set."""
     if g["protocol"].iloc[0] == "base2novel":
-        pairs = []
+        pairs, runs = [], []
         for _run, s in g.groupby(["split", "seed"]):
             b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
             if len(b) and len(n):
                 pairs.append((float(b.mean()), float(n.mean())))
-        return "HM", base2novel_summary(pairs)["hm"] if pairs else float("nan")
-    first = g["eval"].iloc[0]
-    return "top-1", mean_std([float(v) for v in g[g["eval"] == first]["top1"]])[0]
+                runs.append(s)
+        if not pairs:
+            return "HM", float("nan"), float("nan")
+        summ, used = base2novel_summary(pairs), pd.concat(runs)
+        se = harmonic_mean_standard_error(summ["base"], noise.cell_standard_error(used[used["eval"] == "base"]),
+                                          summ["novel"], noise.cell_standard_error(used[used["eval"] == "novel"]))
+        return "HM", summ["hm"], se
+    first = g[g["eval"] == g["eval"].iloc[0]]
+    return "top-1", mean_std([float(v) for v in first["top1"]])[0], noise.cell_standard_error(first)
 
 
 def _number(value: Any) -> float | None:
@@ -136,9 +144,10 @@ def ablation_sets(df: pd.DataFrame) -> list[dict[str, Any]]:
         varying = [k for k in varying if not k.startswith("recipe.")]
         if not 1 <= len(varying) <= 2:
             continue
-        points = [({k: s.get(k) for k in varying}, value) for s, _, value in configs]
+        points = [({k: s.get(k) for k in varying}, value) for s, _, value, _ in configs]
         out.append({"protocol": protocol, "dataset": dataset, "method": method, "shots": shots,
                     "axes": varying, "metric": configs[0][1], "points": points,
+                    "ses": [se for *_, se in configs],
                     "defaults": {k: _default_for(method, k, configs[0][0]) for k in varying}})
     return out
 
@@ -155,11 +164,16 @@ def _sorted_values(values: list[Any]) -> list[Any]:
     return sorted(unique, key=str)
 
 
-def ablation_table(ablation: dict[str, Any]) -> pd.DataFrame:
-    """The ablation's values as a table: one row per value (or a grid for two axes)."""
+def ablation_table(ablation: dict[str, Any], annotated: bool = False) -> pd.DataFrame:
+    """The ablation's values as a table: one row per value (or a grid for two axes). Numbers,
+    or with `annotated` text cells as the report shows them: `value (SE se)`, the best bold and
+    `≈` on the values within noise of it (`noise.best_flags`)."""
     axes = ablation["axes"]
-    frame = pd.DataFrame([{**{_short(k): v for k, v in point.items()}, ablation["metric"]: round(value, 2)}
-                          for point, value in ablation["points"]])
+    values = [round(value, 2) for _, value in ablation["points"]]
+    if annotated:
+        values = _annotated(ablation)
+    frame = pd.DataFrame([{**{_short(k): v for k, v in point.items()}, ablation["metric"]: value}
+                          for (point, _), value in zip(ablation["points"], values)])
     first = _short(axes[0])
     frame = frame.set_index(first).loc[_sorted_values(list(frame[first]))].reset_index()
     if len(axes) == 2:
@@ -171,6 +185,27 @@ def ablation_table(ablation: dict[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def _annotated(ablation: dict[str, Any]) -> list[str]:
+    values = [value for _, value in ablation["points"]]
+    ses = ablation.get("ses") or [float("nan")] * len(values)
+    flags = noise.best_flags(values, ses)
+    best = max(range(len(values)), key=lambda i: values[i] if values[i] == values[i] else float("-inf"))
+    cells = []
+    for i, (value, se, flag) in enumerate(zip(values, ses, flags)):
+        text = "" if value != value else f"{value:.2f}" + ("" if se != se else f" (SE {se:.2f})")
+        if i == best and text:
+            text = f"**{text}**"
+        elif flag:
+            text += f" {noise.MARK}"
+        cells.append(text)
+    return cells
+
+
+#: Under an annotated ablation table.
+ABLATION_NOTE = (f"Bold: the best value; `{noise.MARK}`: within noise of it (|difference| <= 2 sqrt(SE_a^2 + SE_b^2)). "
+                 "SE: eval-set sampling error (docs/reports.md).")
+
+
 def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
     plt = _pyplot()
     axes, metric = ablation["axes"], ablation["metric"]
@@ -178,16 +213,19 @@ def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
     if len(axes) == 1:
         key = axes[0]
         values = {point[key]: value for point, value in ablation["points"]}
+        ses = dict(zip((point[key] for point, _ in ablation["points"]),
+                       ablation.get("ses") or [float("nan")] * len(values)))
         xs = _sorted_values(list(values))
         fig, ax = plt.subplots(figsize=(4.8, 3.4))
         numeric = all(_number(x) is not None for x in xs)
         pos = [_number(x) for x in xs] if numeric else list(range(len(xs)))
-        ax.plot(pos, [values[x] for x in xs], "o-")
+        ax.errorbar(pos, [values[x] for x in xs], yerr=[ses[x] for x in xs], fmt="o-", capsize=3,
+                    label="± 1 SE (eval-set sampling)")
         default = ablation["defaults"].get(key)
         if default in values:
             i = xs.index(default)
             ax.plot([pos[i]], [values[default]], "*", markersize=14, color="C3", label=f"default ({default})")
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
         if numeric and min(pos) > 0 and max(pos) / min(pos) >= 8:
             ax.set_xscale("log", base=2)
         ax.set_xticks(pos, [str(x) for x in xs])
@@ -201,6 +239,9 @@ def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
         rows = [str(v) for v in grid[_short(first)]]
         cols = [c.split("=", 1)[1] for c in grid.columns[1:]]
         data = grid.iloc[:, 1:].to_numpy(dtype=float)
+        ses = ablation.get("ses") or [float("nan")] * len(ablation["points"])
+        se_grid = ablation_table({**ablation, "points": [(p, se) for (p, _), se in zip(ablation["points"], ses)]})
+        se_data = se_grid.iloc[:, 1:].to_numpy(dtype=float)
         fig, ax = plt.subplots(figsize=(1.4 * len(cols) + 2.5, 1.0 * len(rows) + 1.8))
         image = ax.imshow(data, cmap="viridis", aspect="auto")
         low, high = np.nanmin(data), np.nanmax(data)
@@ -208,7 +249,8 @@ def ablation_plot(ablation: dict[str, Any], stem: Path) -> list[Path]:
             for j in range(data.shape[1]):
                 if not np.isnan(data[i, j]):
                     bright = high > low and (data[i, j] - low) / (high - low) > 0.6  # viridis turns yellow
-                    ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=9,
+                    se = "" if np.isnan(se_data[i, j]) else f"\n± {se_data[i, j]:.1f} SE"
+                    ax.text(j, i, f"{data[i, j]:.1f}{se}", ha="center", va="center", fontsize=9,
                             color="black" if bright else "white")
         ax.set_xticks(range(len(cols)), cols)
         ax.set_yticks(range(len(rows)), rows)

@@ -1,6 +1,7 @@
-"""A `ReportTable` as text cells: metrics as `mean ± std` (std only when n > 1), the best
+"""A `ReportTable` as text cells: metrics as `mean ± std (SE se)` (std only when n > 1, SE when
+known), `≈` after a value within noise of the reference row (harness.reports.noise), the best
 measured value of each metric column marked (bold), parameters as `0.40M`, hidden columns
-(`_match`, `Quoted`, the `<metric> std` companions) folded in or dropped. Markdown and LaTeX
+(`_match`, `Quoted`, the `<metric> std` / `se` / `within_noise` companions) folded in or dropped. Markdown and LaTeX
 share these cells; only the bold and the escaping differ."""
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.reports.noise import MARK, NOISE_SUFFIX, SE_SUFFIX, is_marked
 from harness.reports.rows import VOCAB_COLUMNS, fmt_params
 from harness.reports.tables import ReportTable
 
@@ -50,13 +52,19 @@ def visible_columns(table: ReportTable) -> list[str]:
     frame = table.frame
     cols = []
     for col in frame.columns:
-        if col.startswith("_") or col == "Quoted" or (col.endswith(" std") and col[:-4] in table.metrics):
+        if col.startswith("_") or col == "Quoted" or _companion(col, table.metrics):
             continue
         if col in ("Source", "Flags") and not frame[col].fillna("").astype(str).str.len().any():
             continue
         cols.append(col)
     tail = [c for c in ("n", "Flags", "Source") if c in cols]
     return [c for c in cols if c not in tail] + tail
+
+
+def _companion(column: str, metrics: list[str]) -> bool:
+    """A `<metric> std` / `se` / `within_noise` column: shown inside its metric's cell."""
+    return any(column.endswith(suffix) and column[:-len(suffix)] in metrics
+               for suffix in (" std", SE_SUFFIX, NOISE_SUFFIX))
 
 
 def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list[str], list[list[str]]]:
@@ -75,6 +83,11 @@ def cells(table: ReportTable, bold: Callable[[str], str], pm: str) -> tuple[list
                 std = row.get(f"{col} std")
                 if text and std is not None and std == std:
                     text = f"{text}{pm}{_number(std)}"
+                se = row.get(f"{col}{SE_SUFFIX}")
+                if text and se is not None and se == se:
+                    text = f"{text} (SE {_number(se)})"
+                if text and is_marked(row.get(f"{col}{NOISE_SUFFIX}")):
+                    text = f"{text} {MARK}"
                 if text and pos in best.get(col, ()):
                     text = bold(text)
             elif col.startswith("Δ "):

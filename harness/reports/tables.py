@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from harness.jobs import short_hash
-from harness.metrics import base2novel_summary, harmonic_mean, mean_std
+from harness.metrics import base2novel_summary, harmonic_mean, harmonic_mean_standard_error, mean_std
+from harness.reports import noise
 from harness.reports.rows import (
     VOCAB_COLUMNS,
     method_specific,
@@ -46,7 +47,8 @@ PER_DATASET_KEYS = ("dataset", "schedule.views", "shots")
 @dataclass
 class ReportTable:
     """One table: `frame` holds numbers as numbers (a `<metric> std` column next to each metric,
-    NaN where n = 1), a `Quoted` flag column and a `Source` column for published rows."""
+    NaN where n = 1, its standard error `<metric> se` and, once `noise.mark_table` ran,
+    `<metric> within_noise`), a `Quoted` flag column and a `Source` column for published rows."""
 
     slug: str
     title: str
@@ -131,22 +133,29 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
     for dataset in datasets:
         rows = []
         for row_id, g in df[df["dataset"] == dataset].groupby("row", sort=False):
-            pairs = []
+            pairs, runs = [], []
             for _run, s in g.groupby(["split", "seed"]):
                 b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
                 if len(b) and len(n):
                     pairs.append((float(b.mean()), float(n.mean())))
+                    runs.append(s)
             if not pairs:
                 continue
             summ = base2novel_summary(pairs)
             many = len(pairs) > 1
+            used = pd.concat(runs)
+            se_b = noise.cell_standard_error(used[used["eval"] == "base"])
+            se_n = noise.cell_standard_error(used[used["eval"] == "novel"])
             row = {**_identity(g, varying),
                    "Base": _round(summ["base"]), "Base std": _round(summ["base_std"]) if many else np.nan,
+                   "Base se": _round(se_b),
                    "Novel": _round(summ["novel"]), "Novel std": _round(summ["novel_std"]) if many else np.nan,
+                   "Novel se": _round(se_n),
                    "HM": _round(summ["hm"]), "HM std": _round(summ["hm_split_std"]) if many else np.nan,
+                   "HM se": _round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)),
                    **vocabulary_cells(g), "n": len(pairs), "Flags": _flags(g)}
             rows.append(row)
-            per_row.setdefault(row_id, {})[dataset] = (row, summ["base"], summ["novel"])
+            per_row.setdefault(row_id, {})[dataset] = (row, summ["base"], summ["novel"], se_b, se_n)
         blocks.append(ReportTable(f"base2novel-{dataset}", f"Base-to-novel: {dataset}", _frame(rows),
                                   ["Base", "Novel", "HM"], "HM", protocol="base2novel", dataset=dataset))
     if len(datasets) > 1:
@@ -155,14 +164,20 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
             if len(found) < len(datasets):
                 continue
             first = next(iter(found.values()))[0]
-            base = float(np.mean([b for _, b, _ in found.values()]))
-            novel = float(np.mean([n for _, _, n in found.values()]))
+            base = float(np.mean([b for _, b, _, _, _ in found.values()]))
+            novel = float(np.mean([n for _, _, n, _, _ in found.values()]))
+            se_b = noise.average_standard_error([s for *_, s, _ in found.values()])
+            se_n = noise.average_standard_error([s for *_, s in found.values()])
             ident = {k: v for k, v in first.items() if k in ("Method", "Trainable", "% of backbone") or k in varying}
             ident["_match"] = None  # an average is never compared with a published number
-            rows.append({**ident, "Base": _round(base), "Base std": np.nan, "Novel": _round(novel),
-                         "Novel std": np.nan, "HM": _round(harmonic_mean(base, novel)), "HM std": np.nan,
-                         "n": len(found), "Flags": ", ".join(sorted({f for r, _, _ in found.values()
+            rows.append({**ident, "Base": _round(base), "Base std": np.nan, "Base se": _round(se_b),
+                         "Novel": _round(novel), "Novel std": np.nan, "Novel se": _round(se_n),
+                         "HM": _round(harmonic_mean(base, novel)), "HM std": np.nan,
+                         "HM se": _round(harmonic_mean_standard_error(base, se_b, novel, se_n)),
+                         "n": len(found), "Flags": ", ".join(sorted({f for r, *_ in found.values()
                                                                        for f in r["Flags"].split(", ") if f}))})
+        if not rows:  # no row on every dataset: no average block (an empty one has no columns to render)
+            return blocks
         blocks.append(ReportTable("base2novel-average", f"Base-to-novel: average over {', '.join(datasets)}",
                                   _frame(rows), ["Base", "Novel", "HM"], "HM",
                                   ["Average block: Base and Novel averaged over the datasets, HM of those "
@@ -171,12 +186,14 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
     return blocks
 
 
-def _mean_block(g: pd.DataFrame, column: str) -> dict[str, Any]:
-    """`column` and `column std` over the runs (split, seed) of `g`; the run's value is the mean
-    of its evaluation rows (so zero-shot's three evaluation splits count as three runs)."""
-    values = [float(v) for v in g["top1"]]
+def _mean_block(g: pd.DataFrame, column: str, source: str = "top1") -> dict[str, Any]:
+    """`column`, `column std` and `column se` (noise.cell_standard_error) over the runs (split,
+    seed) of `g`; the run's value is the mean of its evaluation rows (so zero-shot's three
+    evaluation splits count as three runs)."""
+    values = [float(v) for v in g[source]]
     mean, _ = mean_std(values)
-    return {column: _round(mean), f"{column} std": _round(_std(values))}
+    return {column: _round(mean), f"{column} std": _round(_std(values)),
+            f"{column}{noise.SE_SUFFIX}": _round(noise.cell_standard_error(g, source))}
 
 
 def few_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
@@ -220,9 +237,8 @@ def fully_supervised_tables(df: pd.DataFrame, varying: list[str]) -> list[Report
             row = {**_identity(g, varying), "Eval": eval_name,
                    "Frames x views": f"{int(first['frames'])}x{clips}x{crops}"}
             row.update(_mean_block(g, "Top-1"))
-            t5 = [float(v) for v in g["top5"]]
-            row.update({"Top-5": _round(mean_std(t5)[0]), "Top-5 std": _round(_std(t5)),
-                        "GMACs/view": gmacs, "GMACs x views": _round(gmacs * clips * crops) if gmacs == gmacs and gmacs is not None else np.nan,
+            row.update(_mean_block(g, "Top-5", "top5"))
+            row.update({"GMACs/view": gmacs, "GMACs x views": _round(gmacs * clips * crops) if gmacs == gmacs and gmacs is not None else np.nan,
                         **vocabulary_cells(g), "n": len(g), "Flags": _flags(g)})
             rows.append(row)
         out.append(ReportTable(f"fully_supervised-{dataset}", f"Fully supervised: {dataset}", _frame(rows),
@@ -237,12 +253,13 @@ def _frame(rows: list[dict[str, Any]], metrics: list[str] | None = None) -> pd.D
     frame = pd.DataFrame(rows)
     if metrics:  # wide layouts: every metric column present, in order, even if a row lacks it
         for m in metrics:
-            for col in (m, f"{m} std"):
+            for col in (m, f"{m} std", f"{m}{noise.SE_SUFFIX}"):
                 if col not in frame:
                     frame[col] = np.nan
         tail = (*VOCAB_COLUMNS, "n", "Flags")
-        fixed = [c for c in frame.columns if c not in metrics and not c.endswith(" std") and c not in tail]
-        ordered = [c for m in metrics for c in (m, f"{m} std")]
+        fixed = [c for c in frame.columns if c not in metrics and not c.endswith((" std", noise.SE_SUFFIX))
+                 and c not in tail]
+        ordered = [c for m in metrics for c in (m, f"{m} std", f"{m}{noise.SE_SUFFIX}")]
         frame = frame[fixed + ordered + [c for c in tail if c in frame]]
     frame.insert(0, "Quoted", False)
     frame["Source"] = ""
@@ -274,6 +291,10 @@ def build_tables(df: pd.DataFrame) -> list[ReportTable]:
                 table.notes.insert(0, note)
                 if vocab and any(c in table.frame for c in VOCAB_COLUMNS):
                     table.notes.append(vocab)
+    for table in tables:
+        table.frame, noise_note = noise.mark_table(table.frame, table.metrics, by=("Eval",))
+        if noise_note and noise_note not in table.notes:
+            table.notes.append(noise_note)
     return tables
 
 
