@@ -65,6 +65,24 @@ def test_seeds_of_one_split_share_their_eval_set_error(tmp_path):
     assert table.frame["Base se"].iloc[0] == 4.45
 
 
+def test_splits_scoring_one_list_file_share_its_error(tmp_path):
+    """Base-to-novel splits train on different files but score the same base_val / novel_val
+    lists: the recorded list file, not the split index, decides which runs share sampling error."""
+    run = tmp_path / "run"
+    shared = {"base": "b2n/base_val.txt", "novel": "b2n/novel_val.txt"}
+    write_job(run, "s1", {"base": (60, 99), "novel": (50, 99)}, split=1, videos=100, eval_files=shared)
+    write_job(run, "s2", {"base": (80, 99), "novel": (50, 99)}, split=2, videos=100, eval_files=shared)
+    (table,) = write_report([run], tmp_path / "out", formats=("md",), draw=False).tables
+    assert table.frame["Base se"].iloc[0] == 4.45  # (4.899 + 4.0) / 2, as for seeds of one set
+    other = tmp_path / "other"
+    write_job(other, "s1", {"base": (60, 99), "novel": (50, 99)}, split=1, videos=100,
+              eval_files={"base": "s1_val.txt", "novel": "n.txt"})
+    write_job(other, "s2", {"base": (80, 99), "novel": (50, 99)}, split=2, videos=100,
+              eval_files={"base": "s2_val.txt", "novel": "n.txt"})
+    (table,) = write_report([other], tmp_path / "out2", formats=("md",), draw=False).tables
+    assert table.frame["Base se"].iloc[0] == 3.16  # sqrt(4.899^2 + 4.0^2) / 2 = 3.162: independent lists
+
+
 def test_ablation_marks_values_within_noise_of_the_best(tmp_path):
     run = tmp_path / "run"
     # top-1 on 400 videos (SE 2.5 at 50%): rank 64 far below the best, rank 128 close to it

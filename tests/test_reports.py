@@ -25,12 +25,16 @@ from methods.registry import make_config
 
 def write_job(root: Path, job_id: str, evals: dict, *, method="msta", protocol="base2novel", dataset="hmdb51",
               split=1, seed=1, shots=None, frames=8, backbone="ViT-B-16", pretrained="openai", profile=None,
-              options=None, trainable=1000, classes=10, used=None, git_sha="abc", videos=10) -> None:
-    """One finished job as `harness run` records it (only the fields the report reads)."""
+              options=None, trainable=1000, classes=10, used=None, git_sha="abc", videos=10,
+              eval_files=None) -> None:
+    """One finished job as `harness run` records it (only the fields the report reads).
+    `eval_files`: eval name -> the list file it scored (recorded in job["evals"])."""
     job = {"method": method, "method_options": {**make_config(method).to_dict(), **(options or {})},
            "split": split, "shots": shots, "seed": seed, "schedule": {"select": "last", "frames": frames, "epochs": 50},
            "profile": profile, "protocol": protocol, "protocol_hash": "h", "dataset": dataset,
            "backbone": backbone, "pretrained": pretrained}
+    if eval_files:
+        job["evals"] = [{"name": name, "ann_file": f} for name, f in eval_files.items()]
     metrics = {"evals": {name: {"top1": t1, "top5": t5, "n": videos, "classes": classes, "views": [1, 1],
                                 "videos": {"listed": videos, "used": videos if used is None else used}}
                          for name, (t1, t5) in evals.items()},

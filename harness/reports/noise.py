@@ -32,12 +32,17 @@ SE_LEGEND = ("(SE x): standard error of the value from eval-set sampling (binomi
 
 def cell_standard_error(runs: pd.DataFrame, column: str = "top1") -> float:
     """SE (points) of the mean of `runs[column]`, one row per run and eval set (columns
-    `column`, `n`, and `dataset` / `split` / `eval` naming the eval set when present)."""
+    `column`, `n`, and `eval_set` (the list file scored) or else `dataset` / `split` / `eval`
+    naming the eval set when present)."""
     if runs.empty:
         return float("nan")
     ses = [accuracy_standard_error(float(acc), int(n)) if _known(acc) and _known(n) else float("nan")
            for acc, n in zip(runs[column], runs["n"])]
-    keys = [c for c in ("dataset", "split", "eval") if c in runs]
+    # the list file scored names the videos; without it, dataset / split / eval name do
+    if "eval_set" in runs and runs["eval_set"].notna().all():
+        keys = ["eval_set"]
+    else:
+        keys = [c for c in ("dataset", "split", "eval") if c in runs]
     sets = list(runs[keys].astype(str).agg("/".join, axis=1)) if keys else None
     return run_average_standard_error(ses, sets)
 

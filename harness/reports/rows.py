@@ -91,7 +91,8 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
         for eval_name, ev in metrics["evals"].items():
             rows.append({
                 "config": config_id(job), "settings": key, "method": method_label(job), "split": job["split"], "shots": job.get("shots"), "seed": job["seed"],
-                "eval": eval_name, "top1": ev.get("top1"), "top5": ev.get("top5"), "n": ev.get("n"),
+                "eval": eval_name, "eval_set": _eval_set(job, eval_name), "top1": ev.get("top1"), "top5": ev.get("top5"),
+                "n": ev.get("n"),
                 "classes": ev.get("classes"), "views": "x".join(map(str, ev.get("views", [1, 1]))),
                 "trainable": metrics["params"]["trainable"], "total": metrics["params"]["total"],
                 "pct_of_backbone": metrics["params"].get("pct_of_backbone"),
@@ -105,6 +106,15 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
                 **_recipe_columns(job), **vocabulary_fields(metrics),
             })
     return pd.DataFrame(rows)
+
+
+def _eval_set(job: dict[str, Any], eval_name: str) -> str | None:
+    """The list file an eval scored (None when the job does not say): runs that score the same
+    list share its sampling error (base-to-novel splits share base_val / novel_val)."""
+    for spec in job.get("evals") or []:
+        if spec.get("name") == eval_name and spec.get("ann_file"):
+            return str(spec["ann_file"])
+    return None
 
 
 def _recipe_columns(job: dict[str, Any]) -> dict[str, Any]:
