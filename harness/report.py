@@ -43,7 +43,10 @@ def recipe_lines(df: pd.DataFrame) -> list[str]:
         lines.append(f"Rows marked '{PER_METHOD_RECIPE}' ran each method's published schedule (`--schedule paper`), "
                      "not the shared one: they are not an identical-protocol comparison.")
     fallback = sorted(set(df.loc[df["recipe_scope"] != "published", "method"]))
-    if fallback:
+    if fallback and (df["profile"] == "embedded").all():
+        lines.append("Profile `embedded`: lr per method from the fixed-budget search on the embedded dataset "
+                     "(protocols/profiles.yaml, docs/embedded-benchmark.md); other options from the method defaults.")
+    elif fallback:
         lines.append(f"No published recipe for `{df['dataset'].iloc[0]}`: {', '.join(fallback)} use their "
                      "protocol-level default (or option defaults) for lr / wd / method options.")
     skipped = sorted({(m, n) for m, n in zip(df["method"], df["not_applied"]) if n})

@@ -55,7 +55,8 @@ def test_resolution_order_common_default_dataset():
 
 
 def test_shared_schedule_takes_recipe_optimiser_only(harness_cache):
-    req = _request("embedded", "zero_shot", ["vificlip", "st_adapter"], profile="embedded", cache_dir=str(harness_cache))
+    # no profile: the `embedded` profile sets its own searched lrs (test_embedded_profile_lr_wins_over_recipe)
+    req = _request("embedded", "zero_shot", ["vificlip", "st_adapter"], profile=None, cache_dir=str(harness_cache))
     vifi, sta = expand_jobs(req)
     assert vifi.method_options["lr"] == 8e-6 and vifi.method_options["weight_decay"] == 0.001
     assert sta.method_options["lr"] == 7.5e-4 and sta.method_options["weight_decay"] == 0.01
@@ -89,6 +90,17 @@ def test_profile_and_set_win_over_recipe(harness_cache):
     assert job.method_options["lr"] == 0.5  # --set
     assert job.schedule["epochs"] == 3 and job.schedule["batch_size"] == 4  # --set, profile
     assert job.schedule["label_smoothing"] == 0.1  # recipe, untouched by the profile
+
+
+def test_embedded_profile_lr_wins_over_recipe(harness_cache):
+    """The embedded profile's per-method lrs (from its fixed-budget search) replace the recipes'
+    ViT-B/16 lrs, keep the recipes' weight decay, and yield to --set."""
+    req = _request("embedded", "zero_shot", ["vificlip", "st_adapter"], profile="embedded", cache_dir=str(harness_cache),
+                   method_options={"st_adapter": {"lr": 0.5}})
+    vifi, sta = expand_jobs(req)
+    assert (vifi.method_options["lr"], vifi.method_options["weight_decay"]) == (3e-4, 0.001)  # profile, recipe
+    assert (sta.method_options["lr"], sta.method_options["weight_decay"]) == (0.5, 0.01)  # --set, recipe
+    assert vifi.recipe["method_options"]["lr"] == 8e-6  # the recipe record still says what was published
 
 
 @pytest.mark.upstream

@@ -64,6 +64,15 @@ def varying_settings(keys: list[dict[str, Any]]) -> tuple[dict[str, Any], list[s
     return shared, varying
 
 
+def _profile_method_options(job: dict[str, Any]) -> dict[str, Any]:
+    """The options the job's profile sets for its method (e.g. the embedded profile's searched
+    lrs): part of the setting every row of that profile shares, not a per-row variation."""
+    from protocols import load_profiles
+
+    profile = load_profiles().get(job.get("profile") or "", {})
+    return dict((profile.get("method_options") or {}).get(job["method"], {}))
+
+
 def method_label(job: dict[str, Any]) -> str:
     """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its
     defaults and from its recipe; ` (per-method recipe)` when the run used `--schedule paper`."""
@@ -77,6 +86,7 @@ def method_label(job: dict[str, Any]) -> str:
     except Exception:  # a method removed since the run: show the raw name
         return job["method"] + suffix
     defaults.update(recipe.get("method_options") or {})
+    defaults.update(_profile_method_options(job))
     diff = {k: v for k, v in job["method_options"].items() if defaults.get(k) != v}
     if not diff:
         return job["method"] + suffix
