@@ -44,22 +44,30 @@ def test_unknown_recipe_name_is_a_clear_error():
         embedded.named_recipe("huge")
 
 
-@pytest.mark.real_benchmark_recipe
-@pytest.mark.parametrize("profile, expected", [("embedded", "benchmark"), ("tiny", "small"), (None, "small")])
-def test_profile_selects_the_dataset_recipe(monkeypatch, embedded_root, profile, expected):
-    """`harness run` on the embedded dataset generates what its profile names (the generator is
-    intercepted and handed the session's small dataset, so only the choice is checked)."""
-    asked = []
+def _recipes_generated(monkeypatch, embedded_root, protocol: str, profile: str | None,
+                       splits: list[int] | None) -> list[embedded.EmbeddedRecipe]:
+    """The recipes job expansion asks the generator for (the generator is intercepted and hands
+    back the session's small dataset, so nothing is generated)."""
+    asked: list[embedded.EmbeddedRecipe] = []
 
     def fake_ensure(cache_dir=None, recipe=None):
         asked.append(recipe)
         return embedded_root
 
     monkeypatch.setattr(embedded, "ensure_embedded_dataset", fake_ensure)
-    req = RunRequest(methods=["zeroshot"], protocol="base2novel", dataset="embedded", backbone="harness-tiny",
-                     pretrained="synthetic", splits=[1], seed=1, method_options={}, schedule_overrides={},
-                     data_overrides={}, profile=profile, cache_dir=str(embedded_root.parent.parent))
-    expand_jobs(req)
+    expand_jobs(RunRequest(methods=["zeroshot"], protocol=protocol, dataset="embedded", backbone="harness-tiny",
+                           pretrained="synthetic", splits=splits, seed=1, method_options={},
+                           schedule_overrides={}, data_overrides={}, profile=profile,
+                           cache_dir=str(embedded_root.parent.parent)))
+    return asked
+
+
+@pytest.mark.real_benchmark_recipe
+@pytest.mark.parametrize("profile, expected", [("embedded", "benchmark"), ("tiny", "small"), (None, "small")])
+def test_profile_selects_the_dataset_recipe(monkeypatch, embedded_root, profile, expected):
+    """`harness run` on the embedded dataset generates what its profile names (the generator is
+    intercepted and handed the session's small dataset, so only the choice is checked)."""
+    asked = _recipes_generated(monkeypatch, embedded_root, "base2novel", profile, [1])
     assert asked and all(r == embedded.NAMED_RECIPES[expected] for r in asked)
     if expected == "benchmark":
         assert asked[0].val_per_class == 100
@@ -67,15 +75,5 @@ def test_profile_selects_the_dataset_recipe(monkeypatch, embedded_root, profile,
 
 @pytest.mark.real_benchmark_recipe
 def test_zero_shot_targets_use_the_same_recipe_as_the_source(monkeypatch, embedded_root):
-    asked = []
-
-    def fake_ensure(cache_dir=None, recipe=None):
-        asked.append(recipe)
-        return embedded_root
-
-    monkeypatch.setattr(embedded, "ensure_embedded_dataset", fake_ensure)
-    req = RunRequest(methods=["zeroshot"], protocol="zero_shot", dataset="embedded", backbone="harness-tiny",
-                     pretrained="synthetic", splits=None, seed=1, method_options={}, schedule_overrides={},
-                     data_overrides={}, profile="embedded", cache_dir=str(embedded_root.parent.parent))
-    expand_jobs(req)
+    asked = _recipes_generated(monkeypatch, embedded_root, "zero_shot", "embedded", None)
     assert len(asked) >= 2 and all(r == embedded.NAMED_RECIPES["benchmark"] for r in asked)
