@@ -32,6 +32,24 @@ def init_distributed() -> None:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        import atexit
+
+        atexit.register(_leave_process_group)
+
+
+def _leave_process_group() -> None:
+    """Leave the group together at exit: without it each process tears gloo down on its own at
+    interpreter shutdown, and a rank that exits while its peer still holds the connection can
+    abort ("terminate called without an active exception") after the results were written."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    except Exception:  # a peer already gone (killed): nothing left to wait for
+        pass
+    dist.destroy_process_group()
 
 
 def broadcast_from_rank0(value: Any) -> Any:
