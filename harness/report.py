@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.metrics import base2novel_summary, harmonic_mean_standard_error, mean_std
+from harness.metrics import harmonic_mean_standard_error, mean_std
 from harness.reports import noise
 
 # Identity and per-job rows live in harness.reports.rows (shared with the cross-run reports);
@@ -83,19 +83,10 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
     columns = _columns(df)
     out = []
     for _config, g in df.groupby("config", sort=False):
-        pairs, runs = [], []
-        for _run, s in g.groupby(["split", "seed"]):
-            b = s[s["eval"] == "base"]["top1"]
-            n = s[s["eval"] == "novel"]["top1"]
-            if len(b) and len(n):
-                pairs.append((float(b.mean()), float(n.mean())))
-                runs.append(s)
-        if not pairs:
+        cells = noise.base2novel_cells(g)
+        if cells is None:
             continue
-        summ = base2novel_summary(pairs)
-        used = pd.concat(runs)
-        se_b = noise.cell_standard_error(used[used["eval"] == "base"])
-        se_n = noise.cell_standard_error(used[used["eval"] == "novel"])
+        summ, se_b, se_n, _ = cells
         first = g.iloc[0]
         out.append({
             "Method": first["method"], **_setting_columns(g, columns),

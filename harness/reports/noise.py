@@ -16,7 +16,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from harness.metrics import accuracy_standard_error, run_average_standard_error, within_noise
+from harness.metrics import (
+    accuracy_standard_error,
+    base2novel_summary,
+    run_average_standard_error,
+    within_noise,
+)
 
 SE_SUFFIX = " se"
 NOISE_SUFFIX = " within_noise"
@@ -45,6 +50,23 @@ def cell_standard_error(runs: pd.DataFrame, column: str = "top1") -> float:
         keys = [c for c in ("dataset", "split", "eval") if c in runs]
     sets = list(runs[keys].astype(str).agg("/".join, axis=1)) if keys else None
     return run_average_standard_error(ses, sets)
+
+
+def base2novel_cells(g: pd.DataFrame) -> tuple[dict[str, float], float, float, int] | None:
+    """One configuration's base-to-novel numbers: `metrics.base2novel_summary` over its runs
+    (split x seed) that have both a base and a novel eval, the SE of the averaged base and novel
+    cells over those runs, and how many runs there are; None when no run has both."""
+    pairs, runs = [], []
+    for _run, s in g.groupby(["split", "seed"]):
+        b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
+        if len(b) and len(n):
+            pairs.append((float(b.mean()), float(n.mean())))
+            runs.append(s)
+    if not pairs:
+        return None
+    used = pd.concat(runs)
+    return (base2novel_summary(pairs), cell_standard_error(used[used["eval"] == "base"]),
+            cell_standard_error(used[used["eval"] == "novel"]), len(pairs))
 
 
 def average_standard_error(ses: Sequence[float]) -> float:

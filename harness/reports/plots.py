@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.atomic import atomic_write_bytes
-from harness.metrics import base2novel_summary, harmonic_mean_standard_error, mean_std
+from harness.metrics import harmonic_mean_standard_error, mean_std
 from harness.reports import noise
 from harness.reports.rows import varying_settings
 from harness.reports.tables import ReportTable
@@ -88,17 +88,11 @@ def _headline_value(g: pd.DataFrame) -> tuple[str, float, float]:
     """(metric name, value, standard error) of one configuration: HM for base-to-novel (its SE
     by the delta method), else mean top-1 of its first evaluation set."""
     if g["protocol"].iloc[0] == "base2novel":
-        pairs, runs = [], []
-        for _run, s in g.groupby(["split", "seed"]):
-            b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
-            if len(b) and len(n):
-                pairs.append((float(b.mean()), float(n.mean())))
-                runs.append(s)
-        if not pairs:
+        cells = noise.base2novel_cells(g)
+        if cells is None:
             return "HM", float("nan"), float("nan")
-        summ, used = base2novel_summary(pairs), pd.concat(runs)
-        se = harmonic_mean_standard_error(summ["base"], noise.cell_standard_error(used[used["eval"] == "base"]),
-                                          summ["novel"], noise.cell_standard_error(used[used["eval"] == "novel"]))
+        summ, se_b, se_n, _ = cells
+        se = harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)
         return "HM", summ["hm"], se
     first = g[g["eval"] == g["eval"].iloc[0]]
     return "top-1", mean_std([float(v) for v in first["top1"]])[0], noise.cell_standard_error(first)

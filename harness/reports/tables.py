@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from harness.jobs import short_hash
-from harness.metrics import base2novel_summary, harmonic_mean, harmonic_mean_standard_error, mean_std
+from harness.metrics import harmonic_mean, harmonic_mean_standard_error, mean_std
 from harness.reports import noise
 from harness.reports.rows import (
     VOCAB_COLUMNS,
@@ -133,19 +133,11 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
     for dataset in datasets:
         rows = []
         for row_id, g in df[df["dataset"] == dataset].groupby("row", sort=False):
-            pairs, runs = [], []
-            for _run, s in g.groupby(["split", "seed"]):
-                b, n = s[s["eval"] == "base"]["top1"], s[s["eval"] == "novel"]["top1"]
-                if len(b) and len(n):
-                    pairs.append((float(b.mean()), float(n.mean())))
-                    runs.append(s)
-            if not pairs:
+            cells = noise.base2novel_cells(g)
+            if cells is None:
                 continue
-            summ = base2novel_summary(pairs)
-            many = len(pairs) > 1
-            used = pd.concat(runs)
-            se_b = noise.cell_standard_error(used[used["eval"] == "base"])
-            se_n = noise.cell_standard_error(used[used["eval"] == "novel"])
+            summ, se_b, se_n, n_runs = cells
+            many = n_runs > 1
             row = {**_identity(g, varying),
                    "Base": _round(summ["base"]), "Base std": _round(summ["base_std"]) if many else np.nan,
                    "Base se": _round(se_b),
@@ -153,7 +145,7 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
                    "Novel se": _round(se_n),
                    "HM": _round(summ["hm"]), "HM std": _round(summ["hm_split_std"]) if many else np.nan,
                    "HM se": _round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)),
-                   **vocabulary_cells(g), "n": len(pairs), "Flags": _flags(g)}
+                   **vocabulary_cells(g), "n": n_runs, "Flags": _flags(g)}
             rows.append(row)
             per_row.setdefault(row_id, {})[dataset] = (row, summ["base"], summ["novel"], se_b, se_n)
         blocks.append(ReportTable(f"base2novel-{dataset}", f"Base-to-novel: {dataset}", _frame(rows),
