@@ -86,6 +86,11 @@ class VideoTextModel(nn.Module):
     #: The generic tests check this claim (reversed clips after perturbing every trainable
     #: tensor) and the order-pair benchmark reads it.
     models_frame_order: ClassVar[bool] = False
+    #: Visual token layouts this method runs on: "per_frame" (CLIP: every frame through the image
+    #: tower on its own, blocks see (B*T, L, D)) and/or "joint" (ViCLIP: one space-time sequence per
+    #: clip, blocks see (B, 1 + T*N, D)). A backbone whose layout is not listed is refused with one
+    #: line before any job starts.
+    token_layouts: ClassVar[frozenset[str]] = frozenset({"per_frame"})
     #: What the method needs from the run besides videos and class names. Known needs and the
     #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
     #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
@@ -317,6 +322,19 @@ class VideoTextModel(nn.Module):
     def forward(self, video: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         """(B, T, 3, H, W) -> (B, C) logits over `classnames`."""
         return self.logits(self.encode_video(video), self.text_features(classnames))
+
+    def training_losses(self, video: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], *,
+                        batch_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The training losses of one (micro-)batch, each a mean over its clips (the engine sums
+        them): what the engine, the FLOP counter and the benchmark call in training.
+
+        `video` (B, T, 3, H, W), `labels` (B,) index `classnames`. `batch_labels` are the labels of
+        the whole batch of the optimiser update this (micro-)batch belongs to (every micro-batch
+        and every process; `labels` when it is the whole batch), for methods whose loss depends on
+        which labels share a batch. Default: the logits of `forward` into `losses`. Methods whose
+        training objective needs more than the logits (features, a teacher, the label set of the
+        batch) override this hook."""
+        return self.losses(self(video, classnames), labels, classnames)
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str]) -> dict[str, torch.Tensor]:
         """Training losses (summed by the engine). Cross-entropy plus the method's extras."""

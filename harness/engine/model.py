@@ -58,8 +58,7 @@ class VideoClassifier(BaseModel):
     def forward(self, inputs: torch.Tensor, data_samples: list | None = None, mode: str = "tensor"):
         if mode == "loss":
             labels = labels_of(data_samples, inputs.device)
-            logits = self.net(inputs[:, 0], self.classnames)
-            return self.net.losses(logits, labels, self.classnames)
+            return self.net.training_losses(inputs[:, 0], labels, self.classnames, batch_labels=labels)
         scores = self.view_averaged_scores(inputs)
         if mode == "predict":
             labels = labels_of(data_samples, inputs.device)

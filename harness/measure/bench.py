@@ -264,10 +264,12 @@ class _Subject:
     def logits(self) -> torch.Tensor:
         return self.model(self.video) if self.plain else self.model(self.video, self.classnames)
 
-    def loss(self, logits: torch.Tensor) -> torch.Tensor:
+    def loss(self) -> torch.Tensor:
+        """The training loss of one step: the method's own training losses (plain CLIP: CE)."""
         if self.plain:
-            return nn.functional.cross_entropy(logits.float(), self.labels)
-        return sum(self.model.losses(logits, self.labels, self.classnames).values())  # type: ignore[return-value]
+            return nn.functional.cross_entropy(self.logits().float(), self.labels)
+        losses = self.model.training_losses(self.video, self.labels, self.classnames, batch_labels=self.labels)
+        return sum(losses.values())  # type: ignore[return-value]
 
     def train_step(self, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
         """Forward, losses, backward, optimizer step (train mode)."""
@@ -275,7 +277,7 @@ class _Subject:
 
         def step() -> None:
             with _autocast(self.settings, self.device):
-                loss = self.loss(self.logits())
+                loss = self.loss()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -255,11 +255,10 @@ def count_step_flops(model: nn.Module, batch: int, frames: int, image_size: int,
             # One uncounted pass fills the per-class-set caches (frozen text features, MSTA's
             # description anchors) as the first training step does; the counted pass is a
             # steady-state step.
-            m.losses(m(video, classnames), labels, classnames)
+            m.training_losses(video, labels, classnames, batch_labels=labels)
             params = [p for p in m.parameters() if p.requires_grad]
             with flop_counter() as counter:
-                logits = m(video, classnames)
-                loss = sum(m.losses(logits, labels, classnames).values())
+                loss = sum(m.training_losses(video, labels, classnames, batch_labels=labels).values())
                 forward = int(counter.get_total_flops())
                 if params and isinstance(loss, torch.Tensor) and loss.requires_grad:
                     # autograd.grad, not backward(): leaves the real model's .grad untouched.
