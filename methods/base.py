@@ -12,7 +12,12 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 
 * what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
   configuration by `run_needs(config)`; the engine then calls the matching hook
-  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind);
+  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind, from the
+  files `description_source(config)` names): "descriptions" for the training classes,
+  "scored_descriptions" for every class set the model scores (training classes, each evaluation
+  list's classes, before that list is scored);
+* what it does before the final evaluation: `prepare_evaluation()` (e.g. OST's weight-space
+  ensembling with the pretrained weights);
 * its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`;
@@ -34,7 +39,13 @@ from harness.errors import HarnessError
 from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 
-__all__ = ["MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
+__all__ = ["DESCRIPTION_NEEDS", "MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
+
+#: Needs served by `set_descriptions`: "descriptions" = the training classes' (before training);
+#: "scored_descriptions" = those of every class set the model scores (the training classes before
+#: training, each evaluation list's before it is scored), for methods that score classes through
+#: their descriptions (OST) rather than only regularise with them (MSTA).
+DESCRIPTION_NEEDS = frozenset({"descriptions", "scored_descriptions"})
 
 
 @dataclass
@@ -92,7 +103,9 @@ class VideoTextModel(nn.Module):
     #: line before any job starts.
     token_layouts: ClassVar[frozenset[str]] = frozenset({"per_frame"})
     #: What the method needs from the run besides videos and class names. Known needs and the
-    #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
+    #: hook the engine calls for each: "descriptions" -> `set_descriptions` (training classes,
+    #: before training); "scored_descriptions" -> `set_descriptions` (every class set scored: the
+    #: training classes before training, each evaluation list's classes before it is scored).
     #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
     requires: ClassVar[frozenset[str]] = frozenset()
     #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
@@ -110,6 +123,7 @@ class VideoTextModel(nn.Module):
         self.ctx = BlockContext(num_frames)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._initial_weights: dict[str, torch.Tensor] | None = None
         self.wrap_visual(lambda block, i: AdaptedBlock(block, self.ctx, i, "visual"))
         self.wrap_text(lambda block, i: AdaptedBlock(block, self.ctx, i, "text"))
         self.build()
@@ -153,12 +167,42 @@ class VideoTextModel(nn.Module):
         """How many spatial and how many temporal sentences per class `set_descriptions` wants."""
         return 0
 
+    @classmethod
+    def description_source(cls, config: MethodConfig) -> str | None:
+        """The description files this configuration reads ("etl4video" or "ost"), or None for the
+        run's `data.descriptions` setting (MSTA). A method whose scoring is defined on one
+        source's files (OST's descriptors) names it here."""
+        return None
+
     def set_descriptions(self, classnames: Sequence[str], spatial: Sequence[Sequence[str]],
                          temporal: Sequence[Sequence[str]]) -> None:
         """Hook for methods that declare "descriptions" in `requires`: one list of spatial and one
         of temporal sentences per class name. A method without that need has nothing to store."""
         raise HarnessError(f"method {self.method_name!r} does not use class descriptions "
                            "(it does not declare 'descriptions' in its `requires`)")
+
+    def prepare_evaluation(self) -> None:
+        """Called by the engine once, after training (or after a checkpoint is loaded) and before
+        the job's evaluation lists are scored. Default: nothing (OST: its official zero-shot
+        evaluation blends the trained weights with the pretrained ones)."""
+
+    def keep_initial_weights(self) -> None:
+        """Keep a copy of every parameter as it is now (at construction: the pretrained values),
+        for `blend_with_initial`. The copies are plain tensors outside the module (not moved by
+        `.to()`, not in the state dict) on the device the model was built on."""
+        self._initial_weights = {n: p.detach().clone() for n, p in self.named_parameters()}
+
+    def blend_with_initial(self, weight: float) -> None:
+        """Weight-space ensembling with the kept initial weights (WiSE-FT): every kept parameter
+        p <- weight * initial + (1 - weight) * p."""
+        initial = self._initial_weights
+        if initial is None:
+            raise HarnessError(f"{self.method_name}: no initial weights were kept (keep_initial_weights)")
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name in initial:
+                    start = initial[name].to(device=param.device, dtype=param.dtype)
+                    param.copy_(weight * start + (1.0 - weight) * param)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass of both towers (saves memory, same
@@ -238,18 +282,21 @@ class VideoTextModel(nn.Module):
             feats = feats @ visual.proj
         return feats.view(batch, frames, -1).mean(dim=1)
 
-    def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, T, 3, H, W) normalised frames -> (B, E) clip features."""
+    def visual_sequence(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> the tokens after the last visual block, (B*T, L, D)."""
         if video.dim() != 5:
             raise ValueError(f"expected a (B, T, 3, H, W) video batch, got shape {tuple(video.shape)}")
-        batch, frames = video.shape[:2]
-        self.ctx.num_frames = frames
+        self.ctx.num_frames = video.shape[1]
         visual = self.clip.visual
         x = self.patch_embed(video.flatten(0, 1))
         x = self.visual_tokens(x)
         x = visual.ln_pre(x)
-        x = visual.transformer(x)
-        feats = self.visual_pool(x, batch, frames)
+        return visual.transformer(x)
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> (B, E) clip features."""
+        x = self.visual_sequence(video)
+        feats = self.visual_pool(x, *video.shape[:2])
         return F.normalize(feats, dim=-1) if normalize else feats
 
     # -- text tower --------------------------------------------------------------------------
