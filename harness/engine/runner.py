@@ -141,19 +141,39 @@ def _device_augment(job: JobSpec, image_size: int):
 
 
 def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
-    """Give a method that needs them (`run_needs(config)` has "descriptions", e.g. MSTA's consistency
-    loss) the LLM descriptions of the training classes."""
-    if "descriptions" not in net.run_needs(net.config):
-        return None
-    from harness.data.descriptions import load_job_descriptions
+    """Give a method that needs them (`run_needs(config)` has "descriptions" or "scored_descriptions":
+    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes."""
+    from methods.base import DESCRIPTION_NEEDS
 
+    if not net.run_needs(net.config) & DESCRIPTION_NEEDS:
+        return None
     ref = job.descriptions
     if ref is None:
         raise HarnessError(f"{job.method} needs class descriptions, and dataset {job.dataset!r} has none; switch "
                            f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
+    if job.train is None:
+        return None
+    return _give_descriptions(net, job, ref, job.train.classnames)
+
+
+def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec) -> dict[str, Any] | None:
+    """Before an evaluation list is scored, a method that scores classes through their descriptions
+    ("scored_descriptions": OST) gets that list's (its own dataset's files)."""
+    if "scored_descriptions" not in net.run_needs(net.config):
+        return None
+    ref = (job.descriptions or {}).get("evals", {}).get(lst.name)
+    if ref is None:
+        raise HarnessError(f"{job.method} scores classes through their descriptions, and evaluation list "
+                           f"{lst.name!r} of dataset {lst.dataset!r} has none")
+    return _give_descriptions(net, job, ref, lst.classnames)
+
+
+def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str]) -> dict[str, Any]:
+    from harness.data.descriptions import load_job_descriptions
+
     n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
-    net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
+    net.set_descriptions(classnames, descs.spatial, descs.temporal)
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 
 
@@ -353,7 +373,10 @@ def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = 
     evals = {}
     for lst in job.evals:
         views = max(1, lst.views[0] * lst.views[1])
+        described = _attach_list_descriptions(model.net, job, lst)
         evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
+        if described is not None and evals[lst.name]:
+            evals[lst.name]["descriptions"] = described
     return evals
 
 
@@ -394,6 +417,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
+    net.prepare_evaluation()
     evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
     vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size))
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
