@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from harness.backbone import create_clip, get_tokenizer
+from methods.base import DESCRIPTION_NEEDS
 from methods.registry import build_method, get_method, list_methods
 
 #: Exact trainable counts at ViT-B/16, 8 frames, default options, as ../shared/docs/METHODS.md states
@@ -21,6 +22,8 @@ EXPECTED_DEFAULT_COUNTS = {
     "aim": 10_659_072,                # "AIM": text-matching
     "vitaclip": 28_524_545,           # "Vita-CLIP": this project's default
     "msta": 8_712_192,                # "MSTA": d=256, layers 1-12
+    "ost": 149_620_737,               # "Being added": OST @ 1810ae6, everything (USE: both; token_embedding too),
+                                      # also counted on the official model built by trainers/OST.py returnCLIP
 }
 #: Every registered method (discovered from the files in methods/): the tests below cover a new
 #: method without being edited.
@@ -47,8 +50,10 @@ def test_frame_order_contract_of_the_reference_methods():
 def _tiny(method: str, frames: int = 4, seed: int = 0):
     clip, spec = create_clip("harness-tiny", seed=seed)
     net = build_method(method, clip, get_tokenizer(spec), frames, TINY_OPTIONS.get(method, {}), classnames=CLASSES)
-    if "descriptions" in net.run_needs(net.config):
-        net.set_descriptions(CLASSES, [["a red thing", "a blue thing"]] * 5, [["it starts", "it ends"]] * 5)
+    if net.run_needs(net.config) & DESCRIPTION_NEEDS:
+        n = net.descriptions_per_class(net.config)
+        net.set_descriptions(CLASSES, [[f"a red thing {j}" for j in range(n)]] * 5,
+                             [[f"it starts, step {j}" for j in range(n)]] * 5)
     return net
 
 
