@@ -389,3 +389,28 @@ def test_real_targets_use_the_published_files(upstream_root, tmp_path):
     full = (upstream_root / "vifi-clip/labels/hmdb_51_labels.csv").read_text().splitlines()[1:]
     assert [full[i].split(",", 1)[1] for i in novel["class_ids"]] == names
     assert any(k.startswith("ost/descriptors/hmdb/") for k in job.file_provenance)
+
+
+@pytest.mark.slow
+def test_zero_shot_job_end_to_end(harness_cache, tmp_path, monkeypatch):
+    """One tiny zero-shot job through the engine: the weights are blended once (the recipe's 0.2),
+    before the first evaluation list; each target list is scored with its own descriptors
+    (recorded with its metrics)."""
+    from harness import api
+    from harness.engine import runner
+
+    calls: list[str] = []
+    prepare, evaluate = OST.prepare_evaluation, runner.evaluate
+    monkeypatch.setattr(OST, "prepare_evaluation", lambda self: calls.append("prepare") or prepare(self))
+    monkeypatch.setattr(runner, "evaluate",
+                        lambda model, lst, *a, **k: calls.append(lst.name) or evaluate(model, lst, *a, **k))
+    req = api.request("ost", "zero_shot", profile="tiny", pretrained="random", cache_dir=str(harness_cache))
+    store = api.run(req, tmp_path / "out", progress=False)
+    (job_dir,) = (tmp_path / "out" / "jobs").iterdir()
+    record = json.loads((job_dir / "metrics.json").read_text())
+    assert record["job"]["method_options"]["eval_origin_weight"] == 0.2
+    assert calls == ["prepare", "embedded_zs/split1", "embedded_zs/split2", "embedded_zs/split3"], calls
+    for name, ev in record["metrics"]["evals"].items():
+        assert ev["descriptions"]["sources"]["temporal"].endswith(
+            "descriptors/embedded_zs/temporal_descriptors/4_descriptors.json"), name
+    assert store is not None
