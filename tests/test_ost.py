@@ -414,3 +414,58 @@ def test_zero_shot_job_end_to_end(harness_cache, tmp_path, monkeypatch):
         assert ev["descriptions"]["sources"]["temporal"].endswith(
             "descriptors/embedded_zs/temporal_descriptors/4_descriptors.json"), name
     assert store is not None
+
+
+# -- converter -----------------------------------------------------------------------------------------
+def official_release(clip: torch.nn.Module) -> dict:
+    """What `utils/tools.epoch_saving` writes for OST (trainers/OST.py: `image_encoder` = the CLIP image
+    tower, `text_encoder` = transformer, positional_embedding, ln_final, text_projection and
+    token_embedding, `logit_scale`), on the DDP model (`module.`), fp32, with optimizer and scheduler
+    state. The yacs CfgNode under 'config' is left out until the checkpoint reader that reads it
+    without running code is on main (branch ckpt)."""
+    model = {}
+    for key, value in clip.state_dict().items():
+        if key == "attn_mask":
+            continue
+        name = ("image_encoder." + key[len("visual."):] if key.startswith("visual.") else
+                key if key == "logit_scale" else "text_encoder." + key)
+        model["module." + name] = value.detach().clone().float()
+    state = {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}}
+    optimizer = {"state": state, "param_groups": [{"lr": 5e-6, "weight_decay": 0.001, "params": [0]}]}
+    return {"model": model, "optimizer": optimizer, "lr_scheduler": {"t_initial": 100}, "max_accuracy": 61.2,
+            "epoch": 49}
+
+
+def test_converter_maps_every_key_of_an_official_release(tmp_path):
+    from harness.convert import ConvertRequest, convert
+    from harness.convert.checkpoint import load_checkpoint, save_converted
+
+    trained, _ = make_backbone("harness-b16-2l")
+    base_clip, _ = make_backbone("harness-b16-2l")
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    torch.save(official_release(trained), tmp_path / "ost.pth")
+    conversion = convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l"))
+    report = conversion.report
+    assert report["filled_from_release"] == len(dict(conversion.model.named_parameters())) == 62
+    assert report["filled_from_base"] == 0 and report["ignored"] == {}
+    assert report["release"]["stripped_prefixes"] == ["module."] and report["release"]["unwrapped"] == ["model"]
+    loaded = load_checkpoint(save_converted(conversion, tmp_path / "converted.pt"), method="ost")
+    ours = dict(loaded.net.clip.named_parameters())
+    for name, value in trained.named_parameters():
+        torch.testing.assert_close(ours[name], value, rtol=0, atol=0, msg=name)
+
+    # The official zero-shot evaluation: blend with the original CLIP, which the release does not hold.
+    blended = {"eval_origin_weight": 0.2}
+    with pytest.raises(HarnessError, match="--base"):
+        convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l", options=blended))
+    torch.save(base_clip.state_dict(), tmp_path / "base.pt")
+    conversion = convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l",
+                                               base=str(tmp_path / "base.pt"), options=blended))
+    net = load_checkpoint(save_converted(conversion, tmp_path / "blend.pt"), method="ost").net
+    net.prepare_evaluation()
+    original = dict(base_clip.named_parameters())
+    for name, value in trained.named_parameters():
+        torch.testing.assert_close(dict(net.clip.named_parameters())[name], 0.2 * original[name] + 0.8 * value,
+                                   msg=name)
