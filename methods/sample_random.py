@@ -105,8 +105,12 @@ def per_sample_uniform(n: int, shape: Sequence[int], stream: int, site: int = 0,
     generators = sample_generators(n, stream, site)
     if generators is None:
         return torch.rand((n, *shape), device=device)
-    rows = [torch.rand(tuple(shape), generator=g) for g in generators]
-    return torch.stack(rows).to(device) if rows else torch.empty((0, *shape), device=device)
+    if not generators:
+        return torch.empty((0, *shape), device=device)
+    draws = torch.stack([torch.rand(tuple(shape), generator=g) for g in generators])
+    if torch.device(device or "cpu").type == "cuda":  # pinned + non-blocking: no host-device sync per layer
+        return draws.pin_memory().to(device, non_blocking=True)
+    return draws.to(device)
 
 
 class SampleRandomLayer(nn.Module):

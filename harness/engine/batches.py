@@ -122,16 +122,16 @@ class GlobalBatchSampler:
 def seeded_generators(seed: int) -> Iterator[None]:
     """numpy's, Python's and torch's global CPU generators seeded from `seed` inside, restored
     after (MMAction2's transforms draw from the global numpy / random generators)."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
-        random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(np_state)
-            random.setstate(py_state)
+    np_state, py_state, torch_state = np.random.get_state(), random.getstate(), torch.get_rng_state()
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+    random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # the CPU one only (torch.manual_seed would reseed CUDA's)
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+        torch.set_rng_state(torch_state)
 
 
 class SeededItems(torch.utils.data.Dataset):
