@@ -191,11 +191,14 @@ HAND_LRS = [0.01 * (0.001 + 0.999 * k / 3) for k in range(4)] + [
 
 @pytest.fixture(scope="module")
 def one_process_runs(tmp_path_factory):
-    """The toy job trained in this process at micro-batch 32, 16 and 8."""
+    """The toy job trained in this process at micro-batch 32, 16 and 8, and at 16 with two
+    loader worker processes (the clips' augmentation must not follow the worker)."""
     from global_batch_probe import train_toy
 
     root = tmp_path_factory.mktemp("micro")
-    return {micro: train_toy(micro, root / f"m{micro}") for micro in (32, 16, 8)}
+    runs = {micro: train_toy(micro, root / f"m{micro}") for micro in (32, 16, 8)}
+    runs["workers"] = train_toy(16, root / "workers", num_workers=2)
+    return runs
 
 
 def _assert_same_training(run: dict, reference: dict, label: str) -> None:
@@ -209,10 +212,10 @@ def _assert_same_training(run: dict, reference: dict, label: str) -> None:
 
 
 def test_micro_batch_changes_nothing_a_job_computes(one_process_runs):
-    """Issue 22: batch 32 over 102 clips at micro-batch 32 / 16 / 8: the same 12 updates with the
-    hand-computed lr each (warm-up over updates 0..3, cosine over 4..11), and the same final
-    float64 weights, with per-sample augmentation, drop path, dropout and a loss over the labels
-    of the whole update's batch."""
+    """Issue 22: batch 32 over 102 clips at micro-batch 32 / 16 / 8 (and with 2 loader workers):
+    the same 12 updates with the hand-computed lr each (warm-up over updates 0..3, cosine over
+    4..11), and the same final float64 weights, with per-sample augmentation, drop path, dropout
+    and a loss over the labels of the whole update's batch."""
     reference = one_process_runs[32]
     assert reference["train"]["updates_per_epoch"] == UPDATES_PER_EPOCH
     assert reference["lrs"] == pytest.approx(HAND_LRS, rel=1e-12)
@@ -222,6 +225,7 @@ def test_micro_batch_changes_nothing_a_job_computes(one_process_runs):
         # really split: 306 clips in ceil(32 / micro) passes per full update, 1 for the 6-clip one
         passes = 3 * (3 * (32 // micro) + 1)
         assert run["counts"] == [(306, passes)] and run["train"]["accumulation"] == 32 // micro
+    _assert_same_training(one_process_runs["workers"], reference, "2 loader workers")
 
 
 @pytest.mark.slow
