@@ -85,8 +85,8 @@ class DataOptions:
     descriptions: str = _opt("etl4video", "description source for msta: etl4video or ost",
                              choices=("etl4video", "ost"))
     color_jitter: bool = _opt(False, "colour jitter p0.8 + grayscale p0.2 in training (MSTA runs)")
-    train_augment: bool = _opt(True, "random crop/flip in training; false = the deterministic test transform "
-                               "(exact 1-vs-N-process comparisons)")
+    train_augment: bool = _opt(True, "random crop/flip in training (drawn per clip: the same for any process "
+                               "count or micro-batch); false = the deterministic test transform")
     decoder: str = _opt("auto", "video decode path, all exact (same frames as decord): auto (prepared frames "
                         "where `harness data prepare` ran, else decord), decord, pyav, frames, gpu (torchcodec "
                         "CUDA extra)", choices=("auto", "decord", "pyav", "frames", "gpu"))
