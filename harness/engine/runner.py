@@ -10,6 +10,7 @@ over processes), so micro-batch and process count change how a job runs, never w
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -40,6 +41,12 @@ def _init_mm() -> None:
 
     # set on purpose above (mmengine's resume pickles more than tensors): not news at every resume
     warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
+
+
+#: Numbers the Runners of this process: mmengine names its message hub, logger and visualizer by
+#: experiment name + timestamp (seconds), so two jobs started in the same second would share them
+#: (one job's scalars written into the other's log folder).
+_RUNNERS = itertools.count()
 
 
 def _launcher() -> str:
@@ -207,11 +214,7 @@ def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[
     A process loads ceil(batch_size / processes) clips of each update at most;
     `schedule.micro_batch` (0: that whole share) splits it into forward passes. Any split gives
     the same updates (harness.engine.update), so neither needs to divide the other."""
-    batch = int(schedule["batch_size"])
-    if batch < world:
-        raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world} processes: some would never "
-                           "have a clip to train on; raise schedule.batch_size or start fewer processes")
-    share = math.ceil(batch / world)
+    share = math.ceil(int(schedule["batch_size"]) / world)
     micro = min(int(schedule["micro_batch"]) or share, share)
     return micro, math.ceil(share / micro)
 
@@ -240,12 +243,16 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     net = model.net
     device = _device()
     amp = _amp_enabled(job.schedule["amp"], device)
+    batch = int(job.schedule["batch_size"])
+    if batch < world_size():
+        raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
+                           "never have a clip to train on; raise schedule.batch_size or start fewer processes")
     micro, passes = micro_batch_and_accumulation(job.schedule, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
     model.data_preprocessor.augment = _device_augment(job, spec.image_size)
     model.micro_batch = micro
-    loader = train_loader(train_set, dataset_labels(train_set), int(job.schedule["batch_size"]), job.seed,
-                          num_workers(job.schedule), rank(), world_size())
+    loader = train_loader(train_set, dataset_labels(train_set), batch, job.seed, num_workers(job.schedule), rank(),
+                          world_size())
     if job.schedule["grad_checkpointing"]:
         net.set_grad_checkpointing(True)
     epochs = int(job.schedule["epochs"])
@@ -266,6 +273,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
+        experiment_name=f"{job.job_id}-{next(_RUNNERS)}",
         train_dataloader=loader,  # one item = this process's share of one optimiser update
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
         optim_wrapper=_optim_wrapper(net, job, amp),
@@ -281,7 +289,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         cfg=dict(model_wrapper_cfg=dict(type="SummedGradients")),
         randomness=dict(seed=job.seed),
         resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
-        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
+        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
         visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
         **kwargs,
