@@ -20,7 +20,8 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
   ensembling with the pretrained weights);
 * its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
-* gradient-clipping compatibility: `allows_grad_clip`;
+* gradient-clipping compatibility: `allows_grad_clip`; loss terms that need the whole batch in one
+  forward pass: `batch_coupled_losses`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
   `text_is_frozen`; whether it can run under a protocol: `check_protocol()`.
 """
@@ -111,6 +112,12 @@ class VideoTextModel(nn.Module):
     #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
     #: its adapter gradients by design): the engine then refuses `schedule.grad_clip > 0`.
     allows_grad_clip: ClassVar[bool] = True
+    #: Keys of `training_losses` that contrast each clip with the *features* of the other clips of
+    #: its forward pass, not only with their labels (`batch_labels`): such a term is the global
+    #: batch's only when an optimiser update is one forward pass on one process, so the engine
+    #: refuses `schedule.micro_batch` below the batch and several processes for a method declaring
+    #: any (OST's descriptor -> video term normalises over every video of its batch).
+    batch_coupled_losses: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:

@@ -168,6 +168,8 @@ class OST(VideoTextModel):
     models_frame_order = False  # the transport plan and the pool are invariant to frame order
     #: Classes are scored through their descriptors: the engine gives those of every class set.
     requires = frozenset({"scored_descriptions"})
+    #: The descriptor -> video term normalises over every video of the batch (docs/methods/ost.md).
+    batch_coupled_losses = frozenset({"loss_text"})
 
     config: OSTConfig
 
@@ -274,8 +276,9 @@ class OST(VideoTextModel):
           row i is the same whatever micro-batch it is in, so the engine's average over
           micro-batches is the official video -> descriptor term of the global batch;
         * `loss_text`: each sample's descriptors of this micro-batch against this micro-batch's
-          videos (the descriptor -> video term needs every video of its batch: it is defined on the
-          micro-batch, as the official code defines it on each forward pass).
+          videos. The descriptor -> video term needs every video of its batch, so it is the global
+          batch's only when the micro-batch is the whole batch: declared in `batch_coupled_losses`,
+          and the engine runs such a method's updates in one forward pass on one process.
         """
         if self.label_smoothing > 0:
             raise HarnessError("schedule.label_smoothing: OST's in-batch NCE loss has no label smoothing "

@@ -260,6 +260,22 @@ def test_video_term_is_the_global_batch_loss_whatever_the_split(perturbed_tiny):
         torch.testing.assert_close(text, alone["loss_text"].detach(), rtol=1e-5, atol=1e-7)
 
 
+def test_the_engine_never_splits_an_ost_update(perturbed_tiny):
+    """loss_text is declared batch-coupled: an update split into passes or over processes is refused
+    before training (a method without coupled terms may be split)."""
+    from harness.engine.runner import check_batch_coupling
+    from harness.errors import ConfigurationError
+
+    net = build(perturbed_tiny)
+    assert OST.batch_coupled_losses == {"loss_text"}
+    check_batch_coupling(net, "ost", passes=1, world=1)
+    for passes, world in ((2, 1), (1, 2)):
+        with pytest.raises(ConfigurationError, match="loss_text .*one forward pass on one process"):
+            check_batch_coupling(net, "ost", passes=passes, world=world)
+    vifi = build_method("vificlip", copy.deepcopy(perturbed_tiny[0]), perturbed_tiny[1], 4, {}, CLASSES)
+    check_batch_coupling(vifi, "vificlip", passes=4, world=2)
+
+
 def test_label_smoothing_is_refused(perturbed_tiny):
     net = build(perturbed_tiny).train()
     net.label_smoothing = 0.1
