@@ -73,6 +73,7 @@ class BatchLabelToy(nn.Module):
     the batch (as MSTA's description-consistency loss)."""
 
     allows_grad_clip = True
+    batch_coupled_losses: frozenset = frozenset()  # its loss couples clips through their labels only
 
     def __init__(self) -> None:
         super().__init__()
