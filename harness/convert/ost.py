@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from harness.convert.base import BuildPlan, Converter
 from harness.convert.mapping import Source
+from harness.convert.vificlip import clip_towers_source
 
 
 class OSTConverter(Converter):
@@ -30,10 +31,4 @@ class OSTConverter(Converter):
         return float(plan.options.get("eval_origin_weight", 0.0)) > 0
 
     def source(self, name: str) -> Source | None:
-        if name == "clip.logit_scale":
-            return Source.key("logit_scale")
-        if name.startswith("clip.visual."):
-            return Source.key("image_encoder." + name[len("clip.visual."):])
-        if name.startswith("clip."):
-            return Source.key("text_encoder." + name[len("clip."):])
-        return None
+        return clip_towers_source(name)  # ViFi-CLIP's layout, token_embedding included
