@@ -44,7 +44,8 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     #: How the model was built: method, method_options, frames, classnames, backbone (name),
-    #: pretrained (as applied), seed; `harness eval` makes its jobs from it.
+    #: pretrained (as applied), seed, cache_dir (a run's: where its data and weights were);
+    #: `harness eval` makes its jobs from it.
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
@@ -160,7 +161,8 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
     used = {k: recipe.get(k) for k in ("method", "method_options", "frames", "classnames")}
     return LoadedModel(net=net, backbone=built, classnames=recipe.get("classnames"), kind=kind, meta=meta,
                        sha256=file_sha256(path),
-                       recipe={**used, "backbone": backbone["name"], "pretrained": pretrained, "seed": seed})
+                       recipe={**used, "backbone": backbone["name"], "pretrained": pretrained, "seed": seed,
+                               "cache_dir": cache_dir})
 
 
 def _run_recipe(path: Path, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None, int, dict]:

@@ -21,6 +21,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness.errors import HarnessError
 from methods.heads import LinearHeadMixin
 
@@ -34,7 +36,8 @@ def checkpoint_jobs(args: Any, profile: str | None, splits: list[int] | None = N
     from harness.jobs import RunRequest, expand_jobs
     from harness.settings import parse_set_args
 
-    loaded = load_checkpoint(args.checkpoint, method=args.method, base=args.pretrained, cache_dir=args.cache)
+    with torch.random.fork_rng(devices=[]):  # building seeds the global RNG: planning leaves it as it was
+        loaded = load_checkpoint(args.checkpoint, method=args.method, base=args.pretrained, cache_dir=args.cache)
     recipe = loaded.recipe
     method = recipe["method"]
     if args.backbone and args.backbone != recipe["backbone"]:
@@ -50,11 +53,14 @@ def checkpoint_jobs(args: Any, profile: str | None, splits: list[int] | None = N
                                f"schedule.{key}={value} (the checkpoint's model)")
     schedule.update(frames=recipe["frames"], epochs=0, warmup_epochs=0, select="last")
     seed = args.seed if args.seed is not None else (recipe["seed"] if loaded.kind == "run" else DEFAULT_SEED)
+    # A run's checkpoint is evaluated on the run's copy of its data (its cache) unless --cache says
+    # otherwise: a generated dataset is rebuilt per cache, and the copies need not be bit-identical.
+    cache = args.cache or (recipe.get("cache_dir") if loaded.kind == "run" else None)
     req = RunRequest(methods=[method], protocol=args.protocol, dataset=args.dataset, backbone=recipe["backbone"],
                      pretrained=recipe["pretrained"], splits=splits,
                      seed=seed, method_options={method: dict(recipe["method_options"])}, schedule_overrides=schedule,
                      data_overrides=data, profile=profile, data_root=args.data_root, splits_root=args.splits_root,
-                     cache_dir=args.cache, shots=shots,
+                     cache_dir=cache, shots=shots,
                      checkpoint=str(Path(args.checkpoint).resolve()))
     record = {"sha256": loaded.sha256, "kind": loaded.kind, "path": req.checkpoint}
     jobs = [dataclasses.replace(job, checkpoint=dict(record)) for job in expand_jobs(req)]
