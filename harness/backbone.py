@@ -128,6 +128,15 @@ def activation_note(resolved: str, local: Path) -> str | None:
             f"were trained with); if they were trained with {alternative}, pass --backbone {other}")
 
 
+def local_weights_note(name: str, pretrained: str | None) -> str | None:
+    """`activation_note` for a `--backbone` / `--pretrained` pair (None unless a local file)."""
+    local = Path(pretrained).expanduser() if pretrained else None
+    if local is None or not local.is_file():
+        return None
+    resolved, _ = resolve_model_name(name, pretrained)
+    return activation_note(resolved, local)
+
+
 def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -274,6 +274,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.validate import check_backbone_name
 
     problems.attempt(lambda: check_backbone_name(backbone, pretrained))
+    if not problems.lines:  # the first line of the output: which activation local weights run with
+        from harness.backbone import local_weights_note
+
+        note = local_weights_note(backbone, pretrained)
+        if note:
+            print(f"harness: note: {note}", file=sys.stderr)
     req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
                      pretrained=pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
                      seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,

@@ -35,6 +35,7 @@ def load_for_predict(args: argparse.Namespace) -> Any:
     method = args.method or "zeroshot"
     backbone = args.backbone or EMBEDDED_BACKBONE
     pretrained = args.pretrained or ("synthetic" if backbone == EMBEDDED_BACKBONE else None)
+    pretrained = None if pretrained == "random" else pretrained  # as `harness run --pretrained random`
     net, spec = build_model(method, backbone, pretrained, args.frames or 8, method_sets(args.sets, method),
                             None, cache_dir=args.cache)
     return LoadedModel(net=net, backbone=spec, classnames=None, kind="none",
