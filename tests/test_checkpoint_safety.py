@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.engine.checkpoints import choose_resume_checkpoint, from_plain, load_run_checkpoint, safe_uri, to_plain
+from harness.engine.checkpoints import (
+    choose_resume_checkpoint,
+    from_plain,
+    load_run_checkpoint,
+    safe_uri,
+    to_plain,
+)
 from harness.safe_load import ForeignCode
 
 
