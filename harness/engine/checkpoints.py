@@ -21,6 +21,7 @@ unrestricted `torch.load`. A file whose pickle would run code is refused, never 
 """
 from __future__ import annotations
 
+import errno
 import random
 import re
 from collections import OrderedDict
@@ -96,7 +97,10 @@ def from_plain(obj: Any) -> Any:
 
 def load_run_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """A checkpoint of a training job, read with `weights_only=True` (a pickle that names code is
-    refused: `harness.safe_load.ForeignCode`), its tagged entries restored."""
+    refused: `harness.safe_load.ForeignCode`), its tagged entries restored. A missing file is a
+    FileNotFoundError (resume tells it from an unreadable one)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint", str(path))
     checkpoint = load_weights_only(path, "a training checkpoint")
     if not isinstance(checkpoint, dict) or not {"meta", "state_dict"} <= checkpoint.keys():
         raise HarnessError(f"{path}: not a training checkpoint of this project (no meta / state_dict)")
