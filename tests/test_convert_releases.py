@@ -332,4 +332,5 @@ def test_official_pickles_only_hold_what_the_reader_allows(base, tmp_path):
     release = load_release(path)
     assert release.setting("TRAINER.ViFi_CLIP.USE") == "both" and release.setting("MODEL.PRETRAINED") is None
     assert isinstance(release.content["config"], dict) and type(release.content["config"]["DATA"]) is dict
+    assert not any(key.startswith("__") for key in release.config)  # yacs' own attributes are not settings
     assert release.content["epoch"] == 10 and release.content["max_accuracy"] == 71.25
