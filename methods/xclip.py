@@ -47,7 +47,7 @@ from methods.registry import register_method
 
 #: Substrings of official parameter names that `fix_text` keeps trainable (utils/optimizer.py L36-41).
 TRAINED_KEYS = ("visual.", "mit", "prompts")
-#: Substrings of official parameter names that `build_optimizer` gives `TRAIN.LR * 10` (L57-67).
+#: Substrings of official parameter names that `build_optimizer` gives `TRAIN.LR * 10` (L57-72).
 NEW_MODULE_KEYS = ("message_", "mit", "prompts")
 #: `no_weight_decay_keywords` of the official model (models/xclip.py L84-86).
 NO_DECAY_KEYWORDS = ("positional_embedding",)

@@ -407,3 +407,21 @@ def test_config_defaults_and_validation():
         make_config("xclip", {"drop_path_over": "sample"})
     cls = get_method("xclip").model_cls
     assert cls.models_frame_order and cls.token_layouts == frozenset({"per_frame"})
+
+
+def test_recipes_and_quoted_numbers():
+    """Few-shot HMDB51 / UCF101 take the official few-shot configs (LR 2e-6, 32 frames); datasets
+    without a config (the embedded one, base-to-novel everywhere) the labelled protocol default;
+    the README's numbers are quoted rows."""
+    from harness.recipes import PROTOCOL_DEFAULT, PUBLISHED, resolve_recipe
+    from harness.reports.published import load_published
+
+    few = resolve_recipe("xclip", "few_shot", "hmdb51")
+    assert few.scope == PUBLISHED and few.method_options == {"lr": 2e-6, "weight_decay": 0.001}
+    assert few.schedule["frames"] == 32 and "configs/hmdb51/16_32.yaml" in few.source
+    b2n = resolve_recipe("xclip", "base2novel", "embedded")
+    assert b2n.scope == PROTOCOL_DEFAULT and b2n.method_options["lr"] == 8e-6
+    assert "no published base-to-novel recipe" in b2n.source and "1744b2159c3d" in b2n.source
+    quoted = {(r["protocol"], r["dataset"], r["metric"]): r["value"] for r in load_published() if r["method"] == "xclip"}
+    assert quoted[("few_shot", "hmdb51", "K=2")] == 53.0 and quoted[("zero_shot", "k400", "k600")] == 65.2
+    assert quoted[("fully_supervised", "k400", "Top-1")] == 83.8 and quoted[("base2novel", "k400", "HM")] == 64.0
