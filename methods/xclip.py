@@ -44,6 +44,7 @@ from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext, multihead_attention
 from methods.layers import FRAMES_MISMATCH_CHOICES, drop_path, drop_path_rates, per_frame_embedding
 from methods.registry import register_method
+from methods.sample_random import SampleRandomLayer, update_generator
 
 #: Substrings of official parameter names that `fix_text` keeps trainable (utils/optimizer.py L36-41).
 TRAINED_KEYS = ("visual.", "mit", "prompts")
@@ -120,6 +121,38 @@ def _quickgelu_mlp(width: int, *, dropout: bool = False) -> nn.Sequential:
                                       ("c_proj", nn.Linear(width * 4, width))]))
 
 
+class CrossFrameDropPath(SampleRandomLayer):
+    """Stochastic depth of X-CLIP's three residual branches (message exchange, attention, MLP),
+    on batch-first branch outputs (rows, S, D) whose rows are frames (`rows_per_clip` = T) or
+    clips (the (B, T, D) messages: 1). Each call site passes its own `site`.
+
+    'token' (official): the official code applies timm's per-sample drop path to sequence-first
+    tensors, so it keeps or drops a token position (a frame's message) for every clip of the
+    forward pass; here one draw per position of dim 1, shared by every clip of the optimiser
+    update (`update_generator`: the same whatever the micro-batches). 'clip': the clip's whole
+    branch, drawn per clip (`drop_path`: per-sample streams)."""
+
+    def __init__(self, rate: float, over: str) -> None:
+        super().__init__()
+        self.rate, self.over = float(rate), over
+
+    def forward(self, delta: torch.Tensor, rows_per_clip: int, site: int) -> torch.Tensor:
+        if self.rate <= 0.0 or not self.training:
+            return delta
+        stream = self.stream_or_fail()
+        if self.over == "token":
+            generator = update_generator(stream, site)
+            draws = torch.rand(delta.shape[1], generator=generator) if generator is not None else torch.rand(delta.shape[1])
+            keep = 1.0 - self.rate
+            mask = (draws < keep).to(delta.dtype).div_(keep).to(delta.device)
+            return delta * mask.view(1, -1, *([1] * (delta.dim() - 2)))
+        clips = delta.view(delta.shape[0] // rows_per_clip, rows_per_clip, *delta.shape[1:])
+        return drop_path(clips, self.rate, True, stream, site).view_as(delta)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}, over={self.over!r}"
+
+
 class CrossFrameBlock(AdaptedBlock):
     """A visual block with X-CLIP's cross-frame communication (official `CrossFramelAttentionBlock`)."""
 
@@ -131,33 +164,21 @@ class CrossFrameBlock(AdaptedBlock):
         self.message_fc = nn.Linear(width, width)
         self.message_ln = type(self.ln_1)(width)
         self.message_attn = nn.MultiheadAttention(width, self.attn.num_heads)
-        self.drop_path_rate = float(drop_path_rate)
-        self.drop_path_over = drop_path_over
-
-    def drop_branch(self, delta: torch.Tensor, rows_per_clip: int) -> torch.Tensor:
-        """Drop path on a batch-first branch output (rows, S, D); `rows_per_clip` is T for frame
-        rows, 1 for the (B, T, D) messages. 'token' drops positions of dim 1 for every row (the
-        official behaviour), 'clip' drops a clip's whole branch."""
-        if self.drop_path_rate <= 0.0 or not self.training:
-            return delta
-        if self.drop_path_over == "token":
-            return drop_path(delta.transpose(0, 1), self.drop_path_rate, True).transpose(0, 1)
-        clips = delta.view(delta.shape[0] // rows_per_clip, rows_per_clip, *delta.shape[1:])
-        return drop_path(clips, self.drop_path_rate, True).view_as(delta)
+        self.drop_path = CrossFrameDropPath(drop_path_rate, drop_path_over)
 
     def messages(self, x: torch.Tensor) -> torch.Tensor:
         """(B*T, L, D) tokens -> (B, T, D) message tokens after their exchange across the frames."""
         msg = self.message_fc(self.split_frames(x)[:, :, 0])
         normed = self.message_ln(msg)
-        return msg + self.drop_branch(multihead_attention(self.message_attn, normed), 1)
+        return msg + self.drop_path(multihead_attention(self.message_attn, normed), 1, site=0)
 
     def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         msg = self.messages(x).reshape(x.shape[0], 1, x.shape[2])  # frame n's own message
         queries = self.ln_1(x)
         keys = torch.cat([queries, self.ln_1(msg)], dim=1)
-        x = x + self.drop_branch(self.ls_1(multihead_attention(self.attn, queries, attn_mask, kv=keys)),
-                                 self.num_frames)
-        return x + self.drop_branch(self.mlp_branch(x), self.num_frames)
+        x = x + self.drop_path(self.ls_1(multihead_attention(self.attn, queries, attn_mask, kv=keys)),
+                               self.num_frames, site=1)
+        return x + self.drop_path(self.mlp_branch(x), self.num_frames, site=2)
 
 
 class IntegrationBlock(nn.Module):

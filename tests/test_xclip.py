@@ -350,7 +350,7 @@ def test_engine_schedules_the_scaled_group_from_its_own_lr():
     schedule = {"epochs": 3, "warmup_epochs": 1, "lr_min_ratio": 0.01, "betas": [0.9, 0.98], "eps": 1e-8,
                 "grad_clip": 0.0}
     job = SimpleNamespace(schedule=schedule, method_options={"lr": 1.0, "weight_decay": 0.001}, method="xclip")
-    wrapper = _optim_wrapper(net, job, 1, amp=False)
+    wrapper = _optim_wrapper(net, job, amp=False)
     schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": 4}, default_args={"optimizer": wrapper})
                   for cfg in _schedulers(job)]
     seen = []
@@ -381,19 +381,43 @@ def test_drop_path_units(tiny, over):
     """'token' (official): a token position is kept or dropped for every row of the batch; 'clip':
     all frames and tokens of a clip together. Survivors are scaled by 1 / (1 - rate); eval: identity."""
     model = build(tiny, {"drop_path_rate": 0.5, "drop_path_over": over})
-    blk = model.visual_blocks[-1]
-    assert blk.drop_path_rate == 0.5 and model.visual_blocks[0].drop_path_rate == 0.0
+    drop = model.visual_blocks[-1].drop_path
+    assert drop.rate == 0.5 and model.visual_blocks[0].drop_path.rate == 0.0
     delta = torch.ones(3 * FRAMES, 16, 2)  # 3 clips of 4 frames, 16 tokens
     torch.manual_seed(0)
-    out = blk.drop_branch(delta, FRAMES)
+    out = drop(delta, FRAMES, site=1)
     assert set(out.unique().tolist()) <= {0.0, 2.0}
     if over == "token":
         assert (out == out[:1]).all() and 0 < out[0, :, 0].count_nonzero() < 16
     else:
         per_clip = out.view(3, -1)
         assert all(len(row.unique()) == 1 for row in per_clip)
-    blk.eval()
-    assert torch.equal(blk.drop_branch(delta, FRAMES), delta)
+    drop.eval()
+    assert torch.equal(drop(delta, FRAMES, site=1), delta)
+
+
+@pytest.mark.parametrize("over", ["token", "clip"])
+def test_drop_path_does_not_depend_on_the_micro_batch(tiny, over):
+    """Under the engine's per-sample seeds (methods.sample_random), a clip's masks are the same
+    whether its update runs as one forward pass or as two micro-batches; 'token' masks are one
+    draw per update (the same for every micro-batch of it), 'clip' masks one draw per clip."""
+    from methods.sample_random import name_random_layers, sample_seeds
+
+    model = build(tiny, {"drop_path_rate": 0.5, "drop_path_over": over}).train()
+    assert name_random_layers(model) == len(model.visual_blocks)
+    drop = model.visual_blocks[-1].drop_path
+    delta = torch.ones(4 * FRAMES, 16, 2)
+    seeds = [11, 12, 13, 14]
+    with sample_seeds(seeds, update_seed=99):
+        whole = drop(delta, FRAMES, site=2)
+    halves = []
+    for part in (slice(0, 2), slice(2, 4)):
+        with sample_seeds(seeds[part], update_seed=99):
+            halves.append(drop(delta[part.start * FRAMES:part.stop * FRAMES], FRAMES, site=2))
+    assert torch.equal(whole, torch.cat(halves))
+    with sample_seeds(seeds, update_seed=99):
+        other_site = drop(delta, FRAMES, site=1)
+    assert not torch.equal(whole, other_site)  # each branch its own draw
 
 
 def test_config_defaults_and_validation():
