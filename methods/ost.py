@@ -244,22 +244,18 @@ class OST(VideoTextModel):
         return F.normalize(torch.cat([spatial, temporal], dim=1).mean(dim=1), dim=-1)
 
     # -- video -------------------------------------------------------------------------------
-    def frame_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    def normalized_frames(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """Tokens after the last block -> normalised per-frame features (B, T, E): CLS -> ln_post
         -> proj of each frame (the image encoder on every frame, as ViFi-CLIP)."""
-        visual = self.clip.visual
-        feats = visual.ln_post(x[:, 0])
-        if visual.proj is not None:
-            feats = feats @ visual.proj
-        return F.normalize(feats.view(batch, frames, -1), dim=-1)
+        return F.normalize(self.frame_features(x).view(batch, frames, -1), dim=-1)
 
     def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """The video vector of OST's pool term: the mean of the normalised frame features."""
-        return self.frame_features(x, batch, frames).mean(dim=1)
+        return self.normalized_frames(x, batch, frames).mean(dim=1)
 
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> normalised frame features (B, T, E)."""
-        return self.frame_features(self.visual_sequence(video), *video.shape[:2])
+        return self.normalized_frames(self.visual_tower(video), *video.shape[:2])
 
     # -- scoring -----------------------------------------------------------------------------
     def forward(self, video: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:

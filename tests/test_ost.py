@@ -433,26 +433,64 @@ def test_zero_shot_job_end_to_end(harness_cache, tmp_path, monkeypatch):
 
 
 # -- converter -----------------------------------------------------------------------------------------
-def official_release(clip: torch.nn.Module) -> dict:
-    """What `utils/tools.epoch_saving` writes for OST (trainers/OST.py: `image_encoder` = the CLIP image
-    tower, `text_encoder` = transformer, positional_embedding, ln_final, text_projection and
-    token_embedding, `logit_scale`), on the DDP model (`module.`), fp32, with optimizer and scheduler
-    state. The yacs CfgNode under 'config' is left out until the checkpoint reader that reads it
-    without running code is on main (branch ckpt)."""
-    model = {}
+def ost_config(frames: int = 32, n: int = 4) -> dict:
+    """OST's config as `epoch_saving` stores it: utils/config.py defaults merged with a few-shot
+    configs/*.yaml (nested dicts; the yacs CfgNode is built from them)."""
+    return {
+        "BASE": [""],
+        "DATA": {"TYPE": "frame", "ROOT": "/PATH/TO/videos/folder", "TRAIN_FILE": "datasets_splits/hmdb_splits/"
+                 "train1_few_shot_2.txt", "VAL_FILE": "datasets_splits/hmdb_splits/val1.txt", "DATASET": "hmdb51",
+                 "INPUT_SIZE": 224, "NUM_FRAMES": frames, "NUM_CLASSES": 51, "LABEL_LIST": "labels/hmdb_51_labels.csv",
+                 "DES_SPATIAL": f"descriptors/hmdb/spatio_descriptors/{n}_descriptors.json",
+                 "DES_TEMPORAL": f"descriptors/hmdb/temporal_descriptors/{n}_descriptors.json"},
+        "MODEL": {"ARCH": "ViT-B/16", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None, "FIX_TEXT": True,
+                  "FUSE_WEIGHT_FOR_ORIGIN": 0.0},
+        "TRAINER": {"OST": {"PROMPT_MODEL": False, "N_CTX_VISION": 0, "N_CTX_TEXT": 0, "CTX_INIT": "a photo of a",
+                            "PROMPT_DEPTH_VISION": 0, "PROMPT_DEPTH_TEXT": 1, "USE": "both", "N": n, "ZS_EVAL": False}},
+        "TRAIN": {"EPOCHS": 50, "WARMUP_EPOCHS": 5, "WEIGHT_DECAY": 0.001, "LR": 5e-6, "BATCH_SIZE": 4,
+                  "ACCUMULATION_STEPS": 2, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw", "OPT_LEVEL": "O1",
+                  "AUTO_RESUME": False, "USE_CHECKPOINT": False, "LOAD_OPTIMIZER_STATE": False},
+        "AUG": {"LABEL_SMOOTH": 0.0, "COLOR_JITTER": 0.8, "GRAY_SCALE": 0.2, "MIXUP": 0.0, "CUTMIX": 0.0,
+                "MIXUP_SWITCH_PROB": 0.0},
+        "TEST": {"NUM_CLIP": 1, "NUM_CROP": 1, "ONLY_TEST": False, "MULTI_VIEW_INFERENCE": False},
+        "OUTPUT": "output/ost", "SAVE_FREQ": 10, "PRINT_FREQ": 50, "SEED": 1024, "LOCAL_RANK": 0,
+    }
+
+
+def save_official_release(clip: torch.nn.Module, path, config: dict) -> str:
+    """What `utils/tools.epoch_saving` writes for OST on the DDP model: 'module.' + the keys of
+    trainers/OST.py (`image_encoder` = the CLIP image tower; `text_encoder` = transformer,
+    positional_embedding, ln_final, text_projection, token_embedding; `logit_scale`), fp32 (the
+    model is `.float()`), AdamW (one group over every parameter, utils/optimizer.py) after a step,
+    the timm cosine scheduler, and the frozen yacs CfgNode."""
+    from collections import OrderedDict
+
+    from convert_helpers import timm_cosine_state, yacs_modules
+
+    model = OrderedDict()
     for key, value in clip.state_dict().items():
         if key == "attn_mask":
             continue
         name = ("image_encoder." + key[len("visual."):] if key.startswith("visual.") else
                 key if key == "logit_scale" else "text_encoder." + key)
         model["module." + name] = value.detach().clone().float()
-    state = {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2), "exp_avg_sq": torch.zeros(2)}}
-    optimizer = {"state": state, "param_groups": [{"lr": 5e-6, "weight_decay": 0.001, "params": [0]}]}
-    return {"model": model, "optimizer": optimizer, "lr_scheduler": {"t_initial": 100}, "max_accuracy": 61.2,
-            "epoch": 49}
+    params = [torch.nn.Parameter(v.clone()) for v in model.values()]
+    optimizer = torch.optim.AdamW(params, lr=5e-6, weight_decay=0.001, betas=(0.9, 0.98), eps=1e-8)
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    optimizer.step()
+    with yacs_modules() as CfgNode:
+        cfg = CfgNode(config)
+        cfg.freeze()
+        torch.save({"model": model, "optimizer": optimizer.state_dict(), "lr_scheduler": timm_cosine_state(5e-6),
+                    "max_accuracy": 61.2, "epoch": 49, "config": cfg}, path)
+    return str(path)
 
 
-def test_converter_maps_every_key_of_an_official_release(tmp_path):
+def test_converter_reads_an_official_release(tmp_path):
+    """Every key of a file written as the official save function writes it lands where it belongs,
+    nothing from the base; the CfgNode gives frames and N; a wrong backbone or N is refused; the
+    official zero-shot evaluation (0.2 x the original CLIP) needs --base and blends with it."""
     from harness.convert import ConvertRequest, convert
     from harness.convert.checkpoint import load_checkpoint, save_converted
 
@@ -461,27 +499,30 @@ def test_converter_maps_every_key_of_an_official_release(tmp_path):
     with torch.no_grad():
         for p in trained.parameters():
             p.add_(0.01)
-    torch.save(official_release(trained), tmp_path / "ost.pth")
-    conversion = convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l"))
+    ckpt = save_official_release(trained, tmp_path / "ost.pth", ost_config(frames=32, n=8))
+    conversion = convert("ost", ConvertRequest(ckpt, backbone="harness-b16-2l"))
     report = conversion.report
     assert report["filled_from_release"] == len(dict(conversion.model.named_parameters())) == 62
     assert report["filled_from_base"] == 0 and report["ignored"] == {}
     assert report["release"]["stripped_prefixes"] == ["module."] and report["release"]["unwrapped"] == ["model"]
+    assert conversion.meta["frames"] == 32 and conversion.meta["method_options"]["n_descriptors"] == 8
     loaded = load_checkpoint(save_converted(conversion, tmp_path / "converted.pt"), method="ost")
     ours = dict(loaded.net.clip.named_parameters())
     for name, value in trained.named_parameters():
         torch.testing.assert_close(ours[name], value, rtol=0, atol=0, msg=name)
+    with pytest.raises(HarnessError, match="TRAINER.OST.N=8"):
+        convert("ost", ConvertRequest(ckpt, backbone="harness-b16-2l", options={"n_descriptors": 4}))
+    with pytest.raises(HarnessError, match="MODEL.ARCH=ViT-B/16"):
+        convert("ost", ConvertRequest(ckpt, backbone="ViT-B-32"))
 
-    # The official zero-shot evaluation: blend with the original CLIP, which the release does not hold.
     blended = {"eval_origin_weight": 0.2}
     with pytest.raises(HarnessError, match="--base"):
-        convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l", options=blended))
+        convert("ost", ConvertRequest(ckpt, backbone="harness-b16-2l", options=blended))
     torch.save(base_clip.state_dict(), tmp_path / "base.pt")
-    conversion = convert("ost", ConvertRequest(str(tmp_path / "ost.pth"), backbone="harness-b16-2l",
-                                               base=str(tmp_path / "base.pt"), options=blended))
+    conversion = convert("ost", ConvertRequest(ckpt, backbone="harness-b16-2l", base=str(tmp_path / "base.pt"),
+                                               options=blended))
     net = load_checkpoint(save_converted(conversion, tmp_path / "blend.pt"), method="ost").net
     net.prepare_evaluation()
-    original = dict(base_clip.named_parameters())
+    original, ours = dict(base_clip.named_parameters()), dict(net.clip.named_parameters())
     for name, value in trained.named_parameters():
-        torch.testing.assert_close(dict(net.clip.named_parameters())[name], 0.2 * original[name] + 0.8 * value,
-                                   msg=name)
+        torch.testing.assert_close(ours[name], 0.2 * original[name] + 0.8 * value, msg=name)
