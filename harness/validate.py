@@ -181,7 +181,21 @@ def job_option_problems(job: Any) -> list[str]:
                f"{job.method}.lr={opts['lr']}: must be > 0")
     if "weight_decay" in opts:
         p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    averaged = _averaged_epochs(job)
+    if averaged is not None:
+        p.need(s["select"] != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
+                                      "schedule.select=best contradicts it; use schedule.select=last")
+        p.need(bool(averaged.epochs(s["epochs"])) or s["epochs"] < 1,
+               f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s['epochs']} "
+               "trained: train longer or change its averaged epochs (`harness ls methods` shows the option)")
     return p.lines
+
+
+def _averaged_epochs(job: Any) -> Any:
+    """The epochs whose weights the job's method averages (its `averaged_epochs` declaration)."""
+    from methods.registry import get_method, make_config
+
+    return get_method(job.method).model_cls.averaged_epochs(make_config(job.method, job.method_options))
 
 
 def _default_option(method: str, name: str) -> Any:
@@ -220,7 +234,7 @@ class DataCheck:
                 self.lists[key] = self._list_problem(lst, job.data)
             if self.lists[key]:
                 return self.lists[key]
-        return self._descriptions_problem(job)
+        return self._descriptions_problem(job) or self._rephrased_problem(job)
 
     def _list_problem(self, lst: Any, data: dict[str, Any]) -> str | None:
         import logging
@@ -264,6 +278,26 @@ class DataCheck:
         try:
             load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
                                   job.splits_root)
+        except HarnessError as err:
+            return str(err)
+        return None
+
+
+    @staticmethod
+    def _rephrased_problem(job: Any) -> str | None:
+        """The rephrased class names of every list the job scores, when its method needs them
+        (FROSTER): fetched, verified and matched to the class names before any training."""
+        from methods.registry import get_method, make_config
+
+        if "rephrased_classnames" not in get_method(job.method).model_cls.run_needs(make_config(job.method,
+                                                                                               job.method_options)):
+            return None
+        from harness.data.rephrased import load_rephrased
+
+        try:
+            for lst in [job.train, *job.evals]:
+                if lst is not None:
+                    load_rephrased(lst.dataset, lst.classnames, job.cache_dir, job.splits_root)
         except HarnessError as err:
             return str(err)
         return None
