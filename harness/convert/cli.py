@@ -62,6 +62,8 @@ def format_report(meta: dict) -> str:
     if diff:
         lines.append(f"frozen weights vs --base: largest |diff| {diff['max_abs_diff']:.3g} at {diff['official_key']} "
                      f"({diff['compared_parameters']} compared)")
+    elif meta["backbone"].get("pretrained"):
+        lines.append("frozen weights vs --base: the release fills no frozen parameter (full fine-tuning)")
     else:
         lines.append("frozen weights not verified (no --base)")
     lines.extend(f"note: {n}" for n in report["notes"])
