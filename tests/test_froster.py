@@ -9,7 +9,6 @@ import copy
 import math
 import random
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F

@@ -41,10 +41,10 @@ class FROSTERConverter(Converter):
         if cfg is None:
             notes.append("no cfg in the release (the averaged-weights file): FROSTER's B/16 options")
         else:
-            model, data = cfg.get("MODEL", {}), cfg.get("DATA", {})
+            model = cfg.get("MODEL", {})
             kind = model.get("TEMPORAL_MODELING_TYPE")
             if kind not in TEMPORAL_VIEW:
-                raise HarnessError(f"{release.path}: cfg MODEL.TEMPORAL_MODELING_TYPE={kind!r} is not one FROSTER's "
+                raise HarnessError(f"{release.path}: cfg MODEL.TEMPORAL_MODELING_TYPE={kind!r} is not in FROSTER's "
                                    f"expand_temporal_view family ({', '.join(k for k in TEMPORAL_VIEW if k)})")
             options["temporal_view"] = TEMPORAL_VIEW[kind]
             options["distillation"] = bool(model.get("KEEP_RAW_MODEL")) and bool(model.get("RAW_MODEL_DISTILLATION"))
