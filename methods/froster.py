@@ -18,7 +18,7 @@ copy of the pre-trained CLIP as a teacher:
   rephrased name for the 29th, where "<rephrased>" is the LLM-rephrased class ("Abseiling: This
   video shows ...") and "head" its part before ':'; features of each template are normalised,
   averaged over templates, normalised again. Evaluation uses all 29 templates; each training step
-  one random template of the first 28 plus the bare name.
+  (optimiser update) one random template of the first 28 plus the bare name.
 * Training loss (train_net.py L457-489): cross-entropy of the logits +
   ratio * [(1 - cos(f + a*P_v(f), f_T)) + (1 - cos(w + a*P_t(w), w_T))] with per-frame
   normalised features f (teacher f_T), class features w (teacher w_T, same templates), a = 0.1
@@ -45,6 +45,7 @@ from harness.errors import HarnessError
 from methods.base import EpochRange, MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
 from methods.registry import register_method
+from methods.sample_random import stream_key, update_generator
 
 #: FROSTER's prompt ensemble: four openings x seven action phrasings, then the bare class text,
 #: in the official order (prefix-major; the bare text last).
@@ -53,6 +54,8 @@ _PHRASINGS = ("{}", "a person {}", "a person using {}", "a person doing {}", "a 
               "a person performing {}", "a person practicing {}")
 TEMPLATES: tuple[str, ...] = tuple(f"{o} {p}." for o in _OPENINGS for p in _PHRASINGS) + ("{}",)
 ALL_TEMPLATES: tuple[int, ...] = tuple(range(len(TEMPLATES)))
+#: The random stream of the training template draw (one draw per optimiser update in the engine).
+_TEMPLATE_STREAM = stream_key("froster.training_template")
 #: Texts per text-encoder call when no gradient is needed (29 templates x 400 classes at once
 #: would hold the activations of 11,600 prompts).
 _TEXT_CHUNK = 1024
@@ -254,9 +257,14 @@ class FROSTER(VideoTextModel):
         return F.normalize(features.mean(dim=0), dim=-1)
 
     def training_templates(self) -> tuple[int, int]:
-        """One random template of the first 28 (Python's RNG, as the official `random.randint`)
-        and the bare text."""
-        return random.randint(0, len(TEMPLATES) - 2), len(TEMPLATES) - 1
+        """One random template of the first 28 and the bare text. In an engine training step the
+        draw takes the optimiser update's seed (`methods.sample_random.update_generator`), so every
+        micro-batch and process of one update uses the same template, as the official code draws
+        one per iteration; elsewhere Python's RNG, as the official `random.randint`."""
+        generator = update_generator(_TEMPLATE_STREAM)
+        if generator is None:
+            return random.randint(0, len(TEMPLATES) - 2), len(TEMPLATES) - 1
+        return int(torch.randint(0, len(TEMPLATES) - 1, (1,), generator=generator)), len(TEMPLATES) - 1
 
     def class_text_features(self, classnames: Sequence[str], templates: Sequence[int] | None = None) -> torch.Tensor:
         """Ensembled class features: all 29 templates in eval mode, a training draw otherwise."""

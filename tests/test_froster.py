@@ -299,8 +299,8 @@ def test_distillation_targets_hand_computed(tiny):
     model.train()
     clip_video, labels = video(frames=FRAMES, size=64, seed=7), torch.tensor([0, 1])
     out = model.training_losses(clip_video, labels, CLASSES)
-    assert float(out["loss_distill_video"]) == pytest.approx(0.0, abs=1e-6)
-    assert float(out["loss_distill_text"]) == pytest.approx(0.0, abs=1e-6)
+    assert out["loss_distill_video"].item() == pytest.approx(0.0, abs=1e-6)
+    assert out["loss_distill_text"].item() == pytest.approx(0.0, abs=1e-6)
     width = model.clip.visual.output_dim
     with torch.no_grad():  # P_v(f) = R f for a fixed rotation R of the first two axes by 90 degrees
         model.projector_v[0].weight.copy_(torch.eye(width))
@@ -311,7 +311,7 @@ def test_distillation_targets_hand_computed(tiny):
         projected = f + 0.1 * (F.gelu(f) @ rotation.T)
         expected = 2.0 * (1 - (projected * f).sum(-1) / projected.norm(dim=-1)).mean()
     out = model.training_losses(clip_video, labels, CLASSES)
-    assert float(out["loss_distill_video"]) == pytest.approx(float(expected), rel=1e-4)
+    assert out["loss_distill_video"].item() == pytest.approx(float(expected), rel=1e-4)
     assert float(expected) > 1e-4
 
 
