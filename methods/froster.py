@@ -175,6 +175,9 @@ class FROSTER(VideoTextModel):
 
     text_is_frozen = False
     models_frame_order = False  # symmetric +-s neighbourhoods: a reversed clip gives the same features
+    #: The temporal view expansion attends from one frame's tokens to its neighbours' token sets: it
+    #: needs one token set per frame (a joint space-time backbone already mixes all frames).
+    token_layouts = frozenset({"per_frame"})
     requires = frozenset({"rephrased_classnames"})
 
     config: FROSTERConfig

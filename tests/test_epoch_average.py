@@ -157,3 +157,11 @@ def test_engine_evaluates_the_mean_of_the_epochs_also_after_a_resume(tmp_path, h
     assert len(evaluated) == 2 and sorted(snapshots) == [1, 2, 3]
     for name in expected:
         assert torch.equal(evaluated[1][name], evaluated[0][name]), name
+    # `harness eval` / `predict` on the run checkpoint load the weights the job evaluates
+    from harness.convert.checkpoint import EPOCH_AVERAGE_META, load_checkpoint
+
+    assert EPOCH_AVERAGE_META == EpochAverageHook.META_KEY
+    (last,) = tmp_path.glob("jobs/*/work/epoch_3.pth")
+    loaded = dict(load_checkpoint(last).net.named_parameters())
+    for name in expected:
+        torch.testing.assert_close(loaded[name], evaluated[0][name], rtol=0, atol=0)
