@@ -143,22 +143,11 @@ def residual_projector(width: int) -> nn.Sequential:
     return projector
 
 
-def project_cls(model: VideoTextModel, tokens: torch.Tensor) -> torch.Tensor:
-    """Tokens after the last visual block (N, L, D) -> CLS -> ln_post -> proj (N, E)."""
-    visual = model.clip.visual
-    feats = visual.ln_post(tokens[:, 0])
-    return feats @ visual.proj if visual.proj is not None else feats
-
-
-def frame_features(model: VideoTextModel, video: torch.Tensor) -> torch.Tensor:
-    """(B, T, 3, H, W) -> (B, T, E) per-frame features of `model`'s video tower, each L2-normalised."""
-    if video.dim() != 5:
-        raise ValueError(f"expected a (B, T, 3, H, W) video batch, got shape {tuple(video.shape)}")
+def normalised_frame_features(model: VideoTextModel, video: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) -> (B, T, E) per-frame features of `model`'s video tower (its
+    `visual_tower` and `frame_features`: CLS -> ln_post -> proj), each L2-normalised."""
     batch, frames = video.shape[:2]
-    model.ctx.num_frames = frames
-    visual = model.clip.visual
-    x = visual.transformer(visual.ln_pre(model.visual_tokens(model.patch_embed(video.flatten(0, 1)))))
-    return F.normalize(project_cls(model, x), dim=-1).view(batch, frames, -1)
+    return F.normalize(model.frame_features(model.visual_tower(video)), dim=-1).view(batch, frames, -1)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -289,7 +278,7 @@ class FROSTER(VideoTextModel):
     def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """Mean over frames of the L2-normalised per-frame features (FROSTER averages per-frame
         logits); `encode_video(normalize=True)` re-normalises it, the logits do not."""
-        return F.normalize(project_cls(self, x), dim=-1).view(batch, frames, -1).mean(dim=1)
+        return F.normalize(self.frame_features(x), dim=-1).view(batch, frames, -1).mean(dim=1)
 
     def forward(self, video: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         return self.logits(self.encode_video(video, normalize=False), self.text_features(classnames))
@@ -299,13 +288,13 @@ class FROSTER(VideoTextModel):
         """Cross-entropy of the per-frame-averaged logits, plus (with the teacher) the residual
         video and text distillation losses, both over the same random template."""
         templates = self.training_templates()
-        frames = frame_features(self, video)                      # (B, T, E)
+        frames = normalised_frame_features(self, video)                     # (B, T, E)
         text = self.class_text_features(classnames, templates)   # (C, E), with gradients
         out = self.losses(self.logits(frames.mean(dim=1), text), labels, classnames)
         if self.teacher is None:
             return out
         with torch.no_grad():
-            teacher_frames = frame_features(self.teacher, video).flatten(0, 1)
+            teacher_frames = normalised_frame_features(self.teacher, video).flatten(0, 1)
         teacher_text = self.teacher_text_features(classnames, templates)
         a, ratio = self.config.residual_scale, self.config.distill_ratio
         student_frames = frames.flatten(0, 1)

@@ -73,6 +73,8 @@ def test_training_checkpoint_converts_every_key(base, tmp_path):
     conversion = convert("froster", ConvertRequest(ckpt, backbone=BACKBONE, base=str(base[0])))
     model, report = conversion.model, conversion.report
     assert model.config.temporal_view == 2 and model.config.distillation and model.num_frames == 4
+    assert report["from_config"]["MODEL.TEMPORAL_MODELING_TYPE"] == "expand_temporal_view_step2"
+    assert report["release"]["config_from"] == "cfg" and report["frozen_in_release"] == 0
     assert report["release"]["unwrapped"] == ["model_state"] and report["release"]["stripped_prefixes"] == []
     assert set(report["release"]["other_entries"]) == {"epoch", "optimizer_state", "cfg", "scaler_state"}
     params = dict(model.named_parameters())
@@ -133,7 +135,7 @@ def test_ddp_prefix_and_cli_round_trip(base, tmp_path, capsys):
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "froster -> method froster (8 frames)" in printed and "checked raw_model.*: max |diff| 0 " in printed
-    assert "frozen weights vs --base: the release fills no frozen parameter" in printed
+    assert "frozen weights: none in the release (it holds trained tensors only); the frozen ones come from --base" in printed
     report = json.loads((tmp_path / "froster.harness.pt.json").read_text())
     assert report["release"]["stripped_prefixes"] == ["module."]
     loaded = load_checkpoint(out).net.eval()

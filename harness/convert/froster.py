@@ -35,41 +35,32 @@ class FROSTERConverter(Converter):
     upstream = "Visual-AI/FROSTER slowfast/utils/checkpoint.py save_checkpoint, weight_average_tool.py"
 
     def prepare(self, release) -> BuildPlan:
-        cfg = self._config(release)
         options: dict[str, Any] = {}
+        from_config: dict[str, Any] = {}
         notes = ["teacher (raw_model) = the --base CLIP"]
-        if cfg is None:
+        if release.config is None:
             notes.append("no cfg in the release (the averaged-weights file): FROSTER's B/16 options")
         else:
-            model = cfg.get("MODEL", {})
-            kind = model.get("TEMPORAL_MODELING_TYPE")
+            kind = release.setting("MODEL.TEMPORAL_MODELING_TYPE")
             if kind not in TEMPORAL_VIEW:
                 raise HarnessError(f"{release.path}: cfg MODEL.TEMPORAL_MODELING_TYPE={kind!r} is not in FROSTER's "
                                    f"expand_temporal_view family ({', '.join(k for k in TEMPORAL_VIEW if k)})")
             options["temporal_view"] = TEMPORAL_VIEW[kind]
-            options["distillation"] = bool(model.get("KEEP_RAW_MODEL")) and bool(model.get("RAW_MODEL_DISTILLATION"))
-            if "DISTILLATION_RATIO" in model:
-                options["distill_ratio"] = float(model["DISTILLATION_RATIO"])
+            options["distillation"] = (bool(release.setting("MODEL.KEEP_RAW_MODEL"))
+                                       and bool(release.setting("MODEL.RAW_MODEL_DISTILLATION")))
+            ratio = release.setting("MODEL.DISTILLATION_RATIO")
+            if ratio is not None:
+                options["distill_ratio"] = float(ratio)
+            from_config = {"MODEL.TEMPORAL_MODELING_TYPE": kind, **{
+                key: release.setting(key) for key in ("MODEL.KEEP_RAW_MODEL", "MODEL.RAW_MODEL_DISTILLATION",
+                                                      "MODEL.DISTILLATION_RATIO", "DATA.NUM_FRAMES")
+                if release.setting(key) is not None}}
             notes.append(f"options from the release's cfg: {options}")
         options.update(self.request.options)
-        frames = self.request.frames or int((cfg or {}).get("DATA", {}).get("NUM_FRAMES", 8))
+        frames = self.request.frames or int(release.setting("DATA.NUM_FRAMES", 8) or 8)
         if not any(k.startswith(TEACHER) for k in release.state):
             notes.append("the release holds no raw_model.* (nothing to check against --base)")
-        return BuildPlan(options, frames, None, notes)
-
-    @staticmethod
-    def _config(release) -> dict[str, Any] | None:
-        """The yacs config the release was saved with (`cfg`, YAML text), parsed as plain YAML."""
-        if "cfg" not in release.extras:
-            return None
-        import yaml
-
-        text = torch.load(release.path, map_location="cpu", weights_only=True).get("cfg")
-        try:
-            cfg = yaml.safe_load(text) if isinstance(text, str) else None
-        except yaml.YAMLError as err:
-            raise HarnessError(f"{release.path}: its cfg entry is not YAML text ({err})") from None
-        return cfg if isinstance(cfg, dict) else None
+        return BuildPlan(options, frames, None, notes, from_config=from_config)
 
     def source(self, name: str) -> Source | None:
         if name.startswith("clip."):
