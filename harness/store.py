@@ -10,7 +10,6 @@ older results format are rerun but stay readable by `harness report`.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import traceback
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write_json, remove_stale_temps
-from harness.errors import HarnessError
+from harness.errors import HarnessError, os_error_hint
 from harness.jobs import RESULTS_FORMAT, JobSpec
 from harness.locks import JOB_LOCK
 
@@ -147,12 +146,8 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     try:
         atomic_write_json(path, record)
     except OSError as err:
-        hint = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "over the disk quota: free space",
-                errno.EROFS: "the file system is read-only: use another --out",
-                errno.EACCES: "permission denied: use another --out or fix its permissions"}.get(
-            err.errno, "check the results folder")
-        raise HarnessError(f"cannot write {path} ({err.strerror or err}): {hint}, then rerun the same command "
-                           "(finished jobs are kept)") from None
+        raise HarnessError(f"cannot write {path} ({err.strerror or err}): {os_error_hint(err)}, then rerun the same "
+                           "command (finished jobs are kept)") from None
 
 
 def record_format(record: dict[str, Any]) -> int:
