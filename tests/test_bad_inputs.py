@@ -238,6 +238,8 @@ CASES = [
     Case("report-not-results", ["report", "{tmp}"], "not a results directory"),
     Case("report-truncated-metrics", ["report", "{tmp}/copy"], "metrics.json: unreadable result (JSONDecodeError",
          setup=_truncate_result),
+    Case("report-foreign-json", ["report", "{tmp}/foreign"], "metrics.json: not a harness result (it lacks job_id, "
+         "job, metrics)", setup=_file("foreign/jobs/a/metrics.json", '{"accuracy": 0.9}')),
     Case("pretrained-missing", RUN("--pretrained", "/nonexistent.pt"), "--pretrained /nonexistent.pt: no such file"),
     Case("pretrained-folder", RUN("--pretrained", "{tmp}"), "is a folder; pass a checkpoint file"),
     Case("pretrained-text-file", RUN("--pretrained", "{tmp}/notes.txt", methods="st_adapter"),
@@ -486,3 +488,67 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     assert code == 2 and "Traceback" in err and err.rstrip().endswith("harness: error: --frames 0: must be >= 1")
     monkeypatch.setenv("HARNESS_DEBUG", "1")
     assert main(["params", "--methods", "aim", "--frames", "0"]) == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_a_shard_that_selects_no_job_says_so(finished, harness_cache, tmp_path, capsys, skip_training):
+    """More shards than jobs (a SLURM array larger than the grid): the shard is empty, said so,
+    exit 0, nothing written; a shard with a job still runs."""
+    out = tmp_path / "out"
+    argv = [a.format(cache=harness_cache, out=out) for a in RUN("--shard", "1/2")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "shard 1/2 is empty: the invocation has 1 job(s), so only shards 0..0 of 2 run any" in captured.err
+    assert "no finished jobs" not in captured.out and not (out / "invocations").exists()
+    argv[argv.index("1/2")] = "0/2"
+    assert main(argv) == 0 and len(list(out.glob("jobs/*/metrics.json"))) == 1
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(harness_cache, tmp_path_factory):
+    """A run checkpoint of st_adapter (tiny profile, random weights): what `harness eval` reads."""
+    out = tmp_path_factory.mktemp("ckpt-run")
+    assert main(["run", "--methods", "st_adapter", "--protocol", "base2novel", "--profile", "tiny", "--pretrained",
+                 "random", "--no-progress", "--cache", str(harness_cache), "--out", str(out)]) == 0
+    (ckpt,) = out.glob("jobs/*/work/epoch_*.pth")
+    return ckpt
+
+
+@pytest.mark.parametrize("front", ["cli", "api"])
+def test_eval_checks_the_data_of_its_jobs(front, run_checkpoint, harness_cache, tmp_path, capsys, monkeypatch):
+    """`harness eval` plans its jobs like a run: a corrupt list fails its job before it starts."""
+    import harness.engine.runner as runner_mod
+
+    cache, root = _private_cache(harness_cache, tmp_path)
+    _replace_line(f"{B2N}/novel_val.txt", 2, "no_label_here.mp4")({"root": root}, monkeypatch)
+    started = []
+    monkeypatch.setattr(runner_mod, "run_job", lambda job, *a, **k: started.append(job.job_id))
+    out = tmp_path / "eval"
+    if front == "cli":
+        code = main(["eval", "--checkpoint", str(run_checkpoint), "--protocol", "base2novel", "--profile", "tiny",
+                     "--cache", str(cache), "--out", str(out), "--no-progress"])
+        assert code == 2
+    else:
+        store = api.evaluate(api.EvalRequest(checkpoint=str(run_checkpoint), protocol="base2novel", profile="tiny",
+                                             cache=str(cache), out=str(out)), progress=False)
+        assert [f["message"] for f in store.failed_records()][0].endswith("malformed line 'no_label_here.mp4'; "
+                                                                          "expected 'relative/path.ext label' "
+                                                                          "(fields separated by whitespace).")
+    err = capsys.readouterr().err
+    assert "novel_val.txt:3: malformed line 'no_label_here.mp4'" in err and "not run:" in err
+    assert started == [] and len(list(out.glob("jobs/*/error.json"))) == 1
+
+
+def test_order_pairs_check_the_data_of_their_jobs(harness_cache, tmp_path, monkeypatch):
+    """`harness bench --order-pairs` plans through harness.api too: a truncated video of the list
+    it evaluates stops it, naming the video, before any training."""
+    import harness.engine.runner as runner_mod
+    from harness.commands.order_pairs import run_order_pairs
+
+    cache, root = _private_cache(harness_cache, tmp_path)
+    _video("datasets_splits/embedded_splits/val.txt", 3, lambda b: b[: len(b) // 2])({"root": root}, monkeypatch)
+    started = []
+    monkeypatch.setattr(runner_mod, "run_job", lambda job, *a, **k: started.append(job.job_id))
+    with pytest.raises(HarnessError, match="order-pair training of zeroshot failed: HarnessError: 1 of .* videos "
+                                           "listed in .*val.txt are not readable videos: .*truncated"):
+        run_order_pairs(["zeroshot"], tmp_path / "out", epochs=1, cache_dir=str(cache))
+    assert started == []
