@@ -69,8 +69,8 @@ def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, har
     """The benchmark runs through harness.api, so the job's own error is raised (it used to be an
     exit code from re-entering the CLI)."""
     import harness.engine.runner as runner_mod
-    from harness.errors import HarnessError
     from harness.commands.order_pairs import run_order_pairs
+    from harness.errors import HarnessError
 
     def fail(job, job_dir, progress=True):
         raise HarnessError(f"{job.method}: out of memory at epoch 1")

@@ -7,7 +7,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 LIST_ROLES = ("b2n_train", "b2n_base_val", "b2n_novel_val", "fewshot_train", "fewshot_val", "train", "val", "zs_eval")
 
 
