@@ -166,9 +166,14 @@ def add_checkpoint_commands(sub: Any) -> None:
                          "(e.g. openai) or local file; fills weights the release lacks and verifies its frozen ones")
     convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
     convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
-    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c' or an id,name CSV "
-                         "(default for 400-row heads: Kinetics-400)")
+    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c', an id,name CSV or a "
+                         ".txt with one name per line (default for 400-row heads: Kinetics-400)")
     convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    convert.add_argument("--activation", default="quickgelu", choices=("quickgelu", "gelu"),
+                         help="MLP activation of the release's CLIP (default quickgelu: the official code bases run "
+                              "OpenAI CLIP; gelu builds exact GELU, outputs then differ from the official model's)")
+    convert.add_argument("--allow-base-mismatch", action="store_true",
+                         help="convert although the release's frozen weights differ from --base beyond fp16 rounding")
     convert.add_argument("--splits-root", default=None, help="local copy of the upstream files (K400 class list)")
     convert.add_argument("--cache", default=None)
 
@@ -197,8 +202,9 @@ def add_checkpoint_commands(sub: Any) -> None:
     predict.add_argument("videos", nargs="+", help="video files")
     predict.add_argument("--method", default=None, help="method (default: the checkpoint's; zeroshot without one)")
     predict.add_argument("--checkpoint", default=None, help="a converted checkpoint or a run checkpoint")
-    predict.add_argument("--classes", default=None, help="'a,b,c' or an id,name CSV (default: the checkpoint's classes)")
-    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--classes", default=None, help="'a,b,c', an id,name CSV or a .txt with one name per line "
+                         "(default: the checkpoint's classes)")
+    predict.add_argument("--top", type=int, default=5, help="classes shown per video (at least 1)")
     predict.add_argument("--base", default=None, help="base backbone location if it moved (converted checkpoints)")
     predict.add_argument("--backbone", default=None, help=f"without --checkpoint (default {EMBEDDED_BACKBONE})")
     predict.add_argument("--pretrained", default=None, help="without --checkpoint (default: synthetic for harness-tiny)")
@@ -214,6 +220,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     planned = _planned(args, lambda a: api.plan(_run_request(a), a.out, sweeps=a.sweeps, shard=_shard(a.shard),
                                                 dry_run=a.dry_run))
+    if _rank() == 0:  # the first line of the output: which activation local weights run with
+        from harness.backbone import local_weights_note
+
+        note = local_weights_note(planned.request.backbone, planned.request.pretrained)
+        if note:
+            print(f"harness: note: {note}", file=sys.stderr)
     if planned.empty_shard:
         index, count = planned.shard
         print(f"harness: shard {index}/{count} is empty: the invocation has {planned.expanded} job(s), so only "

@@ -7,6 +7,8 @@ fc2 zero-initialised) and runs, in the official order and residual forms:
 1. temporal: the block's frozen attention re-used along time, tokens regrouped
    (B*T, N, D) -> (B*N, T, D), CLS included, after `ln_1`:
    ``x = x + drop_path(T_Adapter(attn(ln_1(x_t))))`` (T_Adapter without skip);
+   With `num_tadapter=2` (official B/16 SSv2 config) a skip adapter runs before that attention:
+   ``T_Adapter(attn(T_Adapter_in(ln_1(x_t))))``.
 2. spatial: ``x = x + S_Adapter(attn(ln_1(x)))`` (S_Adapter with skip: `a + fc2(gelu(fc1 a))`);
 3. joint: ``x = x + mlp(ln_2 x) + drop_path(0.5 * MLP_Adapter(ln_2 x))`` (no skip).
 
@@ -64,7 +66,10 @@ def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
 @dataclass
 class AIMConfig(MethodConfig):
     mlp_ratio: float = option(0.25, "adapter bottleneck = int(width * mlp_ratio): 192 at ViT-B/16 (official)")
-    adapter_scale: float = option(0.5, "scale of the MLP-adapter branch (official K400 config: 0.5)")
+    adapter_scale: float = option(0.5, "scale of the MLP-adapter branch (official K400 config: 0.5; SSv2: 1.0)")
+    num_tadapter: int = option(1, "temporal adapters per block: 1 (official K400 configs), or 2 (official B/16 "
+                               "SSv2 config): a skip adapter `T_Adapter_in` also runs before the temporal attention",
+                               choices=(1, 2))
     drop_path_rate: float = option(0.2, "drop path on the temporal and MLP-adapter branches, rising "
                                    "linearly from 0 in the first block to this in the last (official: 0.2)")
     frames_mismatch: str = option(
@@ -109,33 +114,38 @@ class AIMBlock(AdaptedBlock):
     """CLIP block with AIM's temporal, spatial and joint adaptation."""
 
     def __init__(self, block: nn.Module, ctx: BlockContext, layer_index: int, hidden: int,
-                 scale: float, drop_path: float) -> None:
+                 scale: float, drop_path: float, num_tadapter: int = 1) -> None:
         super().__init__(block, ctx, layer_index, "visual")
         self.MLP_Adapter = AIMAdapter(self.width, hidden, skip_connect=False)
         self.S_Adapter = AIMAdapter(self.width, hidden, skip_connect=True)
         self.T_Adapter = AIMAdapter(self.width, hidden, skip_connect=False)
+        # official num_tadapter=2: T_Adapter(attn(T_Adapter_in(ln_1(x_t)))), T_Adapter_in with skip
+        self.T_Adapter_in = AIMAdapter(self.width, hidden, skip_connect=True) if num_tadapter == 2 else None
         self.scale = scale
         self.drop_path = DropPath(drop_path)
 
     def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_clip_path(self.temporal_branch(x))
+        x = x + self.drop_clip_path(self.temporal_branch(x), site=0)
         x = x + self.S_Adapter(self.attention(self.ln_1(x), attn_mask))
         xn = self.ln_2(x)
-        return x + self.ls_2(self.mlp(xn)) + self.drop_clip_path(self.scale * self.MLP_Adapter(xn))
+        return x + self.ls_2(self.mlp(xn)) + self.drop_clip_path(self.scale * self.MLP_Adapter(xn), site=1)
 
     def temporal_branch(self, x: torch.Tensor) -> torch.Tensor:
         """T_Adapter(attn(ln_1(.))) with each token position attending over the T frames."""
         tokens = self.split_frames(x)  # (B, T, N, D)
         b, t, n, d = tokens.shape
-        seq = tokens.transpose(1, 2).reshape(b * n, t, d)
-        out = self.T_Adapter(self.attention(self.ln_1(seq)))
+        seq = self.ln_1(tokens.transpose(1, 2).reshape(b * n, t, d))
+        if self.T_Adapter_in is not None:
+            seq = self.T_Adapter_in(seq)
+        out = self.T_Adapter(self.attention(seq))
         return out.view(b, n, t, d).transpose(1, 2).reshape(b * t, n, d)
 
-    def drop_clip_path(self, delta: torch.Tensor) -> torch.Tensor:
-        """Drop path with the clip as the sample: all frames of a clip keep or drop the branch."""
+    def drop_clip_path(self, delta: torch.Tensor, site: int) -> torch.Tensor:
+        """Drop path with the clip as the sample: all frames of a clip keep or drop the branch.
+        One module serves both branches (official); `site` gives each its own draw per clip."""
         if self.drop_path.rate <= 0.0 or not self.training:
             return delta
-        return self.merge_frames(self.drop_path(self.split_frames(delta)))
+        return self.merge_frames(self.drop_path(self.split_frames(delta), site=site))
 
 
 @register_method("aim", AIMConfig, "temporal/spatial/joint adapters re-using frozen attention over time")
@@ -150,7 +160,8 @@ class AIM(LinearHeadMixin, VideoTextModel):
         self.temporal_embedding = nn.Parameter(torch.zeros(1, self.num_frames, self.visual_width))
         hidden = int(self.visual_width * cfg.mlp_ratio)
         rates = drop_path_rates(cfg.drop_path_rate, self.visual_depth)
-        self.wrap_visual(lambda block, i: AIMBlock(block, self.ctx, i, hidden, cfg.adapter_scale, rates[i]))
+        self.wrap_visual(lambda block, i: AIMBlock(block, self.ctx, i, hidden, cfg.adapter_scale, rates[i],
+                                                   cfg.num_tadapter))
         self.build_head()
 
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:

@@ -126,6 +126,9 @@ def test_finished_job_of_an_older_results_format_is_rerun(harness_cache, tmp_pat
     metrics = {"evals": {}, "params": {}, "train": {}}
     path.write_text(json.dumps({"job_id": job.job_id, "job": job.to_dict(), "metrics": metrics}))
     assert not store.is_finished(job)  # format 1: rerun
+    path.write_text(json.dumps({"results_format": RESULTS_FORMAT - 1, "job_id": job.job_id, "job": job.to_dict(),
+                                "metrics": metrics}))
+    assert not store.is_finished(job)  # the previous format (micro-batch-dependent training): rerun
     path.write_text(json.dumps({"results_format": RESULTS_FORMAT, "job_id": job.job_id, "job": job.to_dict(),
                                 "metrics": metrics}))
     assert store.is_finished(job)

@@ -1,8 +1,10 @@
 """`harness convert`: official released checkpoints -> checkpoints of this project's modules.
 
 One converter per official code base (`adapters`, `vitaclip`, `vificlip`), one shared pipeline
-(`base`, `mapping`, `release`), and `checkpoint` to save and load the result (also run
-checkpoints), which `harness predict` and evaluation use.
+(`base`, `mapping`, `release`), the reader of release files as the official code writes them
+(`release_io`: pickled configuration objects as plain data, no pickled code run), and
+`checkpoint` to save and load the result (also run checkpoints), which `harness predict` and
+evaluation (`evaluate`: the model source of `harness eval` jobs) use.
 """
 from __future__ import annotations
 

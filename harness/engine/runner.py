@@ -1,27 +1,32 @@
 """Run one job: build backbone + method, train with an mmengine Runner, evaluate each eval set.
 
-Everything mmengine-specific is here: optimiser wrapper (AdamW, gradient accumulation to keep
-the protocol's global batch, bf16 AMP on CUDA), parameter schedulers (linear warm-up + cosine,
-iteration-based), checkpoint/resume, `select=best` on the protocol's selection set, and the
-torch.distributed launcher (torchrun sets WORLD_SIZE; mmengine's 'pytorch' launcher does the rest).
+Everything mmengine-specific is here: optimiser wrapper (AdamW, bf16 AMP on CUDA), parameter
+schedulers (linear warm-up + cosine, stepped per optimiser update), checkpoint/resume,
+`select=best` on the protocol's selection set, and the torch.distributed launcher (torchrun sets
+WORLD_SIZE; mmengine's 'pytorch' launcher does the rest). One mmengine iteration is one optimiser
+update over the global batch `schedule.batch_size` (`harness.engine.batches`: which clips, the
+short last batch, per-sample seeds; `harness.engine.update`: micro-batches and the gradient sum
+over processes), so micro-batch and process count change how a job runs, never what it computes.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import os
+import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size
+from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
-
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
 
 
 def _init_mm() -> None:
@@ -33,10 +38,12 @@ def _init_mm() -> None:
 
     init_default_scope("mmaction")
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
-    import warnings
 
-    # set on purpose above (mmengine's resume pickles more than tensors): not news at every resume
-    warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
+
+#: Numbers the Runners of this process: mmengine names its message hub, logger and visualizer by
+#: experiment name + timestamp (seconds), so two jobs started in the same second would share them
+#: (one job's scalars written into the other's log folder).
+_RUNNERS = itertools.count()
 
 
 def _launcher() -> str:
@@ -73,26 +80,76 @@ def _amp_enabled(amp: str, device: torch.device) -> bool:
     return amp == "bf16"
 
 
-def build_net(job: JobSpec):
-    """Backbone + method for a job (the same seed gives every method the same random backbone);
-    for `harness eval`, the model its checkpoint describes."""
-    from harness.backbone import get_tokenizer
-    from harness.weights import create_backbone
-    from methods.registry import build_method
+class ModelSource(Protocol):
+    """What builds a job's network. The engine calls `build(job)` once, inside the job (after its
+    seed and thread settings are applied), and owns the result for that job only: no model
+    outlives its job, so a job's numbers never depend on what ran before it in the process."""
 
-    if job.checkpoint:
-        from harness.convert.evaluate import checkpoint_net
+    def build(self, job: JobSpec) -> tuple[Any, Any]:
+        """(VideoTextModel, BackboneSpec) for `job`."""
 
-        net, spec = checkpoint_net(job)
-    else:
+
+class FreshModel:
+    """The model of a training job: backbone + method from the job (the same seed gives every
+    method the same random backbone)."""
+
+    def build(self, job: JobSpec) -> tuple[Any, Any]:
+        from harness.backbone import get_tokenizer
+        from harness.weights import create_backbone
+        from methods.registry import build_method
+
+        if job.checkpoint:
+            raise HarnessError(f"job {job.job_id} evaluates checkpoint {job.checkpoint.get('path')}: run it with its "
+                               "model source (harness.api runs evaluation jobs with harness.convert.evaluate."
+                               "CheckpointModel)")
         clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
         backbone_params = sum(p.numel() for p in clip.parameters())
         classnames = job.train.classnames if job.train else None
         net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
         net.backbone_params = backbone_params
+        return net, spec
+
+
+def build_net(job: JobSpec, source: ModelSource | None = None):
+    """The job's network from `source` (default `FreshModel`), checked against its protocol."""
+    net, spec = (source or FreshModel()).build(job)
     check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     return net, spec
+
+
+@contextlib.contextmanager
+def job_process_state(schedule: dict[str, Any]) -> Iterator[int]:
+    """The process-wide settings a job's numbers depend on, set for the job and restored after it:
+    torch's intra-op threads (`configure_cpu_threads`; the reduction order of CPU kernels can
+    follow the thread count), OpenCV's threads (0, what mmengine's Runner sets for training, so a
+    job that only evaluates decodes and resizes as the evaluation after training does), and the
+    global torch / numpy / python RNGs (the job seeds them). Yields the torch thread count."""
+    threads, rng = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cv2 = _cv2()
+    cv2_threads = cv2.getNumThreads() if cv2 is not None else None
+    try:
+        if cv2 is not None:
+            cv2.setNumThreads(0)
+        yield configure_cpu_threads(schedule)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if cv2 is not None:
+            cv2.setNumThreads(cv2_threads)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:  # the decoders that need it are optional
+        return None
+    return cv2
 
 
 def check_protocol(net, job: JobSpec) -> None:
@@ -165,7 +222,7 @@ def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
             for g in groups]
 
 
-def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
+def _optim_wrapper(net, job: JobSpec, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
@@ -178,9 +235,10 @@ def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
             raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
                                f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
         clip_grad = dict(max_norm=float(sched["grad_clip"]))
+    # No accumulative_counts: one train step is one whole update (harness.engine.update).
     if amp:
-        return AmpOptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad, dtype="bfloat16")
-    return OptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad)
+        return AmpOptimWrapper(optimizer=optimizer, clip_grad=clip_grad, dtype="bfloat16")
+    return OptimWrapper(optimizer=optimizer, clip_grad=clip_grad)
 
 
 def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
@@ -198,17 +256,18 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
 
 
 def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[int, int]:
-    """Per-process batch and gradient-accumulation steps that keep the global batch."""
-    batch = int(schedule["batch_size"])
-    micro = int(schedule["micro_batch"]) or max(1, batch // world)
-    accumulate = max(1, round(batch / (micro * world)))
-    if micro * world * accumulate != batch:
-        raise HarnessError(f"schedule.batch_size={batch} is not micro_batch ({micro}) x processes ({world}) x an "
-                           "integer accumulation; change schedule.batch_size or schedule.micro_batch")
-    return micro, accumulate
+    """(clips per forward pass per process, forward passes per update of the largest share).
+
+    A process loads ceil(batch_size / processes) clips of each update at most;
+    `schedule.micro_batch` (0: that whole share) splits it into forward passes. Any split gives
+    the same updates (harness.engine.update), so neither needs to divide the other."""
+    share = math.ceil(int(schedule["batch_size"]) / world)
+    micro = min(int(schedule["micro_batch"]) or share, share)
+    return micro, math.ceil(share / micro)
 
 
 def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
+    """mmengine config of the selection set's loader (training uses `batches.train_loader`)."""
     return dict(dataset=dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
                 sampler=dict(type="DefaultSampler", shuffle=shuffle), collate_fn=dict(type="pseudo_collate"))
 
@@ -217,8 +276,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
     from mmengine.runner import Runner
 
-    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
+    from harness.engine.batches import dataset_labels, train_loader
+    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
     from harness.engine.hooks import (
+        GlobalBatchEpochHook,
         NonFiniteLossHook,
         ProgressBarHook,
         StepTimerHook,
@@ -229,11 +290,16 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     net = model.net
     device = _device()
     amp = _amp_enabled(job.schedule["amp"], device)
-    micro, accumulate = micro_batch_and_accumulation(job.schedule, world_size())
+    batch = int(job.schedule["batch_size"])
+    if batch < world_size():
+        raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
+                           "never have a clip to train on; raise schedule.batch_size or start fewer processes")
+    micro, passes = micro_batch_and_accumulation(job.schedule, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
     model.data_preprocessor.augment = _device_augment(job, spec.image_size)
-    if len(train_set) < micro:
-        raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
+    model.micro_batch = micro
+    loader = train_loader(train_set, dataset_labels(train_set), batch, job.seed, num_workers(job.schedule), rank(),
+                          world_size())
     if job.schedule["grad_checkpointing"]:
         net.set_grad_checkpointing(True)
     epochs = int(job.schedule["epochs"])
@@ -254,25 +320,24 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
-        train_dataloader=_loader(train_set, micro, num_workers(job.schedule), True),
+        experiment_name=f"{job.job_id}-{next(_RUNNERS)}",
+        train_dataloader=loader,  # one item = this process's share of one optimiser update
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
-        optim_wrapper=_optim_wrapper(net, job, accumulate, amp),
+        optim_wrapper=_optim_wrapper(net, job, amp),
         param_scheduler=_schedulers(job),
         default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
-                           sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt,
+                           sampler_seed=None),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt, GlobalBatchEpochHook(),
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
-        # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
-        # pre-MLP adapter, as released) need DDP's unused-parameter search.
         env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        cfg=dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", find_unused_parameters=True,
-                                        broadcast_buffers=False,
-                                        **({} if torch.cuda.is_available() else {"device_ids": None}))),
+        # Not DDP: the train step sums the gradients over processes itself (harness.engine.update).
+        cfg=dict(model_wrapper_cfg=dict(type="SummedGradients")),
         randomness=dict(seed=job.seed),
-        resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
-        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
+        # an interrupted job continues, its checkpoint read weights-only (never mmengine's own torch.load)
+        resume=resume_from is not None, load_from=safe_uri(resume_from) if resume_from else None,
+        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
         visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
         **kwargs,
@@ -285,10 +350,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     best = load_best(runner, ckpt) if sel is not None else None
     history = runner.message_hub.log_scalars
     last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
-    return {"iters": runner.iter, "epochs": epochs, "seconds": round(seconds, 2), "micro_batch": micro,
-            "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
-            "videos": train_info, "selected": best or "last", "resumed": ckpt.resumed or False,
-            "checkpoint_notes": notes, "timing": timer.summary(world_size())}
+    return {"iters": runner.iter, "updates_per_epoch": len(loader), "epochs": epochs, "seconds": round(seconds, 2),
+            "micro_batch": micro, "accumulation": passes, "world_size": world_size(), "amp_bf16": amp,
+            "final_loss": float(last_loss), "videos": train_info, "selected": best or "last",
+            "resumed": ckpt.resumed or False, "checkpoint_notes": notes, "timing": timer.summary()}
 
 
 #: mmengine visualizer backend of each `log.backend` (the local JSON scalars are always written).
@@ -369,10 +434,16 @@ def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     return {k: out[k] for k in ("gflops", "gmacs", "text_gflops_per_class")}
 
 
-def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train (when the method has something to train) and evaluate one job; return its metrics."""
+def run_job(job: JobSpec, job_dir: Path, progress: bool = True, source: ModelSource | None = None) -> dict[str, Any]:
+    """Train (when the method has something to train) and evaluate one job; return its metrics.
+    `source` builds the network (default `FreshModel`; `harness eval` hands in its checkpoint's)."""
     _init_mm()
     init_distributed()
+    with job_process_state(job.schedule) as threads:
+        return _run_job(job, job_dir, progress, source, threads)
+
+
+def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | None, threads: int) -> dict[str, Any]:
     from mmengine.runner import set_random_seed
 
     from harness.engine.accounting import JobAccounting
@@ -381,8 +452,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
 
     set_random_seed(job.seed)
     accounting = JobAccounting(_device(), world_size())
-    threads = configure_cpu_threads(job.schedule)
-    net, spec = build_net(job)
+    net, spec = build_net(job, source)
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
