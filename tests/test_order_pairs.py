@@ -72,7 +72,7 @@ def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, har
     from harness.commands.order_pairs import run_order_pairs
     from harness.errors import HarnessError
 
-    def fail(job, job_dir, progress=True):
+    def fail(job, job_dir, progress=True, **kwargs):
         raise HarnessError(f"{job.method}: out of memory at epoch 1")
 
     monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
