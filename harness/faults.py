@@ -2,8 +2,9 @@
 
 `HARNESS_FAULT_POINTS="ckpt.before_rename:2,train.iter:7"` makes this process SIGKILL itself the
 2nd time it reaches `ckpt.before_rename` and the 7th time it reaches `train.iter` (counted per
-process); `lock.create:1:ENOSPC` makes the 1st pass through `lock.create` raise
-`OSError(ENOSPC, "No space left on device")` instead, as a full disk would (any `errno` name).
+process); `lock.create:1:ENOSPC` makes the 1st and every later pass through `lock.create` raise
+`OSError(ENOSPC, "No space left on device")` instead, as a full disk would until space is freed
+(any `errno` name).
 The variable is read once at import (`injected(plan)` sets a plan inside one process, for
 tests); when it is unset `fault_point` is one dict lookup, so production runs pay nothing. The
 chaos test (tests/test_checkpoints.py) uses it to check that every kill point leaves a run that a
@@ -42,18 +43,17 @@ _SEEN: dict[str, int] = {}
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process (no cleanup, no atexit: exactly like kill -9), or raise the planned
-    OSError, when the plan says so."""
+    """SIGKILL this process (no cleanup, no atexit: exactly like kill -9) at the planned pass, or
+    raise the planned OSError from that pass on."""
     if name not in _PLAN:
         return
     _SEEN[name] = _SEEN.get(name, 0) + 1
     count, error = _PLAN[name]
-    if _SEEN[name] != count:
-        return
-    if error is not None:
+    if error is not None and _SEEN[name] >= count:  # an OS error persists (a full disk stays full)
         code = getattr(errno, error)
         raise OSError(code, os.strerror(code))
-    os.kill(os.getpid(), signal.SIGKILL)
+    if error is None and _SEEN[name] == count:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -16,13 +16,14 @@ from harness.errors import HarnessError
 from harness.locks import FOLDER_LOCK, FileLock, folder_lock
 
 
-def test_the_fault_plan_raises_the_named_os_error_at_its_count():
+def test_the_fault_plan_raises_the_named_os_error_from_its_count_on():
     with faults.injected("lock.create:2:ENOSPC"):
         faults.fault_point("lock.create")  # 1st pass: nothing
-        with pytest.raises(OSError) as raised:
-            faults.fault_point("lock.create")
-        assert raised.value.errno == errno.ENOSPC and raised.value.strerror == "No space left on device"
-        faults.fault_point("lock.create")  # only the planned pass
+        for _ in range(2):  # the disk stays full
+            with pytest.raises(OSError) as raised:
+                faults.fault_point("lock.create")
+            assert raised.value.errno == errno.ENOSPC and raised.value.strerror == "No space left on device"
+    faults.fault_point("lock.create")  # the plan is gone with the block
     with pytest.raises(ValueError, match="no errno name"):
         faults._parse("lock.create:1:ENOSPACE")
 
@@ -55,8 +56,8 @@ def test_a_run_into_a_full_disk_is_one_line_then_the_next_run_does_not_wait(harn
                                                                             skip_training):
     argv = ["run", "--methods", "zeroshot", "--protocol", "base2novel", "--profile", "tiny", "--pretrained",
             "random", "--no-progress", "--cache", str(harness_cache), "--out", str(tmp_path)]
-    with faults.injected("lock.create:1:ENOSPC"):  # the first lock of the run: the results folder's
-        assert main(argv) == 2
+    with faults.injected("lock.create:1:ENOSPC"):  # every lock of the run: the probe cache's (only a cache:
+        assert main(argv) == 2                      # skipped), then the results folder's
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("harness: error:")]
     assert errors == [f"harness: error: cannot create the lock file {tmp_path / FOLDER_LOCK} (No space left on "
