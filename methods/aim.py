@@ -28,17 +28,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
 from methods.heads import LinearHeadMixin, head_dropout_option, head_option
-from methods.layers import DropPath, drop_path_rates
+from methods.layers import (
+    FRAMES_MISMATCH_CHOICES,
+    DropPath,
+    drop_path_rates,
+    interpolate_frames,  # noqa: F401  (re-exported: harness/convert/adapters.py)
+    per_frame_embedding,
+)
 from methods.registry import register_method
 
-FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
 #: Official `paramwise_cfg.custom_keys` with decay_mult 0 (configs/recognition/vit/vitclip_base_k400.py
 #: L97-102): a parameter whose name contains one of these is not decayed.
 NO_DECAY_KEYS = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
@@ -54,13 +58,6 @@ def official_key(name: str) -> str | None:
     if name.startswith("clip.visual.") and name != "clip.visual.proj":
         return "backbone." + name[len("clip.visual."):]
     return None
-
-
-def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
-    """(1, T0, D) temporal embedding -> (1, frames, D) by linear interpolation over time
-    (`frames_mismatch=interpolate`; also used to convert a release trained with another T)."""
-    emb = F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=False)
-    return emb.transpose(1, 2)
 
 
 @dataclass
@@ -173,15 +170,8 @@ class AIM(LinearHeadMixin, VideoTextModel):
 
     def temporal_embedding_for(self, frames: int) -> torch.Tensor:
         """(1, frames, D): the learned embedding, or its linear interpolation when allowed."""
-        if frames == self.num_frames:
-            return self.temporal_embedding
-        if self.config.frames_mismatch != "interpolate":
-            raise HarnessError(
-                f"aim was built for {self.num_frames} frames (its temporal embedding has one row per "
-                f"frame) but got a video of {frames} frames; sample {self.num_frames} frames, rebuild "
-                "with the new count, or --set aim.frames_mismatch=interpolate"
-            )
-        return interpolate_frames(self.temporal_embedding, frames)
+        return per_frame_embedding(self.temporal_embedding, frames, self.config.frames_mismatch, "aim",
+                                   "temporal embedding")
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Add the temporal embedding of frame t to every token of frame t (before ln_pre)."""

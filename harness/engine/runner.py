@@ -214,20 +214,22 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 
 
-def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
+def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
-    weight-decay exemptions)."""
+    weight-decay exemptions and per-module learning rates, `lr_scale` x the method's lr; the
+    warm-up and cosine schedulers then scale each group from its own initial lr)."""
     groups = net.param_groups()
-    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
-            for g in groups]
+    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "lr": lr * g.lr_scale,
+             "group": g.name} for g in groups]
 
 
 def _optim_wrapper(net, job: JobSpec, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
-    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"])),
-                                  lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+    lr = float(job.method_options["lr"])
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"]), lr),
+                                  lr=lr, betas=tuple(sched["betas"]),
                                   eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
