@@ -216,7 +216,7 @@ def job_option_problems(job: Any) -> list[str]:
                f"{job.method}.lr={opts['lr']}: must be > 0")
     if "weight_decay" in opts:
         p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
-    averaged = _averaged_epochs(job)
+    averaged = None if job.checkpoint else _averaged_epochs(job)  # `harness eval` averages nothing
     if averaged is not None:
         p.need(s["select"] != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
                                       "schedule.select=best contradicts it; use schedule.select=last")

@@ -108,6 +108,7 @@ class _Job:
                          "val_interval": 0, "views": [1, 1], "betas": [0.9, 0.98], "eps": 1e-8, "lr_min_ratio": 0.01,
                          "label_smoothing": 0.0, "grad_clip": 0.0, "select": "last", **schedule}
         self.data = {"max_missing": 0.05}
+        self.checkpoint: dict = {}
 
 
 def test_job_checks_refuse_best_selection_and_empty_ranges():
@@ -118,6 +119,9 @@ def test_job_checks_refuse_best_selection_and_empty_ranges():
     assert "none of the schedule.epochs=1" in short
     assert job_option_problems(_Job("froster", {"average_epochs": "none"}, epochs=1, select="best")) == []
     assert job_option_problems(_Job("vificlip", {}, select="best")) == []  # no declaration, no averaging
+    evaluation = _Job("froster", {}, epochs=0)  # `harness eval` of a checkpoint: nothing trained, nothing averaged
+    evaluation.checkpoint = {"sha256": "0" * 64, "kind": "converted"}
+    assert job_option_problems(evaluation) == []
 
 
 @pytest.mark.slow
