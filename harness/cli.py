@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.errors import HarnessError
+from harness.launch.options import add_launcher_arguments, launch, launcher_config
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
     run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_launcher_arguments(run)
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
@@ -213,6 +215,7 @@ def add_checkpoint_commands(sub: Any) -> None:
     add_data_locations(ev)
     ev.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     ev.add_argument("--no-progress", action="store_true")
+    add_launcher_arguments(ev)
 
     predict = sub.add_parser("predict", help="top-k classes with scores for video files")
     predict.add_argument("videos", nargs="+", help="video files")
@@ -243,6 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from methods.registry import parse_method_list
 
     problems = Problems()
+    launcher = problems.attempt(lambda: launcher_config(args))
     check_method_names(problems, args.methods)
     check_positive(problems, {"--frames": args.frames})
     methods = problems.attempt(lambda: parse_method_list(args.methods)) or []
@@ -284,7 +288,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.validate import fail_jobs_with_bad_data
 
     bad = fail_jobs_with_bad_data(jobs, store, args.cache, write=_rank() == 0)
-    code = run_jobs([j for j in jobs if j not in bad], store, req, progress=not args.no_progress)
+    runnable = [j for j in jobs if j not in bad]
+    if launcher is not None:
+        code = launch(runnable, store, req, launcher, args.wait)
+    else:
+        code = run_jobs(runnable, store, req, progress=not args.no_progress)
     return 2 if bad and code in (0, 1) else code
 
 
@@ -554,6 +562,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harness import api
     from harness.store import RunStore
 
+    launcher = launcher_config(args)
     ev = api.EvalRequest(checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, method=args.method,
                          backbone=args.backbone, pretrained=args.pretrained,
                          splits=_int_list(args.splits, "--splits") if args.splits else None,
@@ -563,6 +572,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     jobs, req, run_dir = api.evaluation_jobs(ev)
     if args.dry_run:
         return _print_dry_run(jobs)
+    if launcher is not None:
+        return launch(jobs, RunStore(run_dir), req, launcher, args.wait)
     return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
 
 
