@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes"))
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "suites"))
     ls.add_argument("--method", default=None, help="ls recipes: only this method")
     ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each job of a results directory: done / running / failed / pending")
     status.add_argument("run_dir", metavar="RESULTS_DIR")
     add_checkpoint_commands(sub)
+    from harness.reproduce.command import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -389,6 +392,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"  {key} = {default!r} — {text}")
     if what == "recipes":
         _ls_recipes(args.method, args.protocol)
+    if what in ("all", "suites"):
+        from harness.reproduce.command import format_suites
+
+        print(format_suites())
     return 0
 
 
@@ -577,6 +584,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.reproduce.command import cmd_reproduce as reproduce
+
+    return reproduce(args)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from harness.convert.predict import predict_command
 
@@ -585,7 +598,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
             "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.engine.checkpoints as ckpt_mod
 from harness import api, preemption
 from harness.engine.batches import GlobalBatchSampler
 
@@ -87,41 +86,57 @@ def test_stop_file_written_by_the_task_is_seen(tmp_path, monkeypatch, preemptibl
     assert preemption.stop_agreed()
 
 
-@pytest.mark.slow
-def test_stop_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, harness_cache, monkeypatch):
-    """The signal arrives during update 30 of 2 x 24: the job writes update_30.pth and stops; the
-    rerun resumes after update 6 of epoch 2 and ends with the uninterrupted run's weights and
-    metrics."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    api.run(_request(harness_cache), straight, progress=False)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, harness_cache) -> Path:
+    """The job run without interruption (what every stopped and resumed run must end with)."""
+    out = tmp_path_factory.mktemp("straight")
+    api.run(_request(harness_cache), out, progress=False)
+    return out
 
-    seen = {"n": 0}
 
-    def signal_at_30(name: str) -> None:
-        if name == "train.iter":
-            seen["n"] += 1
-            if seen["n"] == 30:
-                os.kill(os.getpid(), signal.SIGUSR2)  # as SLURM would, from outside
-
-    monkeypatch.setattr(ckpt_mod, "fault_point", signal_at_30)
-    preemption.enable(signal.SIGUSR2)
-    try:
-        with pytest.raises(preemption.Preempted, match="update 6 of 24 of epoch 2"):
-            api.run(_request(harness_cache), stopped, progress=False)
-    finally:
-        preemption.reset()
-    monkeypatch.undo()
-    (job_dir,) = (stopped / "jobs").iterdir()
-    assert sorted(p.name for p in (job_dir / "work").glob("*.pth")) == ["update_30.pth"]
-    assert not (job_dir / "metrics.json").exists() and not (job_dir / "error.json").exists()
-    assert not (job_dir / "job.lock").exists()  # the stop released the job's lock
-
-    api.run(_request(harness_cache), stopped, progress=False)
-    a, b = _metrics(straight), _metrics(stopped)
-    assert b["train"]["resumed"] == {"epoch": 1, "iter": 30, "exact": True, "update_in_epoch": 6}
+def _same_result(straight: Path, resumed: Path) -> dict:
+    a, b = _metrics(straight), _metrics(resumed)
     assert a["train"]["iters"] == b["train"]["iters"] == 48
     assert a["train"]["final_loss"] == b["train"]["final_loss"]
     assert {k: {m: v for m, v in e.items() if m != "timing"} for k, e in a["evals"].items()} == \
         {k: {m: v for m, v in e.items() if m != "timing"} for k, e in b["evals"].items()}
-    wa, wb = _weights(straight), _weights(stopped)
+    wa, wb = _weights(straight), _weights(resumed)
     assert wa.keys() == wb.keys() and wa and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return b
+
+
+@pytest.mark.slow
+def test_a_launched_job_requeues_on_the_signal_and_resumes_exactly(straight, tmp_path, harness_cache, monkeypatch):
+    """submitit's local executor (the SLURM code path in real subprocesses): the signal SLURM
+    sends before the time limit reaches the running task in epoch 2; the task checkpoints the
+    update boundary, requeues itself through submitit, the new attempt resumes there, and the
+    final weights and metrics equal the uninterrupted run's."""
+    import time
+
+    from harness.jobs import expand_jobs
+    from harness.launch import records
+    from harness.launch.config import LauncherConfig
+    from harness.launch.submit import submit, wait_for
+    from harness.store import RunStore
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    req = _request(harness_cache)
+    jobs, store = expand_jobs(req), RunStore(tmp_path / "launched")
+    config = LauncherConfig(executor="local", gpus_per_job=0, time="30", poll_s=0.5)
+    submitted = submit(jobs, store, req, config, wait=True, log=lambda text: None)
+    job_dir = store.job_dir(jobs[0])
+    deadline = time.monotonic() + 600
+    while not (job_dir / "work" / "epoch_1.pth").exists():  # epoch 2 is running
+        assert time.monotonic() < deadline and not (job_dir / "metrics.json").exists()
+        time.sleep(0.05)
+    holder = json.loads((job_dir / "job.lock").read_text())
+    os.kill(holder["pid"], signal.SIGUSR2)  # what SLURM's --signal=USR2@<s> does
+    assert wait_for(submitted, config, log=lambda text: None) == {jobs[0].job_id: "done"}
+    kinds = [e["kind"] for e in records.events(job_dir)]
+    assert kinds == ["start", "requeue", "start"], kinds
+    requeue = records.events(job_dir)[1]
+    assert requeue["pid"] == holder["pid"] and "of epoch 2" in requeue["where"]
+    assert records.events(job_dir)[2]["pid"] != holder["pid"]  # a new attempt, as after a SLURM requeue
+    resumed = _same_result(straight, store.root)
+    assert resumed["train"]["resumed"]["epoch"] == 1 and "update_in_epoch" in resumed["train"]["resumed"]

@@ -69,6 +69,7 @@ class JobTask(submitit.helpers.Checkpointable):
         if not lock.acquire():
             return {"job_id": job.job_id, "status": f"held by another run ({describe_holder(lock.holder or {})})"}
         stopped: preemption.Preempted | None = None
+        where: str | None = None
         try:
             store.claim_job(job, lock)
             if self.processes > 1:
@@ -79,12 +80,12 @@ class JobTask(submitit.helpers.Checkpointable):
                     finished = _run_here(job, store)
                 except preemption.Preempted as err:
                     finished, stopped = False, err
+            where = preemption.last_boundary()
         finally:
             preemption.reset()
             lock.release()
         if stopped is not None:
-            records.add_event(job_dir, "requeue", scheduler_job=scheduler_job, reason=str(stopped),
-                              where=preemption.last_boundary())
+            records.add_event(job_dir, "requeue", scheduler_job=scheduler_job, reason=str(stopped), where=where)
             print(f"harness: job {job.job_id}: {stopped}; requeueing", file=sys.stderr, flush=True)
             _requeue(submitit_handler, signum)
         if not finished:
