@@ -100,13 +100,16 @@ class CostModel:
             self._save()
         return self._memo[key]
 
-    def _backbone(self, name: str) -> tuple[Any, Any]:
-        if name not in self._backbones:
+    def _backbone(self, name: str, real: bool = False) -> tuple[Any, Any]:
+        """A randomly initialised backbone: on the meta device (no memory) or, for a method
+        whose construction reads values (a prompt initialised from tokenised words), real."""
+        key = f"{name}/real" if real else name
+        if key not in self._backbones:
             from harness.backbone import create_clip
 
             clip, spec = create_clip(name, pretrained=None)
-            self._backbones[name] = (clip.to("meta"), spec)
-        return self._backbones[name]
+            self._backbones[key] = (clip if real else clip.to("meta"), spec)
+        return self._backbones[key]
 
     def _count(self, method: str, options: dict[str, Any], backbone: str, frames: int, size: int) -> StepCost:
         import torch
@@ -115,11 +118,15 @@ class CostModel:
         from harness.measure.flops import count_flops, count_step_flops
         from methods.registry import build_method
 
-        clip, spec = self._backbone(backbone)
         names = [f"class {i}" for i in range(2 * COUNT_CLASSES)]
 
         def build(classes: list[str]) -> Any:
-            with torch.device("meta"):
+            clip, spec = self._backbone(backbone)
+            try:
+                with torch.device("meta"):
+                    return build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
+            except (RuntimeError, NotImplementedError):  # construction reads values: build for real
+                clip, spec = self._backbone(backbone, real=True)
                 return build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
 
         small = build(names[:COUNT_CLASSES])

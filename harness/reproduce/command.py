@@ -144,10 +144,13 @@ def dry_run_text(plan: Any, throughput: Any, cache: str | None) -> str:
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     for group in plan.groups:
         if group.problem:
-            lines.append(f"  {group.dataset:<8} {group.method}: no jobs ({group.problem})")
+            lines.append(f"  {group.dataset:<8} {group.method}: no jobs (cannot plan: see Missing)")
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"  {row['job_id']}: cost not estimated ({row['error']})")
     train = sum(r["train_pflops"] for r in rows)
     evaluation = sum(r["eval_pflops"] for r in rows)
-    hours = sum(r["gpu_hours"] for r in rows)
+    hours = sum(r["gpu_hours"] for r in rows if r["gpu_hours"] == r["gpu_hours"])
     lines += ["", f"Estimated cost: {hours:.1f} GPU-hours ({train:.1f} PFLOPs training, {evaluation:.1f} PFLOPs "
                   f"evaluation) at {throughput.source}.",
               "  FLOPs counted on the model (harness/measure/flops.py); data loading and validation during training "

@@ -80,7 +80,8 @@ def plan_suite(suite: Suite, *, out: Path | None = None, data_root: str | None =
                 group.problem = str(err).splitlines()[0]
             groups.append(group)
     for problem in dict.fromkeys(g.problem for g in groups if g.problem):
-        missing.append(f"cannot plan: {problem}")
+        missing.append(f"cannot plan {', '.join(sorted({f'{g.dataset}' for g in groups if g.problem == problem}))}: "
+                       f"{problem}")
     missing.extend(_missing_videos([job for g in groups for job in g.jobs]))
     return SuitePlan(suite, out, groups, missing, notes)
 
@@ -200,7 +201,15 @@ def estimate(plan: SuitePlan, throughput: Any, cache: str | None = None) -> list
         for job in group.jobs:
             train, evals = list_lengths(job)
             options = {k: v for k, v in job.method_options.items() if k not in ("lr", "weight_decay")}
-            cost = model.step_cost(job.method, options, job.backbone, int(job.schedule["frames"]))
+            try:
+                cost = model.step_cost(job.method, options, job.backbone, int(job.schedule["frames"]))
+            except Exception as err:  # noqa: BLE001 - an estimate must never stop the plan
+                rows.append({"dataset": job.dataset, "method": job.method, "split": job.split, "shots": job.shots,
+                             "frames": job.schedule["frames"], "views": "?", "epochs": job.schedule["epochs"],
+                             "train_clips": 0, "eval_videos": 0, "train_pflops": 0.0, "eval_pflops": 0.0,
+                             "gpu_hours": float("nan"), "measured_rate": False, "job_id": job.job_id,
+                             "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+                continue
             trained = job.train is not None and int(job.schedule["epochs"]) > 0 and (
                 cost.per_clip > 0 or cost.per_class_step > 0)
             flops = job_flops(cost, train_clips=train if trained else 0,
