@@ -17,7 +17,7 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.launch import records
-from harness.launch.config import LauncherConfig, load_launcher_config, parse_minutes
+from harness.launch.config import load_launcher_config, parse_minutes
 from harness.launch.scheduler import _array_ids
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -109,7 +109,8 @@ def test_csv_round_trips_with_numeric_dtypes(b2n, tmp_path):
     table = pd.read_csv(tmp_path / "out" / "tables" / "base2novel-hmdb51.csv")
     for col in ("Trainable", "% of backbone", "Base", "Base std", "Novel", "HM", "Δ HM"):
         assert pd.api.types.is_numeric_dtype(table[col]), col
-    assert table["Quoted"].dtype == bool and table["Quoted"].sum() == 4  # vificlip, aim, st_adapter, msta
+    # vificlip, aim, st_adapter, msta, xclip, vificlip_prompt (from K400-trained ViFi-CLIP)
+    assert table["Quoted"].dtype == bool and table["Quoted"].sum() == 6
     measured = table[~table["Quoted"]].set_index("Method")
     assert measured.loc["msta", "Trainable"] == 1000 and measured.loc["msta", "HM std"] == pytest.approx(5.31)
     per_job = pd.read_csv(tmp_path / "out" / "per_job.csv")

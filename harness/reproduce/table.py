@@ -203,7 +203,7 @@ def to_markdown(plan: SuitePlan, cells: list[Cell]) -> str:
              + (f", profile {suite.profile} (shortened: not the published schedule)" if suite.profile else "")
              + f"; tolerance ±{suite.tolerance:g} point(s): `reproduced` when |measured - published| <= "
                f"{suite.tolerance:g}.",
-             f"Verdicts: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".",
+             "Verdicts: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".",
              f"GPU-hours spent: {gpu:.2f} over {count} finished job(s) (wall {wall:.2f} h; jobs on CPU count 0 "
              "GPU-hours).", "",
              "SE = standard error of the measured value from eval-set sampling (binomial per run, combined over the "
