@@ -186,7 +186,8 @@ def test_latex_is_balanced_escaped_and_compiles(b2n, tmp_path):
     header = text.split("\\toprule")[1].split("\\\\")[0]
     assert header.count("&") == len(columns) - 1 and "\\% of backbone" in header and "$\\Delta$ HM" in header
     rows = _tabular_rows(text)
-    assert len(rows) == 6 and all(r.count("&") == len(columns) - 1 for r in rows)
+    # 2 measured rows + 6 quoted (vificlip, aim, st_adapter, msta, xclip, vificlip_prompt)
+    assert len(rows) == 8 and all(r.count("&") == len(columns) - 1 for r in rows)
     assert "\\textbf{75.00$\\pm$5.00 (SE 9.62)}" in text and "\\textbf{61.90}" not in text
     assert "62.44 (SE 11.63) $\\approx$" in text
     assert latex.escape("st_adapter 5% {x}") == "st\\_adapter 5\\% \\{x\\}"
