@@ -79,11 +79,26 @@ def plan_suite(suite: Suite, *, out: Path | None = None, data_root: str | None =
             except HarnessError as err:
                 group.problem = str(err).splitlines()[0]
             groups.append(group)
+    hints: dict[str, None] = {}
     for problem in dict.fromkeys(g.problem for g in groups if g.problem):
-        missing.append(f"cannot plan {', '.join(sorted({f'{g.dataset}' for g in groups if g.problem == problem}))}: "
-                       f"{problem}")
+        text, hint = _split_hint(problem)
+        if hint:
+            hints[hint] = None
+        datasets = ", ".join(sorted({g.dataset for g in groups if g.problem == problem}))
+        missing.append(f"split files / lists ({datasets}): {text}" if "download" in text or "does not exist" in text
+                       else f"cannot plan {datasets}: {text}")
+    missing.extend(f"  {hint}" for hint in hints)
     missing.extend(_missing_videos([job for g in groups for job in g.jobs]))
     return SuitePlan(suite, out, groups, missing, notes)
+
+
+def _split_hint(problem: str) -> tuple[str, str | None]:
+    """A problem line without the offline hint that every unreachable file repeats."""
+    marker = " To work offline"
+    if marker in problem:
+        text, hint = problem.split(marker, 1)
+        return text.rstrip(". ") + ")" if text.count("(") > text.count(")") else text.rstrip(), "To work offline" + hint
+    return problem, None
 
 
 def _expand(request: Any) -> list:
