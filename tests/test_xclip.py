@@ -539,9 +539,6 @@ def _convert(folder, path, **request):
     return convert("xclip", ConvertRequest(str(path), backbone="harness-tiny", base=str(folder / "base.pt"), **request))
 
 
-@pytest.mark.xfail(strict=True, raises=HarnessError, reason="the checkpoint reader of main loads with weights_only=True and refuses the "
-                   "pickled yacs CfgNode every official X-CLIP file holds; branch `ckpt`'s safe reader makes this pass "
-                   "(then drop this marker)")
 def test_converter_reads_the_exact_official_file(xclip_release, tmp_path):
     folder, source = xclip_release
     path = tmp_path / "ckpt_epoch_0.pth"

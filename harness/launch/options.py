@@ -58,16 +58,23 @@ def launcher_config(args: argparse.Namespace) -> LauncherConfig | None:
     return load_launcher_config(args.launcher_config, given, args.launcher_set)
 
 
-def launch(jobs: list, store: Any, request: Any, config: LauncherConfig, wait: bool) -> int:
-    """Submit `jobs`; without `wait` return at once (0), else wait, print the run's table and
-    return 1 if a job failed."""
+def launch(planned: Any, config: LauncherConfig, wait: bool) -> int:
+    """Submit a plan's jobs (harness.api.plan: the jobs whose data is unusable are recorded as
+    failed here, as `harness run` does, and not submitted); without `wait` return at once, else
+    wait, print the run's table. Exit status as `harness run`: 2 if a job's data was unusable, 1
+    if a job failed, else 0."""
     from harness.launch.submit import submit, wait_for
+    from harness.validate import record_bad_data
 
-    submitted = submit(jobs, store, request, config, wait=wait)
+    store = planned.store
+    bad = [job for job in planned.jobs if job.job_id in planned.bad_data]
+    for job in bad:
+        record_bad_data(store, job, planned.bad_data[job.job_id], write=True)
+    submitted = submit(planned.runnable, store, planned.request, config, wait=wait)
     root = store.root
     if not wait:
         print(f"results: {root}\n  progress: harness status {root}\n  tables when jobs finish: harness report {root}")
-        return 0
+        return 2 if bad else 0
     states = wait_for(submitted, config)
     from harness.locks import folder_lock
     from harness.report import write_summary
@@ -79,4 +86,4 @@ def launch(jobs: list, store: Any, request: Any, config: LauncherConfig, wait: b
     failed = [job_id for job_id, state in states.items() if state == "failed"]
     if failed:
         print(f"{len(failed)} job(s) failed: harness status {root}", file=sys.stderr)
-    return 1 if failed else 0
+    return 2 if bad else 1 if failed else 0

@@ -73,34 +73,27 @@ def _throughput(args: argparse.Namespace) -> Any:
 
 
 def _run(plan: Any, args: argparse.Namespace, launcher: Any) -> int:
-    """Run (or submit) every job of the plan, one results folder per dataset; 1 if a job failed."""
+    """Run (or submit) every job of the plan through the one plan step of every front end
+    (harness.api.plan: options, results folder, each job's data), one (method, dataset) at a
+    time into the dataset's results folder. Exit status as `harness run`: 2 if a job's data was
+    unusable, 1 if a job failed, else 0."""
     from harness import api
     from harness.launch.options import launch
     from harness.store import RunStore
-    from harness.validate import fail_jobs_with_bad_data
 
-    if any(g.problem for g in plan.groups):
-        for line in plan.missing:
-            if line.startswith("cannot plan"):
-                print(f"harness: warning: {line}; those cells stay `not run`", file=sys.stderr)
+    for line in plan.missing:
+        if line.startswith(("cannot plan", "split files")):
+            print(f"harness: warning: {line}; those cells stay `not run`", file=sys.stderr)
     code = 0
-    by_folder: dict[Path, list] = {}
     for group in plan.groups:
-        if group.jobs:
-            by_folder.setdefault(group.out, []).append(group)
-    for folder, groups in by_folder.items():
-        store = RunStore(folder)
-        jobs = [job for g in groups for job in g.jobs]
-        bad = fail_jobs_with_bad_data(jobs, store, args.cache)
-        runnable = [job for job in jobs if job not in bad]
-        code = max(code, 1 if bad else 0)
-        if launcher is not None:
-            code = max(code, launch(runnable, store, groups[0].request, launcher, args.wait))
+        if not group.jobs:
             continue
-        for group in groups:
-            mine = [job for job in runnable if job in group.jobs]
-            if mine and api.run_jobs(mine, store, group.request, progress=not args.no_progress):
-                code = 1
+        planned = api.plan(group.request, RunStore(group.out), jobs=group.jobs)
+        if launcher is not None:
+            code = max(code, launch(planned, launcher, args.wait))
+            continue
+        bad, failed = api.execute(planned, progress=not args.no_progress)
+        code = max(code, 2 if bad else 1 if failed else 0)
     return code
 
 
