@@ -172,7 +172,8 @@ def add_checkpoint_commands(sub: Any) -> None:
     convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
     convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
     convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c', an id,name CSV or a "
-                         ".txt with one name per line (default for 400-row heads: Kinetics-400)")
+                         ".txt with one name per line (default: the release's DATA.LABEL_LIST for ViFi-CLIP / "
+                         "X-CLIP; Kinetics-400 for 400-row heads)")
     convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     convert.add_argument("--activation", default="quickgelu", choices=("quickgelu", "gelu"),
                          help="MLP activation of the release's CLIP (default quickgelu: the official code bases run "
