@@ -74,6 +74,12 @@ class BatchLabelToy(nn.Module):
 
     allows_grad_clip = True
     batch_coupled_losses: frozenset = frozenset()  # its loss couples clips through their labels only
+    config = None
+
+    @classmethod
+    def averaged_epochs(cls, config) -> None:
+        """No epoch averaging (the default of methods.base.VideoTextModel)."""
+        return None
 
     def __init__(self) -> None:
         super().__init__()
