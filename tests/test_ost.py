@@ -392,14 +392,15 @@ def test_real_targets_use_the_published_files(upstream_root, tmp_path):
 
     roots = {"splits_root": str(upstream_root), "data_root": str(tmp_path), "cache_dir": str(tmp_path)}
     refs: dict = {}
-    _zero_shot_targets(load_protocol("zero_shot"), request("ost", "zero_shot", dataset="k400", **roots), [1, 1],
+    _zero_shot_targets(load_protocol("zero_shot"), request("ost", "zero_shot", dataset="k400", pretrained="random",
+                                                           **roots), [1, 1],
                        describe="ost", refs=refs)
     assert refs["k600/split2"]["split"] == 2 and refs["k600/split2"]["class_ids"] == list(range(160))
     assert refs["hmdb51/split1"]["dataset_key"] == "hmdb" and "split" not in refs["hmdb51/split1"]
     k600 = load_job_descriptions(refs["k600/split2"], 4, str(tmp_path), str(upstream_root))
     assert k600.sources["spatial"].endswith("ost/descriptors/k600/split2/spatio_4_descriptors.json")
     job = _jobs("base2novel", tmp_path, dataset="hmdb51", splits=[1], splits_root=roots["splits_root"],
-                data_root=roots["data_root"])[0]
+                data_root=roots["data_root"], pretrained="random")[0]
     novel = job.descriptions["evals"]["novel"]
     names = [lst.classnames for lst in job.evals if lst.name == "novel"][0]
     full = (upstream_root / "vifi-clip/labels/hmdb_51_labels.csv").read_text().splitlines()[1:]
