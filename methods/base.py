@@ -13,7 +13,8 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 * what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
   configuration by `run_needs(config)`; the engine then calls the matching hook
   (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind);
-* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
+* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions,
+  per-group learning-rate multiples);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
@@ -64,6 +65,9 @@ class ParamGroup:
     names: list[str]
     params: list[nn.Parameter]
     weight_decay: bool = True
+    #: This group's learning rate as a multiple of the method's `lr` (e.g. MoTE trains CLIP at
+    #: 0.07 x the lr of its new temporal module); the schedule scales every group alike.
+    lr_scale: float = 1.0
 
 
 class VideoTextModel(nn.Module):

@@ -157,20 +157,21 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     return {"sources": descs.sources, "notes": descs.notes, "n": n}
 
 
-def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
+def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
-    weight-decay exemptions)."""
+    weight-decay exemptions and per-group learning-rate multiples)."""
     groups = net.param_groups()
-    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
-            for g in groups]
+    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "lr": lr * g.lr_scale,
+             "group": g.name} for g in groups]
 
 
 def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
-    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"])),
-                                  lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+    lr = float(job.method_options["lr"])
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"]), lr),
+                                  lr=lr, betas=tuple(sched["betas"]),
                                   eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
@@ -191,8 +192,9 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                         convert_to_iter_based=True))
     if epochs > warmup:
-        lr = float(job.method_options["lr"])
-        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched["lr_min_ratio"],
+        # eta_min_ratio: each parameter group ends at its own lr x lr_min_ratio (groups may have
+        # different lrs, see ParamGroup.lr_scale); one group: the same as eta_min = lr x ratio.
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min_ratio=float(sched["lr_min_ratio"]),
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
