@@ -21,6 +21,7 @@ EXPECTED_DEFAULT_COUNTS = {
     "aim": 10_659_072,                # "AIM": text-matching
     "vitaclip": 28_524_545,           # "Vita-CLIP": this project's default
     "msta": 8_712_192,                # "MSTA": d=256, layers 1-12
+    "mote": 124_038_145,              # "Being added": MoTE @ 1d3fa01 built at its default (4 layers x 4 experts)
 }
 #: Every registered method (discovered from the files in methods/): the tests below cover a new
 #: method without being edited.
