@@ -1,6 +1,6 @@
 """`harness convert`: official released checkpoints -> checkpoints of this project's modules.
 
-One converter per official code base (`adapters`, `vitaclip`, `vificlip`), one shared pipeline
+One converter per official code base (`adapters`, `vitaclip`, `vificlip`, `mote`), one shared pipeline
 (`base`, `mapping`, `release`), and `checkpoint` to save and load the result (also run
 checkpoints), which `harness predict` and evaluation use.
 """
@@ -12,11 +12,12 @@ from harness.errors import unknown_name_error
 
 def converters() -> dict[str, type[Converter]]:
     from harness.convert.adapters import AIMConverter, STAdapterConverter
+    from harness.convert.mote import MoTEConverter
     from harness.convert.vificlip import ViFiCLIPConverter, ViFiCLIPPromptConverter
     from harness.convert.vitaclip import VitaCLIPConverter
 
     return {c.name: c for c in (STAdapterConverter, AIMConverter, VitaCLIPConverter, ViFiCLIPConverter,
-                                ViFiCLIPPromptConverter)}
+                                ViFiCLIPPromptConverter, MoTEConverter)}
 
 
 def convert(source: str, request: ConvertRequest) -> Conversion:

@@ -10,7 +10,7 @@ this, and the report should say what was unwrapped.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,12 @@ def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str] = WRA
     return state, stripped
 
 
-def read_release(path: str | Path) -> Release:
-    """Load a checkpoint file on the CPU without executing pickled code, and flatten it."""
+def read_release(path: str | Path, parts: Sequence[str] = ()) -> Release:
+    """Load a checkpoint file on the CPU without executing pickled code, and flatten it.
+
+    `parts`: top-level entries that each hold one state dict of a release saved in several
+    (MoTE: `model_state_dict` and `fusion_model_state_dict`); each is unwrapped on its own and
+    its keys become `<part>.<key>`. Empty: the file holds one state dict, found by `unwrap`."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"{path}: no such checkpoint file")
@@ -90,6 +94,20 @@ def read_release(path: str | Path) -> Release:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle / zip errors of every kind
         raise HarnessError(f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    state, unwrapped, extras = unwrap(obj, str(path))
-    state, stripped = strip_prefixes(state)
-    return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras)
+    if not parts:
+        state, unwrapped, extras = unwrap(obj, str(path))
+        state, stripped = strip_prefixes(state)
+        return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras)
+    absent = [p for p in parts if not isinstance(obj, Mapping) or not isinstance(obj.get(p), Mapping)]
+    if absent:
+        found = sorted(map(str, obj))[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise HarnessError(f"{path}: no {', '.join(absent)} entry (this code base saves its state dicts under "
+                           f"{', '.join(parts)}); found {found}")
+    release = Release(path=str(path), state={}, unwrapped=list(parts),
+                      extras={str(k): type(v).__name__ for k, v in obj.items() if k not in parts})
+    for part in parts:
+        state, _, _ = unwrap(obj[part], f"{path} [{part}]")
+        state, stripped = strip_prefixes(state)
+        release.stripped.extend(f"{part}: {prefix}" for prefix in stripped)
+        release.state.update({f"{part}.{k}": v for k, v in state.items()})
+    return release
