@@ -47,6 +47,7 @@ from harness.errors import HarnessError
 from methods.base import MethodConfig, ParamGroup, VideoTextModel, option
 from methods.blocks import multihead_attention
 from methods.registry import register_method
+from methods.sample_random import stream_key, update_generator
 
 #: `text_prompt_ensemble` (modules/text_prompt.py L14-43): 4 openings x 7 subjects, in its order.
 _OPENINGS = ("a photo", "a video", "a example", "a demonstration")
@@ -134,6 +135,25 @@ def merge_linear(layers: Sequence[nn.Linear], weights: torch.Tensor) -> tuple[to
     return weight, bias
 
 
+#: Call sites of the per-update draws (methods.sample_random): the expert path's and the merged
+#: path's draws of one block come from different generators.
+_EXPERT_SITE, _MERGE_SITE = 0, 1
+
+
+def uniform_draw(block: int, site: int) -> float:
+    """A uniform [0, 1) number for one routing decision of temporal block `block`.
+
+    In an engine training step: from the optimiser update's generator (`update_generator`), so
+    every micro-batch and process of an update takes the same expert / temperature, whatever the
+    split (upstream draws once per forward pass of its single-process batch). Elsewhere (tests,
+    FLOP counting, `harness bench`): Python's `random`, which needs no tensor, so counting under
+    fake tensors can run the training step."""
+    generator = update_generator(stream_key(f"mote.video_head.block{block}"), site)
+    if generator is None:
+        return random.random()
+    return float(torch.rand((), generator=generator))
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -218,17 +238,19 @@ class MoTEHead(nn.Module):
 
     # -- routing -----------------------------------------------------------------------------
     def sample_experts(self, gate_temperature: float) -> list[Route]:
-        """One expert per block for this step, drawn from the gate's probabilities (official
-        `torch.multinomial`; here Python's `random`, which the engine seeds and checkpoints, and
-        which needs no tensor, so FLOP counting under fake tensors can run it)."""
+        """One expert per block for this update, drawn from the gate's probabilities (official
+        `torch.multinomial`, one draw per forward pass)."""
         cumulative = list(itertools.accumulate(gate_probabilities(self.num_experts, gate_temperature)))
-        return [min(bisect.bisect_right(cumulative, random.random()), self.num_experts - 1) for _ in self.blocks]
+        return [min(bisect.bisect_right(cumulative, uniform_draw(i, _EXPERT_SITE)), self.num_experts - 1)
+                for i in range(len(self.blocks))]
 
     def sample_merges(self) -> list[Route]:
-        """Merge weights per block for this step: softmax([1..N] / tau), tau uniform over
-        MERGE_TEMPERATURES, drawn independently for each block."""
+        """Merge weights per block for this update: softmax([1..N] / tau), tau uniform over
+        MERGE_TEMPERATURES (official `torch.randint`), drawn independently for each block."""
         device = self.frame_position_embeddings.weight.device
-        return [merge_weights(self.num_experts, random.choice(MERGE_TEMPERATURES), device) for _ in self.blocks]
+        n = len(MERGE_TEMPERATURES)
+        return [merge_weights(self.num_experts, MERGE_TEMPERATURES[min(int(uniform_draw(i, _MERGE_SITE) * n), n - 1)],
+                              device) for i in range(len(self.blocks))]
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, frames: torch.Tensor, routes: Sequence[Route] | None = None,

@@ -38,10 +38,10 @@ def test_registry_is_complete():
 
 
 def test_frame_order_contract_of_the_reference_methods():
-    """What each method's class claims (`models_frame_order`) for the seven reference methods, as
+    """What each method's class claims (`models_frame_order`) for the methods with reference counts, as
     METHODS.md describes them (temporal modules vs mean-pooled frames); the claim itself is
     checked against the model by `test_frame_order_sensitivity`."""
-    temporal = {"st_adapter", "aim", "vitaclip", "msta"}
+    temporal = {"st_adapter", "aim", "vitaclip", "msta", "mote"}  # mote: temporal transformer over frames
     claims = {m: get_method(m).model_cls.models_frame_order for m in EXPECTED_DEFAULT_COUNTS}
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}
 

@@ -208,11 +208,30 @@ def test_merge_weights_by_hand():
 
 
 def test_merge_draws_are_uniform_over_the_temperatures(monkeypatch):
+    # u in [k/11, (k+1)/11) picks temperature k of the 11: 0.42 -> 4 (-0.6), 0.72 -> 7 (2.4), 0.999 -> 10 (inf)
     head = MoTEHead(8, 1, 3, 4, 8, 0)
-    draws = iter([-0.6, 2.4, math.inf])
-    monkeypatch.setattr(random, "choice", lambda seq: next(draws) if seq == MERGE_TEMPERATURES else None)
+    draws = iter([0.42, 0.72, 0.999])
+    monkeypatch.setattr(random, "random", lambda: next(draws))
     merges = head.sample_merges()
     assert [m.tolist() for m in merges] == [merge_weights(4, t).tolist() for t in (-0.6, 2.4, math.inf)]
+
+
+def test_draws_in_a_training_step_are_per_update():
+    """Inside an engine step every micro-batch of an update draws the same experts and
+    temperatures (the update's seed), whatever torch's or Python's global state; another update
+    draws anew."""
+    from methods.sample_random import sample_seeds
+
+    head = MoTEHead(8, 1, 4, 4, 8, 0)
+
+    def draws(update_seed, global_seed):
+        random.seed(global_seed)
+        torch.manual_seed(global_seed)
+        with sample_seeds([1, 2], update_seed=update_seed):
+            return head.sample_experts(1.0), [m.tolist() for m in head.sample_merges()]
+
+    assert draws(9, 1) == draws(9, 2)
+    assert len({str(draws(seed, 0)) for seed in range(8)}) > 1  # another update, other draws
 
 
 def test_experts_are_merged_in_weight_space_by_hand():
@@ -461,7 +480,7 @@ def test_engine_builds_the_two_learning_rates(b16_meta):
     model = build_b16(b16_meta, {}, method="mote")
     job = SimpleNamespace(method="mote", method_options={"lr": 5e-5, "weight_decay": 0.2},
                           schedule={"betas": [0.9, 0.999], "eps": 1e-8, "grad_clip": 0.0})
-    groups = {g["group"]: g for g in _optim_wrapper(model, job, 1, amp=False).optimizer.param_groups}
+    groups = {g["group"]: g for g in _optim_wrapper(model, job, amp=False).optimizer.param_groups}
     assert groups["clip"]["lr"] == pytest.approx(3.5e-6) and groups["video_head"]["lr"] == 5e-5
     assert groups["clip"]["weight_decay"] == groups["video_head"]["weight_decay"] == 0.2
 

@@ -114,9 +114,9 @@ def test_groups_with_their_own_lr_follow_the_schedule_to_their_own_floor():
                   for cfg in _schedulers(_job())]
     steps = []
     for _ in range(12):
-        before = (float(a), float(b))
+        before = (float(a.detach()), float(b.detach()))
         wrapper.update_params(a * 1.0 + b * 1.0)
-        steps.append((before[0] - float(a), before[1] - float(b)))
+        steps.append((before[0] - float(a.detach()), before[1] - float(b.detach())))
         for sched in schedulers:
             sched.step()
     assert steps[0] == pytest.approx((0.001, 0.00007), abs=1e-9)
