@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from methods.base import MethodConfig, ParamGroup, VideoTextModel, option
+from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import multihead_attention
 from methods.registry import register_method
 from methods.sample_random import stream_key, update_generator
@@ -381,15 +381,10 @@ class MoTE(VideoTextModel):
                 if n.startswith("video_head.") and not n.endswith("mote_fusion_weight")]
         return out
 
-    def param_groups(self) -> list[ParamGroup]:
-        """utils/solver.py `_optimizer` (adamw): CLIP's parameters at lr x clip_ratio, the temporal
-        module at lr; weight decay on every tensor of both."""
-        trainable = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        clip = [(n, p) for n, p in trainable if n.startswith("clip.")]
-        head = [(n, p) for n, p in trainable if not n.startswith("clip.")]
-        groups = [ParamGroup("clip", [n for n, _ in clip], [p for _, p in clip], lr_scale=self.config.clip_lr_ratio),
-                  ParamGroup("video_head", [n for n, _ in head], [p for _, p in head])]
-        return [g for g in groups if g.params]
+    def lr_scale(self, name: str, param: nn.Parameter) -> float:
+        """utils/solver.py `_optimizer` (adamw): CLIP's parameters (image tower, logit_scale) at
+        lr x clip_ratio, the temporal module at lr; weight decay on every tensor of both."""
+        return self.config.clip_lr_ratio if name.startswith("clip.") else 1.0
 
     # -- text --------------------------------------------------------------------------------
     def class_text_features(self, classnames: Sequence[str]) -> torch.Tensor:

@@ -462,9 +462,11 @@ def test_trainable_set_and_groups_vit_b16(b16_meta):
     # LayerNorms 2,048, 4 experts x (512 x 2048 + 2048 + 2048 x 512 + 512) = 8,398,848 -> 9,451,520;
     # 4 blocks 37,806,080 + 39,424 = 37,845,504 at lr. Total 124,038,145.
     model = build_b16(b16_meta, {}, method="mote")
-    groups = {g.name: g for g in model.param_groups()}
-    assert sum(p.numel() for p in groups["clip"].params) == 86_192_641 and groups["clip"].lr_scale == 0.07
-    assert sum(p.numel() for p in groups["video_head"].params) == 37_845_504 and groups["video_head"].lr_scale == 1.0
+    groups = {g.lr_scale: g for g in model.param_groups()}
+    assert sorted(groups) == [0.07, 1.0]
+    assert sum(p.numel() for p in groups[0.07].params) == 86_192_641
+    assert all(n.startswith("clip.") for n in groups[0.07].names)
+    assert sum(p.numel() for p in groups[1.0].params) == 37_845_504
     assert all(g.weight_decay for g in groups.values())
     assert not any(n.startswith("clip.transformer.") or n.endswith("mote_fusion_weight")
                    for g in groups.values() for n in g.names)
@@ -481,8 +483,9 @@ def test_engine_builds_the_two_learning_rates(b16_meta):
     job = SimpleNamespace(method="mote", method_options={"lr": 5e-5, "weight_decay": 0.2},
                           schedule={"betas": [0.9, 0.999], "eps": 1e-8, "grad_clip": 0.0})
     groups = {g["group"]: g for g in _optim_wrapper(model, job, amp=False).optimizer.param_groups}
-    assert groups["clip"]["lr"] == pytest.approx(3.5e-6) and groups["video_head"]["lr"] == 5e-5
-    assert groups["clip"]["weight_decay"] == groups["video_head"]["weight_decay"] == 0.2
+    assert sorted(groups) == ["decay", "decay_lr_x0.07"]
+    assert groups["decay_lr_x0.07"]["lr"] == pytest.approx(3.5e-6) and groups["decay"]["lr"] == 5e-5
+    assert groups["decay_lr_x0.07"]["weight_decay"] == groups["decay"]["weight_decay"] == 0.2
 
 
 @pytest.mark.parametrize("options, match", [
