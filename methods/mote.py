@@ -408,22 +408,17 @@ class MoTE(VideoTextModel):
         return head.spe_cls_feature
 
     # -- video -------------------------------------------------------------------------------
-    def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """(B*T, L, D) tokens -> (B, T, E) frame features: the base pooling with every frame taken
-        as a clip of its own (CLS -> ln_post -> proj, no mean). The temporal module, not a mean,
-        turns them into the clip feature (`encode_video`)."""
-        return super().visual_pool(x, batch * frames, 1).view(batch, frames, -1)
-
-    def frame_features(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> (B, T, E) per-frame CLIP features (the official `VideoCLIP.encode_image`)."""
+    def clip_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, T, E) per-frame CLIP features (the official `VideoCLIP.encode_image`),
+        with the evaluation's weight mixing in eval mode."""
         with self.evaluation_weights():
-            return super().encode_video(video, normalize=False)
+            return self.frame_features(self.visual_tower(video)).view(video.shape[0], video.shape[1], -1)
 
     def encode_video(self, video: torch.Tensor, normalize: bool = True,
                      class_features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, 3, H, W) -> (B, E). Training: a sampled expert per block; evaluation: the
         merged experts and, given the scored classes' features, the temporal feature modulation."""
-        frames = self.frame_features(video)
+        frames = self.clip_frames(video)
         routes = self.video_head.sample_experts(self.config.gate_temperature) if self.training else None
         feats = self.video_head(frames, routes, self.modulation(frames, class_features)).mean(dim=1)
         return F.normalize(feats, dim=-1) if normalize else feats
@@ -452,7 +447,7 @@ class MoTE(VideoTextModel):
         paths on the same frame features."""
         cfg, head = self.config, self.video_head
         text = self.text_features(classnames).float()
-        frames = self.frame_features(video)
+        frames = self.clip_frames(video)
         expert_out = head(frames, head.sample_experts(cfg.gate_temperature))
         merged_out = head(frames, head.sample_merges())
         scale = self.clip.logit_scale.exp()

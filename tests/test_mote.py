@@ -267,7 +267,7 @@ def test_modulation_by_hand():
 
 # -- the training objective --------------------------------------------------------------------
 def _fixed_frames(model, frames):
-    model.frame_features = lambda _video: frames
+    model.clip_frames = lambda _video: frames
 
 
 def test_training_losses_by_hand(tiny):
@@ -305,7 +305,7 @@ def test_training_losses_match_the_official_formula(tiny, monkeypatch):
     clip_video, labels = video(3, 4), torch.tensor([0, 2, 5])
     losses = model.training_losses(clip_video, labels, CLASSES)
     with torch.no_grad():
-        frames = model.frame_features(clip_video)
+        frames = model.clip_frames(clip_video)
         text = model.text_features(CLASSES)
         scale = model.clip.logit_scale.exp()
         reg = ref.agg_video_feat(frames, [("merge", t) for t in taus])
@@ -383,7 +383,7 @@ def test_training_mode_uses_the_trained_weights(tiny):
     plain = copy.deepcopy(model)
     plain.visual_origin = None
     clip_video = video(2, 4)
-    torch.testing.assert_close(model.frame_features(clip_video), plain.frame_features(clip_video))
+    torch.testing.assert_close(model.clip_frames(clip_video), plain.clip_frames(clip_video))
 
 
 def test_evaluation_matches_the_official_header(tiny):
@@ -396,7 +396,7 @@ def test_evaluation_matches_the_official_header(tiny):
         torch.testing.assert_close(spe, model.text_features(CLASSES))  # built from the training classes
         ref.load_state_dict(model.video_head.state_dict())
         clip_video = video(3, 4)
-        frames = model.frame_features(clip_video)
+        frames = model.clip_frames(clip_video)
         text = model.text_features(EVAL)
         expected = ref.get_logits(ref.agg_video_feat(frames, [("eval", None)] * 4, text), text)
         torch.testing.assert_close(model(clip_video, EVAL), model.clip.logit_scale.exp() * expected)
@@ -408,7 +408,7 @@ def test_modulation_off_and_fewer_classes_than_topk(tiny):
     off.config = make_config("mote", {"modulation": "off", "eval_visual_mix": 1.0})
     clip_video = video(2, 4)
     with torch.no_grad():
-        frames = model.frame_features(clip_video)
+        frames = model.clip_frames(clip_video)
         unmodulated = F.normalize(model.video_head(frames).mean(1), dim=-1)
         torch.testing.assert_close(off.encode_video(clip_video, class_features=model.text_features(EVAL)),
                                    unmodulated)
