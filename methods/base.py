@@ -18,7 +18,8 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
-  `text_is_frozen`; whether it can run under a protocol: `check_protocol()`.
+  `text_is_frozen`; whether it can run under a protocol: `check_protocol()`; the longest clip
+  it runs on: `max_frames`.
 """
 from __future__ import annotations
 
@@ -95,6 +96,11 @@ class VideoTextModel(nn.Module):
     #: clip, blocks see (B, 1 + T*N, D)). A backbone whose layout is not listed is refused with one
     #: line before any job starts.
     token_layouts: ClassVar[frozenset[str]] = frozenset({"per_frame"})
+    #: The most frames per clip this method runs on: `--frames` / `schedule.frames` above it are
+    #: refused before any job starts (harness/validate.py), instead of exhausting memory inside
+    #: the first job. 64 covers every published recipe (8-32 frames); a method whose temporal
+    #: modules are meant for longer clips declares more.
+    max_frames: ClassVar[int] = 64
     #: What the method needs from the run besides videos and class names. Known needs and the
     #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
     #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from harness import preemption
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
@@ -348,12 +349,13 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     logging.getLogger("mmengine").setLevel(logging.WARNING)
     runner.register_hook(timer := StepTimerHook())  # accounting: clips/s and data wait
     start = time.perf_counter()
-    runner.train()
+    with preemption.deferred():  # a launcher's end-of-allocation signal waits for the next update
+        runner.train()
     seconds = time.perf_counter() - start
     best = load_best(runner, ckpt) if sel is not None else None
     history = runner.message_hub.log_scalars
     last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
-    return {"iters": runner.iter, "updates_per_epoch": len(loader), "epochs": epochs, "seconds": round(seconds, 2),
+    return {"iters": runner.iter, "updates_per_epoch": loader.batch_sampler.updates_per_epoch, "epochs": epochs, "seconds": round(seconds, 2),
             "micro_batch": micro, "accumulation": passes, "world_size": world_size(), "amp_bf16": amp,
             "final_loss": float(last_loss), "videos": train_info, "selected": best or "last",
             "resumed": ckpt.resumed or False, "checkpoint_notes": notes, "timing": timer.summary()}
