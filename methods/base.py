@@ -22,7 +22,8 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 * which epochs' weights the evaluated model averages: `averaged_epochs(config)` (FROSTER's
   evaluation of epoch-averaged weights);
 * a frozen teacher it keeps for training only: `frozen_teacher()` (counted in `parameter_counts`);
-* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
+* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions,
+  per-group learning-rate multiples);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`; loss terms that need the whole batch in one
   forward pass: `batch_coupled_losses`;
@@ -82,7 +83,7 @@ class ParamGroup:
     params: list[nn.Parameter]
     weight_decay: bool = True
     #: Multiplier of the method's `lr` for this group (official per-module learning rates, e.g.
-    #: X-CLIP's 10x for its new modules); the schedule scales every group's lr alike.
+    #: X-CLIP's 10x for its new modules, MoTE's 0.07x for CLIP); the schedule scales every group's lr alike.
     lr_scale: float = 1.0
 
 

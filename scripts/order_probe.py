@@ -168,7 +168,8 @@ def main() -> None:
         model.set_descriptions(CLASSNAMES, descs.spatial, descs.temporal)
     lr = args.lr if args.lr is not None else model.config.lr
     wd = args.wd if args.wd is not None else getattr(model.config, "weight_decay", 0.0)
-    groups = [{"params": g.params, "weight_decay": wd if g.weight_decay else 0.0} for g in model.param_groups()]
+    groups = [{"params": g.params, "weight_decay": wd if g.weight_decay else 0.0, "lr_scale": g.lr_scale}
+              for g in model.param_groups()]
     opt = torch.optim.AdamW(groups, lr=lr) if groups else None
     steps_per_epoch = math.ceil(len(xtr) / args.batch)
     total, warm = args.epochs * steps_per_epoch, steps_per_epoch
@@ -197,7 +198,7 @@ def main() -> None:
             if step < args.diag_steps:
                 print(json.dumps({"step": step, "loss": round(float(loss), 4), **grad_norms(model, args.method)}), flush=True)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step) * g["lr_scale"]
             opt.step()
             step += 1
             ep_loss.append(float(loss))

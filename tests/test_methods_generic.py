@@ -26,6 +26,7 @@ EXPECTED_DEFAULT_COUNTS = {
     "froster": 150_669_313,           # "Being added": FROSTER @ 230ae88, the official model built at its default
     "xclip": 131_501_056,             # "Being added": X-CLIP, VideoX @ 1744b21 (the official model built at the
                                       # pinned commit, default config, trainable after its fix_text)
+    "mote": 124_038_145,              # "Being added": MoTE @ 1d3fa01 built at its default (4 layers x 4 experts)
     "ost": 149_620_737,               # "Being added": OST @ 1810ae6, everything (USE: both; token_embedding too),
                                       # also counted on the official model built by trainers/OST.py returnCLIP
 }
@@ -48,7 +49,7 @@ def test_frame_order_contract_of_the_reference_methods():
     describes them (temporal modules vs mean-pooled frames; FROSTER's symmetric neighbour-frame
     attention cannot tell a clip from its reversal); the claim itself is checked against the model
     by `test_frame_order_sensitivity`."""
-    temporal = {"st_adapter", "aim", "vitaclip", "msta", "xclip"}
+    temporal = {"st_adapter", "aim", "vitaclip", "msta", "xclip", "mote"}
     claims = {m: get_method(m).model_cls.models_frame_order for m in EXPECTED_DEFAULT_COUNTS}
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}
 

@@ -288,8 +288,9 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                         convert_to_iter_based=True))
     if epochs > warmup:
-        lr = float(job.method_options["lr"])
-        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched["lr_min_ratio"],
+        # eta_min_ratio: each parameter group ends at its own lr x lr_min_ratio (groups may have
+        # different lrs, see ParamGroup.lr_scale); one group: the same as eta_min = lr x ratio.
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min_ratio=float(sched["lr_min_ratio"]),
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
