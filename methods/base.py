@@ -169,6 +169,11 @@ class VideoTextModel(nn.Module):
     #: refuses `schedule.micro_batch` below the batch and several processes for a method declaring
     #: any (OST's descriptor -> video term normalises over every video of its batch).
     batch_coupled_losses: ClassVar[frozenset[str]] = frozenset()
+    #: How the cosine ends parameter groups with their own lr (ParamGroup.lr_scale): False (timm's
+    #: CosineLRScheduler(lr_min=LR x ratio), X-CLIP / ViFi-CLIP / FROSTER) ends every group at one
+    #: absolute floor, the method's lr x `schedule.lr_min_ratio`; True (MoTE's
+    #: WarmupCosineAnnealingLR, a factor on each group's lr) ends each group at its own lr x ratio.
+    cosine_floor_per_group: ClassVar[bool] = False
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:

@@ -348,6 +348,7 @@ class MoTE(VideoTextModel):
     """CLIP with MoTE's temporal module on the frame features; see the module docstring."""
 
     models_frame_order = True  # temporal transformer with frame position embeddings
+    cosine_floor_per_group = True  # official WarmupCosineAnnealingLR: a factor on each group's lr
     #: One feature per frame is what the temporal experts work on: a joint space-time backbone
     #: (one sequence, one CLS per clip) has none, so the layout is per-frame only.
     token_layouts = frozenset({"per_frame"})

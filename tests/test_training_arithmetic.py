@@ -96,8 +96,8 @@ def test_fractional_warmup_epochs():
 
 def test_groups_with_their_own_lr_follow_the_schedule_to_their_own_floor():
     """ParamGroup.lr_scale (MoTE trains CLIP at 0.07 x the lr of its temporal module): the engine
-    gives the group lr x 0.07, warm-up and cosine scale it alike, and the cosine ends at the
-    group's own lr x lr_min_ratio. Iteration 11 (as above): group A 0.0476796, group B
+    gives the group lr x 0.07, warm-up and cosine scale it alike, and with MoTE's per-group floor
+    (cosine_floor_per_group) the cosine ends at the group's own lr x lr_min_ratio. Iteration 11 (as above): group A 0.0476796, group B
     0.07 x 0.0476796 = 0.00333757 (an absolute floor of 0.01 would give 0.01 + 0.06 x 0.0380602 = 0.0122836)."""
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
@@ -111,7 +111,7 @@ def test_groups_with_their_own_lr_follow_the_schedule_to_their_own_floor():
     assert [g["lr"] for g in groups] == [1.0, 0.07]
     wrapper = OptimWrapper(torch.optim.SGD(groups, lr=1.0))
     schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": 4}, default_args={"optimizer": wrapper})
-                  for cfg in _schedulers(_job())]
+                  for cfg in _schedulers(_job(), floor_per_group=True)]
     steps = []
     for _ in range(12):
         before = (float(a.detach()), float(b.detach()))

@@ -280,7 +280,9 @@ def _optim_wrapper(net, job: JobSpec, amp: bool):
     return OptimWrapper(optimizer=optimizer, clip_grad=clip_grad)
 
 
-def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
+def _schedulers(job: JobSpec, floor_per_group: bool = False) -> list[dict[str, Any]]:
+    """Linear warm-up then cosine, stepped per optimiser update; `floor_per_group`: the method's
+    `cosine_floor_per_group` (how groups with their own lr end)."""
     sched = job.schedule
     epochs, warmup = sched["epochs"], min(sched["warmup_epochs"], sched["epochs"])
     out: list[dict[str, Any]] = []
@@ -288,9 +290,11 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                         convert_to_iter_based=True))
     if epochs > warmup:
-        # eta_min_ratio: each parameter group ends at its own lr x lr_min_ratio (groups may have
-        # different lrs, see ParamGroup.lr_scale); one group: the same as eta_min = lr x ratio.
-        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min_ratio=float(sched["lr_min_ratio"]),
+        # timm's CosineLRScheduler(lr_min=LR x ratio) (X-CLIP, ViFi-CLIP): one absolute floor for
+        # every group; MoTE's scheduler: a factor, each group ends at its own lr x ratio.
+        ratio = float(sched["lr_min_ratio"])
+        floor = dict(eta_min_ratio=ratio) if floor_per_group else dict(eta_min=float(job.method_options["lr"]) * ratio)
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, **floor,
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
@@ -387,7 +391,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         train_dataloader=loader,  # one item = this process's share of one optimiser update
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
         optim_wrapper=_optim_wrapper(net, job, amp),
-        param_scheduler=_schedulers(job),
+        param_scheduler=_schedulers(job, type(net).cosine_floor_per_group),
         default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=None),
