@@ -12,6 +12,7 @@ Heavy imports (torch, mmengine) happen inside the functions, so importing this m
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,13 +49,13 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
     not parse, no weights) raise `InvalidInvocation` here, together with the request's other
     problems; the rest (a value out of range, a bad file, bad data) are `plan`'s."""
     from harness.data.datasets import get_dataset
-    from harness.jobs import RunRequest, default_profile
-    from harness.settings import parse_set_args
+    from harness.jobs.expand import RunRequest, default_profile
+    from harness.settings import Overrides, parse_setting
 
     problems = Problems()
     names = problems.attempt(lambda: _method_names(methods)) or []
-    for item in sets:  # each item on its own: every typo is listed
-        problems.attempt(lambda item=item: parse_set_args([item], names))
+    # each item parsed once, on its own: every typo is listed
+    parsed = [problems.attempt(lambda item=item: parse_setting(item, names)) for item in sets]
     spec = problems.attempt(lambda: get_dataset(dataset))
     backbone = backbone or (EMBEDDED_BACKBONE if spec is None or spec.generated else REAL_BACKBONE)
     if pretrained is None and backbone == EMBEDDED_BACKBONE:
@@ -73,7 +74,7 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
                              **{"splits": None, **fields})
         problems.lines.extend(request_problems(partial))
         problems.raise_if_any()
-    method_opts, schedule, data = parse_set_args(list(sets), names)
+    method_opts, schedule, data = Overrides.of(parsed).as_tuple()
     return RunRequest(methods=names, protocol=protocol, dataset=dataset, backbone=backbone, pretrained=pretrained,
                       splits=fields.pop("splits", None), seed=seed, method_options=method_opts,
                       schedule_overrides=schedule, data_overrides=data,
@@ -83,8 +84,6 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
 def sweep_grid(sweeps: Sequence[str]) -> list[list[str]]:
     """`["a.b=1,2", "c.d=x,y"]` (`--sweep` items) -> [["a.b=1","c.d=x"], ["a.b=1","c.d=y"], ...]:
     the grid's points as `--set` items."""
-    import itertools
-
     axes = []
     for item in sweeps:
         if "=" not in item:
@@ -96,10 +95,25 @@ def sweep_grid(sweeps: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
+def sweep_points(sweeps: Sequence[str], methods: Sequence[str]) -> list[list[Any]]:
+    """The grid of `sweep_grid` as parsed settings (`harness.settings.Setting`): each value of
+    each axis parsed once, however many points it is part of; every bad value is listed (one
+    HarnessError, one line each)."""
+    from harness.settings import parse_setting
+
+    grid = sweep_grid(sweeps)
+    problems = Problems()
+    parsed = {item: problems.attempt(lambda item=item: parse_setting(item, list(methods)))
+              for item in dict.fromkeys(item for point in grid for item in point)}
+    if problems.lines:
+        raise HarnessError("\n".join(dict.fromkeys(problems.lines)))
+    return [[parsed[item] for item in point] for point in grid]
+
+
 def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
     """Every job of `req` once per list of `--set` items (a `--sweep` grid: each list is the
     run's own items plus one grid point), in order."""
-    from harness.jobs import expand_jobs
+    from harness.jobs.expand import expand_jobs
     from harness.settings import parse_set_args
 
     jobs: list = []
@@ -110,11 +124,11 @@ def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
     return jobs
 
 
-def _with_point(req: Any, point: Sequence[str]) -> Any:
-    """`req` with one sweep point's `--set` items applied over its own overrides."""
-    from harness.settings import parse_set_args
+def _with_point(req: Any, point: Sequence[Any]) -> Any:
+    """`req` with one sweep point's settings (parsed: `sweep_points`) applied over its own overrides."""
+    from harness.settings import Overrides
 
-    m_opts, sched, dat = parse_set_args(list(point), req.methods)
+    m_opts, sched, dat = Overrides.of(point).as_tuple()
     options = {m: {**req.method_options.get(m, {}), **m_opts.get(m, {})} for m in {*req.method_options, *m_opts}}
     return dataclasses.replace(req, method_options=options, schedule_overrides={**req.schedule_overrides, **sched},
                                data_overrides={**req.data_overrides, **dat})
@@ -171,7 +185,7 @@ def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] |
         expand_req = dataclasses.replace(expand_req, frames=None)
     if jobs is None:
         jobs = []
-        for point in problems.attempt(lambda: sweep_grid(sweeps)) or []:
+        for point in problems.attempt(lambda: sweep_points(sweeps, expand_req.methods)) or []:
             jobs.extend(problems.attempt(lambda point=point: _expand(expand_req, point)) or [])
     jobs = list(jobs)
     expanded = len(jobs)
@@ -192,8 +206,8 @@ def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] |
     return Plan(expand_req, jobs, store, bad, shard, expanded)
 
 
-def _expand(req: Any, point: Sequence[str]) -> list:
-    from harness.jobs import expand_jobs
+def _expand(req: Any, point: Sequence[Any]) -> list:
+    from harness.jobs.expand import expand_jobs
 
     return expand_jobs(_with_point(req, point) if point else req)
 
@@ -315,7 +329,7 @@ def evaluation_jobs(ev: EvalRequest) -> tuple[list, Any, Path]:
     """(jobs, RunRequest, results folder) of an evaluation: the checkpoint is loaded and every
     mismatch reported now, before any job (harness/convert/evaluate.py)."""
     from harness.convert.evaluate import checkpoint_jobs
-    from harness.jobs import default_profile
+    from harness.jobs.expand import default_profile
 
     profile = ev.profile or default_profile(ev.dataset)
     jobs, req = checkpoint_jobs(ev, profile, ev.splits, ev.shots)
@@ -357,9 +371,10 @@ def params(methods: str | Sequence[str] = "all", backbone: str = REAL_BACKBONE, 
     check_positive(problems, {"--frames": frames, "--classes": classes})
     check_frames(problems, names, frames)
     overrides = problems.attempt(lambda: parse_method_sets(list(sets), names))
+    names = list(dict.fromkeys(names))
+    configs = _method_configs(problems, names, overrides or {})
     problems.raise_if_any()
-    return params_rows(list(dict.fromkeys(names)), backbone, pretrained, frames, classes, overrides or {},
-                       with_flops=flops)
+    return params_rows(names, backbone, pretrained, frames, classes, configs, with_flops=flops)
 
 
 def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
@@ -384,8 +399,23 @@ def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
     check_frames(problems, names, settings.get("frames"))
     overrides: Mapping[str, Mapping[str, Any]] | None = problems.attempt(
         lambda: parse_method_sets(list(sets), list_methods()))
-    problems.raise_if_any()
     names = list(dict.fromkeys(names))
+    configs = _method_configs(problems, list(dict.fromkeys([*names, *(overrides or {})])), overrides or {})
+    problems.raise_if_any()
     if on_start is not None:
         on_start(names)
-    return run_bench(names, overrides=overrides or {}, **settings)
+    return run_bench(names, overrides={name: configs[name] for name in names if name in configs}, **settings)
+
+
+def _method_configs(problems: Problems, methods: Sequence[str],
+                    overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each method's configuration with its `--set` options, built once (its `validate()` problems
+    listed in `problems`) and handed to the models built from it."""
+    from methods.registry import make_config
+
+    configs = {}
+    for name in methods:
+        config = problems.attempt(lambda name=name: make_config(name, overrides.get(name)))
+        if config is not None:
+            configs[name] = config
+    return configs

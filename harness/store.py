@@ -18,7 +18,7 @@ from typing import Any
 
 from harness.atomic import atomic_write_json, remove_stale_temps
 from harness.errors import HarnessError, os_error_hint
-from harness.jobs import RESULTS_FORMAT, JobSpec
+from harness.jobs.spec import RESULTS_FORMAT, JobSpec
 from harness.locks import JOB_LOCK
 
 #: Error records of failed jobs (`error.txt`: written by results format 1).

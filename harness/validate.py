@@ -15,14 +15,31 @@ mtime); full decoding stays in `harness data check`.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from harness.errors import ConfigurationError, HarnessError
+from harness.backbone import _known_names, resolve_model_name
+from harness.data.annotations import read_annotation_list
+from harness.data.descriptions import load_job_descriptions
+from harness.data.pipeline import usable_entries
+from harness.data.probe import ProbeCache
+from harness.errors import ConfigurationError, HarnessError, unknown_name_error
+from harness.jobs.spec import JobSpec, ListSpec
+from harness.locks import FileLock
+from harness.options import field_default
+from harness.settings import DataOptions
+from harness.store import RunStore
+from harness.weights import SYNTHETIC_TAG
+from methods.registry import get_method
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (harness.jobs.expand reads YAML; see below)
+    from harness.jobs.expand import RunRequest
 
 T = TypeVar("T")
 
@@ -82,7 +99,7 @@ def check_method_names(problems: Problems, text: str) -> None:
     problems.need(not repeated, f"--methods {text}: {', '.join(repr(n) for n in repeated)} listed more than once")
 
 
-def request_problems(req: Any) -> list[str]:
+def request_problems(req: RunRequest) -> list[str]:
     """What is wrong with a `RunRequest` itself (not with its jobs): a method listed twice,
     `--frames` < 1, a seed outside numpy's range, a `--pretrained` file that is no checkpoint, an
     unknown backbone. One line each; an evaluation's weights were checked when its checkpoint
@@ -135,8 +152,6 @@ def check_results_dir(path: Path, option: str = "--out", create: bool = True) ->
 def check_pretrained_file(pretrained: str | None) -> None:
     """A local `--pretrained` must exist and be a checkpoint file (torch.save zip or pickle,
     safetensors): a header probe, no loading. Tags are checked when the backbone is built."""
-    from harness.weights import SYNTHETIC_TAG
-
     if pretrained is None or pretrained == SYNTHETIC_TAG:
         return
     path = Path(pretrained).expanduser()
@@ -161,9 +176,6 @@ def check_pretrained_file(pretrained: str | None) -> None:
 def check_backbone_name(backbone: str, pretrained: str | None) -> None:
     """An open_clip model name (this project's small configs are registered there), checked
     before any job instead of when the first one builds its model."""
-    from harness.backbone import _known_names, resolve_model_name
-    from harness.errors import unknown_name_error
-
     resolved, _ = resolve_model_name(backbone, pretrained)
     known = _known_names()
     if resolved not in known:
@@ -182,53 +194,48 @@ def _looks_like_checkpoint(head: bytes) -> bool:
 
 # ---- jobs ------------------------------------------------------------------------------------
 
-def job_option_problems(job: Any) -> list[str]:
+def job_option_problems(job: JobSpec) -> list[str]:
     """Values that parse but cannot produce a meaningful result (one line each, naming the key)."""
     s, opts, data = job.schedule, job.method_options, job.data
     p = Problems()
-    p.need(s["frames"] >= 1, f"schedule.frames={s['frames']}: must be >= 1 (frames per clip)")
+    p.need(s.frames >= 1, f"schedule.frames={s.frames}: must be >= 1 (frames per clip)")
     limit = _max_frames(job.method)
-    p.need(s["frames"] <= limit, f"schedule.frames={s['frames']} (--frames): {job.method} runs at most {limit} "
-                                 "frames per clip (its `max_frames`); use fewer frames")
+    p.need(s.frames <= limit, f"schedule.frames={s.frames} (--frames): {job.method} runs at most {limit} "
+                              "frames per clip (its `max_frames`); use fewer frames")
     if not job.checkpoint:  # `harness eval` trains nothing by design (epochs 0)
-        p.need(s["epochs"] >= 1, f"schedule.epochs={s['epochs']}: must be >= 1 (a result needs training; "
-                                 "--methods zeroshot evaluates without any)")
-    p.need(s["warmup_epochs"] >= 0, f"schedule.warmup_epochs={s['warmup_epochs']}: must be >= 0")
-    if s["epochs"] >= 1:
-        p.need(s["warmup_epochs"] <= s["epochs"], f"schedule.warmup_epochs={s['warmup_epochs']} exceeds "
-               f"schedule.epochs={s['epochs']}: the warm-up must fit in the training")
-    p.need(s["batch_size"] >= 1, f"schedule.batch_size={s['batch_size']}: must be >= 1")
-    p.need(s["micro_batch"] >= 0, f"schedule.micro_batch={s['micro_batch']}: must be >= 0 (0 = automatic)")
-    p.need(s["val_interval"] >= 0, f"schedule.val_interval={s['val_interval']}: must be >= 0 (0 = only at the end)")
-    views = s["views"]
+        p.need(s.epochs >= 1, f"schedule.epochs={s.epochs}: must be >= 1 (a result needs training; "
+                              "--methods zeroshot evaluates without any)")
+    p.need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs}: must be >= 0")
+    if s.epochs >= 1:
+        p.need(s.warmup_epochs <= s.epochs, f"schedule.warmup_epochs={s.warmup_epochs} exceeds "
+               f"schedule.epochs={s.epochs}: the warm-up must fit in the training")
+    p.need(s.batch_size >= 1, f"schedule.batch_size={s.batch_size}: must be >= 1")
+    p.need(s.micro_batch >= 0, f"schedule.micro_batch={s.micro_batch}: must be >= 0 (0 = automatic)")
+    p.need(s.val_interval >= 0, f"schedule.val_interval={s.val_interval}: must be >= 0 (0 = only at the end)")
+    views = s.views
     p.need(len(views) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in views),
            f"schedule.views={views}: expected [clips, crops], two integers >= 1")
-    betas = s["betas"]
+    betas = s.betas
     p.need(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
            f"schedule.betas={betas}: expected two numbers in [0, 1)")
-    p.need(s["eps"] > 0, f"schedule.eps={s['eps']}: must be > 0")
-    p.need(s["lr_min_ratio"] >= 0, f"schedule.lr_min_ratio={s['lr_min_ratio']}: must be >= 0")
-    p.need(0 <= s["label_smoothing"] < 1, f"schedule.label_smoothing={s['label_smoothing']}: must be in [0, 1)")
-    p.need(s["grad_clip"] >= 0, f"schedule.grad_clip={s['grad_clip']}: must be >= 0 (0 = off)")
-    p.need(0 <= data["max_missing"] <= 1, f"data.max_missing={data['max_missing']}: must be a fraction in [0, 1]")
-    if "lr" in opts:  # 0 only for a method that trains nothing (zeroshot's default)
-        p.need(opts["lr"] > 0 or opts["lr"] == _default_option(job.method, "lr") == 0,
-               f"{job.method}.lr={opts['lr']}: must be > 0")
-    if "weight_decay" in opts:
-        p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    p.need(s.eps > 0, f"schedule.eps={s.eps}: must be > 0")
+    p.need(s.lr_min_ratio >= 0, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be >= 0")
+    p.need(0 <= s.label_smoothing < 1, f"schedule.label_smoothing={s.label_smoothing}: must be in [0, 1)")
+    p.need(s.grad_clip >= 0, f"schedule.grad_clip={s.grad_clip}: must be >= 0 (0 = off)")
+    p.need(0 <= data.max_missing <= 1, f"data.max_missing={data.max_missing}: must be a fraction in [0, 1]")
+    # 0 only for a method that trains nothing (zeroshot's default)
+    p.need(opts.lr > 0 or opts.lr == _default_option(type(opts), "lr") == 0, f"{job.method}.lr={opts.lr}: must be > 0")
+    p.need(opts.weight_decay >= 0, f"{job.method}.weight_decay={opts.weight_decay}: must be >= 0")
     return p.lines
 
 
-def _default_option(method: str, name: str) -> Any:
-    from methods.registry import make_config
-
-    return getattr(make_config(method, {}), name, None)
+def _default_option(config_cls: type, name: str) -> Any:
+    """The default of option `name` of a configuration class (no configuration built)."""
+    return next(field_default(f) for f in dataclasses.fields(config_cls) if f.name == name)
 
 
 def _max_frames(method: str) -> int:
     """The method contract's `max_frames` (methods/base.py), read from its class: no model built."""
-    from methods.registry import get_method
-
     return int(get_method(method).model_cls.max_frames)
 
 
@@ -248,10 +255,12 @@ def _normalised(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).casefold()
 
 
-def unseen_eval_lists(job: Any) -> list[Any]:
+def unseen_eval_lists(job: JobSpec) -> list[ListSpec]:
     """The job's evaluation lists whose classes its training must not have seen: those indexing
     the partner of the training classes' role in `DISJOINT_CLASS_ROLES` (base-to-novel: novel)."""
-    from protocols import load_protocol
+    from protocols import (
+        load_protocol,  # PyYAML: this module is on the bare GPU host's path (docs/architecture.md)
+    )
 
     if job.train is None:
         return []
@@ -261,7 +270,7 @@ def unseen_eval_lists(job: Any) -> list[Any]:
     return [lst for lst in job.evals if partner and roles.get(lst.name.split("@")[0]) == partner]
 
 
-def class_set_problems(job: Any) -> list[str]:
+def class_set_problems(job: JobSpec) -> list[str]:
     """A class of an unseen (novel) class file that is also a training (base) class, one line per
     shared class naming both files: the novel accuracy would measure seen classes."""
     lines = []
@@ -276,7 +285,7 @@ def class_set_problems(job: Any) -> list[str]:
     return lines
 
 
-def check_jobs(jobs: list[Any], problems: Problems) -> None:
+def check_jobs(jobs: list[JobSpec], problems: Problems) -> None:
     """Option problems of every job, class sets that overlap, and jobs that repeat (a value
     given twice in a sweep)."""
     seen: dict[str, Any] = {}
@@ -292,28 +301,24 @@ class DataCheck:
     """The cheap up-front data check of a run's jobs; lists shared by several jobs are read once."""
 
     def __init__(self, cache_dir: str | None) -> None:
-        from harness.data.probe import ProbeCache
-
         self.probes = ProbeCache(cache_dir)
         self.lists: dict[tuple, str | None] = {}
 
-    def problem(self, job: Any) -> str | None:
+    def problem(self, job: JobSpec) -> str | None:
         """None if every list, video and description file the job reads looks usable."""
         for lst in [job.train, *job.evals]:
             if lst is None:
                 continue
             key = (lst.ann_file, len(lst.classnames), lst.video_root, lst.modality, lst.class_file,
-                   job.data["on_missing"], job.data["max_missing"])
+                   job.data.on_missing, job.data.max_missing)
             if key not in self.lists:
                 self.lists[key] = self._list_problem(lst, job.data)
             if self.lists[key]:
                 return self.lists[key]
         return self._unseen_problem(job) or self._descriptions_problem(job)
 
-    def _unseen_problem(self, job: Any) -> str | None:
+    def _unseen_problem(self, job: JobSpec) -> str | None:
         """A training video listed again in an unseen-class (novel) list: its class was trained on."""
-        from harness.data.annotations import read_annotation_list
-
         for lst in unseen_eval_lists(job):
             key = ("unseen", job.train.ann_file, lst.ann_file)
             if key not in self.lists:
@@ -333,18 +338,14 @@ class DataCheck:
                 return self.lists[key]
         return None
 
-    def _list_problem(self, lst: Any, data: dict[str, Any]) -> str | None:
-        import logging
-
-        from harness.data.pipeline import usable_entries
-
+    def _list_problem(self, lst: ListSpec, data: DataOptions) -> str | None:
         root = Path(lst.video_root)
         log = logging.getLogger("harness.data.pipeline")
         level = log.level
         log.setLevel(logging.ERROR)  # the skip notice is printed when the job builds its dataset
         try:
             present, _ = usable_entries(lst.ann_file, root, len(lst.classnames), lst.modality,
-                                        data["on_missing"], data["max_missing"], lst.class_file)
+                                        data.on_missing, data.max_missing, lst.class_file)
         except HarnessError as err:
             return str(err)
         finally:
@@ -361,17 +362,13 @@ class DataCheck:
                 "Replace those files or remove their lines from the list")
 
     @staticmethod
-    def _descriptions_problem(job: Any) -> str | None:
+    def _descriptions_problem(job: JobSpec) -> str | None:
         """The descriptions the job's method will ask for (`run_needs` / `descriptions_per_class`,
         class methods of its configuration: no model is built), loaded and checked per class."""
-        from methods.registry import get_method, make_config
-
         model_cls = get_method(job.method).model_cls
-        config = make_config(job.method, job.method_options)
+        config = job.method_options
         if job.descriptions is None or "descriptions" not in model_cls.run_needs(config):
             return None  # no descriptions at all: the engine says so when the job starts
-        from harness.data.descriptions import load_job_descriptions
-
         try:
             load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
                                   job.splits_root)
@@ -380,17 +377,15 @@ class DataCheck:
         return None
 
 
-def record_bad_data(store: Any, job: Any, problem: str, write: bool = True) -> None:
+def record_bad_data(store: RunStore, job: JobSpec, problem: str, write: bool = True) -> None:
     """Record (error.json) a job whose data is unusable, as failed and not started; one line on stderr."""
     where = _record_failure(store, job, HarnessError(problem)) if write else store.job_dir(job) / "error.json"
     print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
 
 
-def _record_failure(store: Any, job: Any, err: HarnessError) -> Path | str:
+def _record_failure(store: RunStore, job: JobSpec, err: HarnessError) -> Path | str:
     """error.json under the job's lock (harness/locks.py: one writer per job); a job another live
     run holds is left to that run, which meets the same data."""
-    from harness.locks import FileLock
-
     lock = FileLock(store.job_lock_path(job))
     if not lock.acquire():
         return f"not recorded: another run holds {lock.path}"

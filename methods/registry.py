@@ -99,13 +99,20 @@ def build_method(
     clip: Any,
     tokenizer: Any,
     num_frames: int = 8,
-    options: Mapping[str, Any] | None = None,
+    options: MethodConfig | Mapping[str, Any] | None = None,
     classnames: Sequence[str] | None = None,
 ) -> VideoTextModel:
     """Apply method `name` to an open_clip CLIP (modified in place) and return the video model.
 
+    `options`: the method's configuration, already built (a job's `method_options`: built once
+    when the job was expanded, and used as is), or option values to build it from.
     `classnames` are the training classes, needed only by methods with per-class parameters
     (class-specific prompt contexts, linear heads)."""
     info = get_method(name)
-    config = make_config(name, options)
+    if isinstance(options, MethodConfig):
+        if type(options) is not info.config_cls:
+            raise HarnessError(f"method {name!r} takes a {info.config_cls.__name__}, not a {type(options).__name__}")
+        config = options
+    else:
+        config = make_config(name, options)
     return info.model_cls(clip, config, num_frames=num_frames, tokenizer=tokenizer, classnames=classnames)

@@ -10,7 +10,8 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.jobs import EXECUTION_ONLY_KEYS, RESULTS_FORMAT, RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
+from harness.jobs.spec import EXECUTION_ONLY_KEYS, RESULTS_FORMAT
 from harness.store import RunStore
 
 
@@ -87,7 +88,7 @@ def test_execution_only_keys_do_not_change_the_id(harness_cache, key, value):
     base = expand_jobs(_req(harness_cache, splits=[1]))[0]
     job = expand_jobs(_req(harness_cache, splits=[1], schedule_overrides={key: value}))[0]
     assert job.job_id == base.job_id
-    assert job.schedule[key] == value  # recorded all the same
+    assert getattr(job.schedule, key) == value  # recorded all the same
 
 
 def test_local_weights_swapped_in_place_are_a_new_job(harness_cache, tmp_path):
@@ -191,10 +192,10 @@ def test_a_failing_job_lets_the_others_finish(harness_cache, tmp_path, capsys, m
 
     real = runner_mod.run_job
 
-    def flaky(job, job_dir, progress=True):
+    def flaky(job, job_dir, progress=True, **kwargs):
         if job.method == "aim":
             raise HarnessError("simulated bad video file")
-        return real(job, job_dir, progress)
+        return real(job, job_dir, progress, **kwargs)
 
     monkeypatch.setattr(runner_mod, "run_job", flaky)
     args = _cli(harness_cache, tmp_path, "aim,zeroshot")

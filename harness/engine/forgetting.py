@@ -111,7 +111,7 @@ def job_vocabulary(net: torch.nn.Module, job: Any, image_size: int) -> dict[str,
     if not measures_vocabulary(job):
         return None
     try:
-        return measure_vocabulary(net, int(job.schedule["frames"]), image_size)
+        return measure_vocabulary(net, job.schedule.frames, image_size)
     except Exception as err:  # recorded in metrics.json: a measurement never fails a training job
         return {"error": f"{type(err).__name__}: {err}"}
 

@@ -26,7 +26,8 @@ import torch
 
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
-from harness.jobs import JobSpec, ListSpec
+from harness.jobs.spec import JobSpec, ListSpec
+from harness.settings import Schedule
 
 
 def _init_mm() -> None:
@@ -56,19 +57,19 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def num_workers(schedule: dict[str, Any]) -> int:
-    workers = int(schedule["num_workers"])
+def num_workers(schedule: Schedule) -> int:
+    workers = schedule.num_workers
     if workers >= 0:
         return workers
     return min(8, max(1, (os.cpu_count() or 2) // max(1, world_size()))) if torch.cuda.is_available() else 0
 
 
-def configure_cpu_threads(schedule: dict[str, Any]) -> int:
+def configure_cpu_threads(schedule: Schedule) -> int:
     """On CPU, leave a core for the OS and the data workers: measured on a 2-core host with light
     background load, 2 OpenMP threads made the embedded default 7x slower than 1."""
     if torch.cuda.is_available():
         return torch.get_num_threads()
-    threads = int(schedule.get("cpu_threads", 0)) or max(1, (os.cpu_count() or 1) - 1 - num_workers(schedule))
+    threads = schedule.cpu_threads or max(1, (os.cpu_count() or 1) - 1 - num_workers(schedule))
     threads = max(1, threads // max(1, world_size()))
     torch.set_num_threads(threads)
     return threads
@@ -105,7 +106,7 @@ class FreshModel:
         clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
         backbone_params = sum(p.numel() for p in clip.parameters())
         classnames = job.train.classnames if job.train else None
-        net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
+        net = build_method(job.method, clip, get_tokenizer(spec), job.schedule.frames, job.method_options, classnames)
         net.backbone_params = backbone_params
         return net, spec
 
@@ -114,12 +115,12 @@ def build_net(job: JobSpec, source: ModelSource | None = None):
     """The job's network from `source` (default `FreshModel`), checked against its protocol."""
     net, spec = (source or FreshModel()).build(job)
     check_protocol(net, job)
-    net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
+    net.label_smoothing = float(job.schedule.label_smoothing)
     return net, spec
 
 
 @contextlib.contextmanager
-def job_process_state(schedule: dict[str, Any]) -> Iterator[int]:
+def job_process_state(schedule: Schedule) -> Iterator[int]:
     """The process-wide settings a job's numbers depend on, set for the job and restored after it:
     torch's intra-op threads (`configure_cpu_threads`; the reduction order of CPU kernels can
     follow the thread count), OpenCV's threads (0, what mmengine's Runner sets for training, so a
@@ -164,32 +165,31 @@ def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
     from harness.data.datasets import get_dataset
     from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
 
-    frames = job.schedule["frames"]
-    augment_on = job.data.get("augment_on", "cpu") if train else "cpu"
-    if augment_on != "cpu" and not job.data.get("train_augment", True):
+    frames = job.schedule.frames
+    augment_on = job.data.augment_on if train else "cpu"
+    if augment_on != "cpu" and not job.data.train_augment:
         raise HarnessError(f"data.augment_on={augment_on} needs data.train_augment=true (there is nothing random "
                            f"to move to the device otherwise)")
-    if train and not job.data.get("train_augment", True):
+    if train and not job.data.train_augment:
         pipeline = test_pipeline(frames, image_size, clips=1, crops=1, modality=lst.modality)
     elif train:
         flip = get_dataset(lst.dataset).flip_ok
         pipeline = train_pipeline(frames, image_size, modality=lst.modality,
-                                  color_jitter=job.data["color_jitter"], flip=flip, augment_on=augment_on)
+                                  color_jitter=job.data.color_jitter, flip=flip, augment_on=augment_on)
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
     dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                                        modality=lst.modality, on_missing=job.data["on_missing"],
-                                        max_missing=job.data["max_missing"], test_mode=not train,
-                                        decoder=job.data.get("decoder", "auto"),
-                                        decode_threads=job.data.get("decode_threads", 1))
+                                        modality=lst.modality, on_missing=job.data.on_missing,
+                                        max_missing=job.data.max_missing, test_mode=not train,
+                                        decoder=job.data.decoder, decode_threads=job.data.decode_threads)
     info["augment_on"] = augment_on
     return dataset, info
 
 
 def _device_augment(job: JobSpec, image_size: int):
     """The batch augmentation of `data.augment_on=device` for the training list, else None."""
-    if job.data.get("augment_on", "cpu") != "device":
+    if job.data.augment_on != "device":
         return None
     from harness.data.datasets import get_dataset
     from harness.engine.device_augment import DeviceAugment
@@ -227,16 +227,15 @@ def _optim_wrapper(net, job: JobSpec, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
-    lr = float(job.method_options["lr"])
-    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"]), lr),
-                                  lr=lr, betas=tuple(sched["betas"]),
-                                  eps=float(sched["eps"]))
+    lr = float(job.method_options.lr)
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options.weight_decay), lr),
+                                  lr=lr, betas=tuple(sched.betas), eps=float(sched.eps))
     clip_grad = None
-    if sched["grad_clip"] > 0:
+    if sched.grad_clip > 0:
         if not net.allows_grad_clip:
             raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
                                f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
-        clip_grad = dict(max_norm=float(sched["grad_clip"]))
+        clip_grad = dict(max_norm=float(sched.grad_clip))
     # No accumulative_counts: one train step is one whole update (harness.engine.update).
     if amp:
         return AmpOptimWrapper(optimizer=optimizer, clip_grad=clip_grad, dtype="bfloat16")
@@ -245,26 +244,26 @@ def _optim_wrapper(net, job: JobSpec, amp: bool):
 
 def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
     sched = job.schedule
-    epochs, warmup = sched["epochs"], min(sched["warmup_epochs"], sched["epochs"])
+    epochs, warmup = sched.epochs, min(sched.warmup_epochs, sched.epochs)
     out: list[dict[str, Any]] = []
     if warmup > 0:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                         convert_to_iter_based=True))
     if epochs > warmup:
-        lr = float(job.method_options["lr"])
-        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched["lr_min_ratio"],
+        lr = float(job.method_options.lr)
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched.lr_min_ratio,
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
 
-def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[int, int]:
+def micro_batch_and_accumulation(schedule: Schedule, world: int) -> tuple[int, int]:
     """(clips per forward pass per process, forward passes per update of the largest share).
 
     A process loads ceil(batch_size / processes) clips of each update at most;
     `schedule.micro_batch` (0: that whole share) splits it into forward passes. Any split gives
     the same updates (harness.engine.update), so neither needs to divide the other."""
-    share = math.ceil(int(schedule["batch_size"]) / world)
-    micro = min(int(schedule["micro_batch"]) or share, share)
+    share = math.ceil(schedule.batch_size / world)
+    micro = min(schedule.micro_batch or share, share)
     return micro, math.ceil(share / micro)
 
 
@@ -291,8 +290,8 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
 
     net = model.net
     device = _device()
-    amp = _amp_enabled(job.schedule["amp"], device)
-    batch = int(job.schedule["batch_size"])
+    amp = _amp_enabled(job.schedule.amp, device)
+    batch = job.schedule.batch_size
     if batch < world_size():
         raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
                            "never have a clip to train on; raise schedule.batch_size or start fewer processes")
@@ -302,14 +301,14 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     model.micro_batch = micro
     loader = train_loader(train_set, dataset_labels(train_set), batch, job.seed, num_workers(job.schedule), rank(),
                           world_size())
-    if job.schedule["grad_checkpointing"]:
+    if job.schedule.grad_checkpointing:
         net.set_grad_checkpointing(True)
-    epochs = int(job.schedule["epochs"])
-    select_best = job.schedule["select"] == "best" and job.select_on not in (None, "none")
+    epochs = job.schedule.epochs
+    select_best = job.schedule.select == "best" and job.select_on not in (None, "none")
     sel = next((e for e in job.evals if e.name == job.select_on), None) if select_best else None
     if select_best and sel is None:
         raise HarnessError(f"schedule.select=best: protocol {job.protocol!r} has no selection set")
-    interval = int(job.schedule["val_interval"]) or epochs
+    interval = job.schedule.val_interval or epochs
     kwargs: dict[str, Any] = {}
     if sel is not None:
         val_set, _ = _dataset(sel, job, spec.image_size, train=False)
@@ -341,7 +340,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         resume=resume_from is not None, load_from=safe_uri(resume_from) if resume_from else None,
         default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
-        visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
+        visualizer=visualizer_config(job.schedule.log_backend),
         **kwargs,
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
@@ -382,7 +381,7 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     from harness.engine.accounting import EvalTimer
 
     device = next(model.parameters()).device
-    amp = _amp_enabled(job.schedule["amp"], device)
+    amp = _amp_enabled(job.schedule.amp, device)
     dataset, info = _dataset(lst, job, image_size, train=False)
     sampler = DefaultSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=pseudo_collate,
@@ -459,11 +458,11 @@ def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | 
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
     descriptions = _attach_descriptions(net, job)
-    flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
+    flops = _flops_per_view(net, job.schedule.frames, spec.image_size)
     vocabulary_before = job_vocabulary(net, job, spec.image_size)  # forgetting: None unless synthetic weights
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
     model = VideoClassifier(net, job.train.classnames if job.train else [])
-    if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
+    if counts["trainable"] > 0 and job.schedule.epochs > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")

@@ -172,7 +172,7 @@ def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings:
     }
 
 
-def _build_model(method: str, settings: BenchSettings, options: Mapping[str, Any] | None, clip: nn.Module,
+def _build_model(method: str, settings: BenchSettings, options: Any, clip: nn.Module,
                  spec: Any, classnames: Sequence[str]) -> tuple[nn.Module, float, list[str]]:
     """The model under test, its learning rate, and the encoders `--compile` compiles."""
     if method == BASELINE:
@@ -202,7 +202,7 @@ def _step_flops(method: str, model: nn.Module, settings: BenchSettings, image_si
 
 
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
-               options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
+               options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
     from harness.weights import create_backbone
 
@@ -344,7 +344,7 @@ def run_bench(
     num_classes: int = 400,
     modes: Sequence[str] = MODES,
     baseline: bool = True,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     frozen_bf16: bool = False,
     deadline: float | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -353,7 +353,8 @@ def run_bench(
     """Benchmark `methods` (plus the plain open_clip baseline first when `baseline`).
 
     Returns one row per (method, mode) with throughput, memory, FLOPs, MFU, the settings and the
-    environment. `overrides` maps a method to option values (as `--set method.option=value`).
+    environment. `overrides` maps a method to its configuration (built once: `harness.api.bench`) or to
+    option values (as `--set method.option=value`).
     `deadline` (a `time.time()` value) skips methods not yet started by then, so a
     lent GPU's time limit is never overrun; `on_row` sees each row as soon as it exists (the CLI
     writes partial results with it); `progress` gets a line as each model starts. A method that fails gives an ``error: ...`` row, and with
@@ -391,7 +392,7 @@ def run_bench(
 
 
 def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any], peak: float,
-                      options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
+                      options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     try:
         rows = _bench_one(name, settings, env, peak, options, modes)
     except Exception as err:  # noqa: BLE001 - building or counting failed: report, go on

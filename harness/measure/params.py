@@ -18,10 +18,11 @@ def params_rows(
     pretrained: str | None = None,
     frames: int = 8,
     num_classes: int = 400,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     with_flops: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per method: ``method, options`` (resolved config), ``trainable, total,
+    """One row per method: ``method, options`` (resolved config; `overrides` maps a method to its
+    configuration, built once by `harness.api.params`, or to option values), ``trainable, total,
     trainable_pct, frames, num_classes`` and, when `with_flops`, ``gflops`` (one view, a
     multiply-add = 2), ``gmacs`` and ``text_gflops_per_class`` (None otherwise).
 
