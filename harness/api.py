@@ -265,6 +265,22 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
     return failed
 
 
+def run_claimed_job(job: Any, store: Any, progress: bool = False) -> bool:
+    """Run one job whose lock the caller holds (a launcher's task, harness/launch/task.py; every
+    torchrun process of it calls this), record its result or error, rewrite the run's tables
+    (rank 0). True if it finished. Preemption (`harness.preemption.Preempted`) passes through."""
+    from harness.distributed import rank0 as is_rank0
+    from harness.locks import folder_lock
+    from harness.provenance import provenance
+
+    rank0 = is_rank0()
+    finished = _run_one_job(job, store, provenance(), job.job_id, rank0, progress)
+    if rank0:
+        with folder_lock(store.root):
+            _write_summary(store)
+    return finished
+
+
 def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
     """Run one job and record its result or its error; True if it finished."""
     from harness.convert.evaluate import model_source

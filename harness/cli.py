@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.errors import HarnessError
+from harness.launch.options import add_launcher_arguments, launch, launcher_config
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -75,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
     run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_launcher_arguments(run)
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes"))
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "suites"))
     ls.add_argument("--method", default=None, help="ls recipes: only this method")
     ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
@@ -151,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each job of a results directory: done / running / failed / pending")
     status.add_argument("run_dir", metavar="RESULTS_DIR")
     add_checkpoint_commands(sub)
+    from harness.reproduce.command import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -198,6 +203,7 @@ def add_checkpoint_commands(sub: Any) -> None:
     add_data_locations(ev)
     ev.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     ev.add_argument("--no-progress", action="store_true")
+    add_launcher_arguments(ev)
 
     predict = sub.add_parser("predict", help="top-k classes with scores for video files")
     predict.add_argument("videos", nargs="+", help="video files")
@@ -219,6 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Plan (harness.api.plan: every problem of the invocation listed together), then run."""
     from harness import api
 
+    launcher = launcher_config(args)  # --launcher slurm: its options, and submitit, checked first
     planned = _planned(args, lambda a: api.plan(_run_request(a), a.out, sweeps=a.sweeps, shard=_shard(a.shard),
                                                 dry_run=a.dry_run))
     if _rank() == 0:  # the first line of the output: which activation local weights run with
@@ -234,6 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         return _print_dry_run(planned.jobs)
+    if launcher is not None:
+        return launch(planned, launcher, args.wait)
     return _execute(planned, progress=not args.no_progress)
 
 
@@ -332,6 +341,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(f"  {key} = {default!r} — {text}")
     if what == "recipes":
         _ls_recipes(args.method, args.protocol)
+    if what in ("all", "suites"):
+        from harness.reproduce.command import format_suites
+
+        print(format_suites())
     return 0
 
 
@@ -456,10 +469,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
                              splits_root=a.splits_root, cache=a.cache)
         return api.evaluation_plan(ev, dry_run=a.dry_run)
 
+    launcher = launcher_config(args)
     planned = _planned(args, make_plan)
     if args.dry_run:
         return _print_dry_run(planned.jobs)
+    if launcher is not None:
+        return launch(planned, launcher, args.wait)
     return _execute(planned, progress=not args.no_progress)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.reproduce.command import cmd_reproduce as reproduce
+
+    return reproduce(args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -470,7 +492,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
             "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,11 @@ wrote it); otherwise the job is held by a live run and is left alone. A lock tha
 created (a full disk, a read-only folder) is one line naming the file and what to do. Under
 torchrun only rank 0 touches lock files and broadcasts its decisions, so every rank runs the same
 jobs.
+
+A launcher task (harness/launch/task.py) sets `HARNESS_LAUNCHER_JOB` to its scheduler job id; the
+lock records it, and a later attempt of the same scheduler job (a requeue: the scheduler never
+runs two attempts of one job at once) takes over the earlier attempt's lock at once instead of
+waiting for its heartbeat to go stale on another node.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, er
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = float(os.environ.get("HARNESS_LOCK_STALE_S", "600"))
 JOB_LOCK = "job.lock"
+LAUNCHER_JOB_ENV = "HARNESS_LAUNCHER_JOB"
 FOLDER_LOCK = ".folder.lock"
 
 
@@ -71,8 +77,11 @@ class FileLock:
     _thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "token": self._token,
-                "heartbeat_s": self.heartbeat_s, "stale_after_s": self.stale_after_s}
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "token": self._token,
+                  "heartbeat_s": self.heartbeat_s, "stale_after_s": self.stale_after_s}
+        if os.environ.get(LAUNCHER_JOB_ENV):
+            record["launcher_job"] = os.environ[LAUNCHER_JOB_ENV]
+        return record
 
     def _create(self, path: Path) -> bool:
         """Create `path` holding this lock's record, complete from the moment it exists; False if
@@ -134,6 +143,9 @@ class FileLock:
     def _stale_reason(self, info: dict[str, Any] | None, age: float) -> str | None:
         if info is None:  # a holder's lock is complete from the moment it exists (`_create`)
             return "the lock file is empty or unreadable: no live run holds it (left by a crash or a full disk)"
+        mine = os.environ.get(LAUNCHER_JOB_ENV)
+        if mine and info.get("launcher_job") == mine and info.get("token") != self._token:
+            return f"its holder was an earlier attempt of scheduler job {mine} (requeued)"
         if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
             return f"its holder ({describe_holder(info)}) is dead"
         if age > self.stale_after_s:

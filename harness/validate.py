@@ -29,6 +29,7 @@ from harness.data.annotations import read_annotation_list
 from harness.data.descriptions import load_job_descriptions
 from harness.data.pipeline import usable_entries
 from harness.data.probe import ProbeCache
+from harness.data.rephrased import load_rephrased
 from harness.errors import ConfigurationError, HarnessError, unknown_name_error
 from harness.jobs.spec import JobSpec, ListSpec
 from harness.locks import FileLock
@@ -226,7 +227,19 @@ def job_option_problems(job: JobSpec) -> list[str]:
     # 0 only for a method that trains nothing (zeroshot's default)
     p.need(opts.lr > 0 or opts.lr == _default_option(type(opts), "lr") == 0, f"{job.method}.lr={opts.lr}: must be > 0")
     p.need(opts.weight_decay >= 0, f"{job.method}.weight_decay={opts.weight_decay}: must be >= 0")
+    averaged = None if job.checkpoint else _averaged_epochs(job)  # `harness eval` averages nothing
+    if averaged is not None:
+        p.need(s.select != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
+                                   "schedule.select=best contradicts it; use schedule.select=last")
+        p.need(bool(averaged.epochs(s.epochs)) or s.epochs < 1,
+               f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s.epochs} "
+               "trained: train longer or change its averaged epochs (`harness ls methods` shows the option)")
     return p.lines
+
+
+def _averaged_epochs(job: JobSpec) -> Any:
+    """The epochs whose weights the job's method averages (its `averaged_epochs` declaration)."""
+    return get_method(job.method).model_cls.averaged_epochs(job.method_options)
 
 
 def _default_option(config_cls: type, name: str) -> Any:
@@ -315,7 +328,7 @@ class DataCheck:
                 self.lists[key] = self._list_problem(lst, job.data)
             if self.lists[key]:
                 return self.lists[key]
-        return self._unseen_problem(job) or self._descriptions_problem(job)
+        return self._unseen_problem(job) or self._descriptions_problem(job) or self._rephrased_problem(job)
 
     def _unseen_problem(self, job: JobSpec) -> str | None:
         """A training video listed again in an unseen-class (novel) list: its class was trained on."""
@@ -372,6 +385,21 @@ class DataCheck:
         try:
             load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
                                   job.splits_root)
+        except HarnessError as err:
+            return str(err)
+        return None
+
+
+    @staticmethod
+    def _rephrased_problem(job: JobSpec) -> str | None:
+        """The rephrased class names of every list the job scores, when its method needs them
+        (FROSTER): fetched, verified and matched to the class names before any training."""
+        if "rephrased_classnames" not in get_method(job.method).model_cls.run_needs(job.method_options):
+            return None
+        try:
+            for lst in [job.train, *job.evals]:
+                if lst is not None:
+                    load_rephrased(lst.dataset, lst.classnames, job.cache_dir, job.splits_root)
         except HarnessError as err:
             return str(err)
         return None

@@ -28,7 +28,9 @@ PACKAGES = ("harness", "methods", "protocols")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("harness", "harness.errors", "harness.options", "harness.paths", "harness.faults",
                     "harness.atomic", "harness.defaults", "harness.metrics", "harness.distributed",
-                    "harness.provenance", "harness.locks", "harness.safe_load")),
+                    "harness.provenance", "harness.locks", "harness.safe_load", "harness.preemption",
+                    # the launcher package and its records / scheduler queries / options (status reads them)
+                    "harness.launch")),
     ("methods", ("methods", "protocols")),
     ("configuration", ("harness.backbone", "harness.settings", "harness.recipes")),
     ("data", ("harness.data", "harness.describe")),
@@ -40,6 +42,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("checkpoints", ("harness.convert",)),
     ("reports", ("harness.report", "harness.reports")),
     ("api", ("harness.api",)),
+    ("launch", ("harness.launch.submit", "harness.launch.task", "harness.launch.options", "harness.launch.agent",
+                "harness.launch.worker")),
+    ("reproduce", ("harness.reproduce",)),
     ("commands", ("harness.commands",)),
     ("cli", ("harness.cli",)),
 ]

@@ -1,5 +1,5 @@
 """Where a job's class descriptions are (the `descriptions` reference of a JobSpec), and the
-fingerprints of the description files it reads.
+fingerprints of the class-text files it reads (descriptions; FROSTER's rephrased class names).
 
 Why in the job layer: which file holds a class's sentences depends on the protocol (base classes
 read ETL4Video's `_base` files), the training list's classes and the description source
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.data import rephrased
 from harness.data.descriptions import description_relpaths
 from harness.data.resolver import FileResolver
 from harness.errors import HarnessError
@@ -59,3 +60,14 @@ def record_description_files(resolver: FileResolver, ref: dict[str, Any] | None,
     for path in rel.values():
         if path in resolver.store.entries:
             resolver.provenance[path] = resolver.store.provenance(path)
+
+
+def record_rephrased_files(resolver: FileResolver, method: str, config: MethodConfig, lists: list[ListSpec | None],
+                           cache_dir: str | None, splits_root: str | None) -> None:
+    """Fingerprint the rephrased class names of every dataset the job scores, when its method
+    needs them (`run_needs` has "rephrased_classnames": FROSTER): pinned files or the sha256 of
+    the embedded dataset's generated table (harness.data.rephrased)."""
+    if "rephrased_classnames" not in get_method(method).model_cls.run_needs(config):
+        return
+    for dataset in dict.fromkeys(lst.dataset for lst in lists if lst is not None):
+        resolver.provenance[f"rephrased:{dataset}"] = rephrased.provenance(dataset, cache_dir, splits_root)

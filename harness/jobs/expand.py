@@ -18,7 +18,7 @@ from harness.data.datasets import DatasetSpec, get_dataset
 from harness.data.kshot import sampled_list
 from harness.data.resolver import FileResolver
 from harness.errors import HarnessError
-from harness.jobs.descriptions import descriptions_ref, record_description_files
+from harness.jobs.descriptions import descriptions_ref, record_description_files, record_rephrased_files
 from harness.jobs.spec import JobSpec, ListSpec, short_hash
 from harness.recipes import job_recipe
 from harness.settings import DataOptions, Schedule, build_dataclass
@@ -177,6 +177,7 @@ def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver,
     train, evals = _protocol_lists(protocol, resolver, req, split, shots, settings.schedule.views)
     descriptions = descriptions_ref(resolver, protocol, data, train)
     record_description_files(resolver, descriptions, method, settings.config)
+    record_rephrased_files(resolver, method, settings.config, [train, *evals], req.cache_dir, req.splits_root)
     return JobSpec(
         method=method, method_options=settings.config, protocol=protocol["name"],
         protocol_version=int(protocol["version"]), protocol_hash=phash, dataset=req.dataset,

@@ -22,8 +22,9 @@ def params_rows(
     with_flops: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per method: ``method, options`` (resolved config; `overrides` maps a method to its
-    configuration, built once by `harness.api.params`, or to option values), ``trainable, total,
-    trainable_pct, frames, num_classes`` and, when `with_flops`, ``gflops`` (one view, a
+    configuration, built once by `harness.api.params`, or to option values), ``trainable, total (a
+    frozen teacher included), teacher (its parameters alone; 0 without one), trainable_pct, frames,
+    num_classes`` and, when `with_flops`, ``gflops`` (one view, a
     multiply-add = 2), ``gmacs`` and ``text_gflops_per_class`` (None otherwise).
 
     Each method gets a fresh backbone (methods modify it in place); FLOPs are counted on a meta
@@ -45,6 +46,7 @@ def params_rows(
             "options": model.config.to_dict(),
             "trainable": counts["trainable"],
             "total": counts["total"],
+            "teacher": counts["teacher"],
             "trainable_pct": counts["trainable_pct"],
             "frames": frames,
             "num_classes": num_classes,
@@ -86,10 +88,11 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
         return json.dumps(list(rows), indent=2, default=str)
     if fmt not in ("table", "markdown"):
         raise ValueError(f"fmt must be 'table', 'markdown' or 'json', got {fmt!r}")
-    header = ["method", "trainable", "total", "trainable %", "GFLOPs/view", "GMACs/view",
+    header = ["method", "trainable", "total", "of which teacher", "trainable %", "GFLOPs/view", "GMACs/view",
               "text GFLOPs/class", "frames", "classes", "options"]
     body = [[
-        str(r["method"]), _fmt(r["trainable"], ","), _fmt(r["total"], ","), _fmt(r["trainable_pct"], ".4f"),
+        str(r["method"]), _fmt(r["trainable"], ","), _fmt(r["total"], ","), _fmt(r.get("teacher") or None, ","),
+        _fmt(r["trainable_pct"], ".4f"),
         _fmt(r.get("gflops"), ".2f"), _fmt(r.get("gmacs"), ".2f"), _fmt(r.get("text_gflops_per_class"), ".3f"),
         str(r["frames"]), str(r["num_classes"]), _non_default_options(str(r["method"]), r.get("options") or {}),
     ] for r in rows]
@@ -97,7 +100,7 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
     widths = [max([len(h)] + [len(c[i]) for c in body]) for i, h in enumerate(header)]
-    numeric = set(range(1, 9))
+    numeric = set(range(1, 10))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
