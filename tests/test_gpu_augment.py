@@ -199,7 +199,7 @@ def test_device_pipeline_items_stack_and_augment(embedded_root, tmp_path):
 
 def test_augment_on_is_part_of_the_job_id(harness_cache):
     from harness.jobs.expand import RunRequest, expand_jobs
-    from harness.jobs.spec import EXECUTION_ONLY_DATA_KEYS
+    from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS
 
     def job(**data):
         return expand_jobs(RunRequest(

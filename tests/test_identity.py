@@ -11,7 +11,8 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.jobs.expand import RunRequest, expand_jobs
-from harness.jobs.spec import EXECUTION_ONLY_KEYS, RESULTS_FORMAT, JobSpec
+from harness.jobs.identity import EXECUTION_ONLY_KEYS, RESULTS_FORMAT
+from harness.jobs.spec import JobSpec
 from harness.store import RunStore
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from harness.cli import main
 from harness.jobs.expand import RunRequest, expand_jobs
-from harness.jobs.spec import RESULTS_FORMAT
+from harness.jobs.identity import RESULTS_FORMAT
 from harness.report import config_id, config_key, varying_settings
 
 

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.engine.model import VideoPreprocessor
+from harness.pretrain.probe import PROBES, held_out_frames
+
 #: The tasks measured: every attribute once (color9 subsumes probe_zero_shot's color4).
 TASKS: tuple[str, ...] = ("color9", "position3", "vertical3", "size3", "shape6")
 #: Frames per task: 72 is a multiple of every task's k (9, 3, 6), so classes are balanced; 360
@@ -42,8 +45,6 @@ def _frames(image_size: int, per_task: int, seed: int, tasks: tuple[str, ...]
             ) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
     """The held-out frames of every task (rendered once per process: before and after training,
     and every job of a run, reuse them)."""
-    from harness.pretrain.probe import held_out_frames
-
     return tuple(held_out_frames(image_size, per_task, seed, tasks))
 
 
@@ -58,8 +59,6 @@ def static_clips(frames: np.ndarray, num_frames: int) -> list[torch.Tensor]:
 def task_accuracy(net: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
                   num_frames: int, batch: int = BATCH) -> float:
     """Top-1 accuracy (percent) of `net` on `frames` as static clips, scored against `classnames`."""
-    from harness.engine.model import VideoPreprocessor
-
     device = next(net.parameters()).device
     preprocess = VideoPreprocessor().to(device)
     items = static_clips(frames, num_frames)
@@ -76,8 +75,6 @@ def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, p
     """Zero-shot top-1 (percent) of a method's model on the held-out pretraining vocabulary:
     {"tasks": {task: accuracy}, "mean": mean over tasks, "n": frames in all, "per_task": frames
     per task}. The model's train/eval mode and the torch random state are left as they were."""
-    from harness.pretrain.probe import PROBES
-
     was_training = net.training
     device = next(net.parameters()).device
     net.eval()
@@ -92,8 +89,6 @@ def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, p
 
 def chance(tasks: Sequence[str] = TASKS) -> float:
     """Chance level (percent) of the mean over `tasks`: the mean of 100 / k."""
-    from harness.pretrain.probe import PROBES
-
     return float(np.mean([100.0 / len(PROBES[t].values) for t in tasks]))
 
 

@@ -23,21 +23,48 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from mmengine.dataset import DefaultSampler, pseudo_collate
+from mmengine.dist import collect_results, get_dist_info
+from mmengine.logging import MMLogger
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, set_random_seed
 
 from harness import preemption
+from harness.backbone import get_tokenizer
+from harness.data.datasets import get_dataset
+from harness.data.descriptions import load_job_descriptions
+from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
+from harness.data.rephrased import load_rephrased
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
+from harness.engine.accounting import EvalTimer, JobAccounting
+from harness.engine.batches import dataset_labels, train_loader
+from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
+from harness.engine.device_augment import DeviceAugment
+from harness.engine.forgetting import job_vocabulary, vocabulary_record
+from harness.engine.hooks import (
+    EpochAverageHook,
+    GlobalBatchEpochHook,
+    NonFiniteLossHook,
+    ProgressBarHook,
+    StepTimerHook,
+    TrainableCheckpointHook,
+)
+from harness.engine.metric import SelectionMetric
+from harness.engine.model import VideoClassifier
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs.spec import JobSpec, ListSpec
+from harness.measure.flops import count_flops
+from harness.metrics import topk_accuracy
 from harness.settings import Schedule
+from harness.weights import create_backbone
+from methods.registry import build_method
 
 
 def _init_mm() -> None:
     """Default scope for MMAction2's registries, and mmengine's console chatter (deprecation
     notices from its file backends, resume notes) down to errors: the job's own progress bar
     and metrics.json are the interface; the full log stays in the job's work dir."""
-    from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
-
     init_default_scope("mmaction")
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
 
@@ -96,10 +123,6 @@ class FreshModel:
     method the same random backbone)."""
 
     def build(self, job: JobSpec) -> tuple[Any, Any]:
-        from harness.backbone import get_tokenizer
-        from harness.weights import create_backbone
-        from methods.registry import build_method
-
         if job.checkpoint:
             raise HarnessError(f"job {job.job_id} evaluates checkpoint {job.checkpoint.get('path')}: run it with its "
                                "model source (harness.api runs evaluation jobs with harness.convert.evaluate."
@@ -163,9 +186,6 @@ def check_protocol(net, job: JobSpec) -> None:
 
 
 def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
-    from harness.data.datasets import get_dataset
-    from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
-
     frames = job.schedule.frames
     augment_on = job.data.augment_on if train else "cpu"
     if augment_on != "cpu" and not job.data.train_augment:
@@ -192,8 +212,6 @@ def _device_augment(job: JobSpec, image_size: int):
     """The batch augmentation of `data.augment_on=device` for the training list, else None."""
     if job.data.augment_on != "device":
         return None
-    from harness.data.datasets import get_dataset
-    from harness.engine.device_augment import DeviceAugment
 
     return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
@@ -203,7 +221,6 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     loss) the LLM descriptions of the training classes."""
     if "descriptions" not in net.run_needs(net.config):
         return None
-    from harness.data.descriptions import load_job_descriptions
 
     ref = job.descriptions
     if ref is None:
@@ -220,7 +237,6 @@ def _attach_rephrased(net, job: JobSpec) -> list[dict[str, Any]] | None:
     rephrased class names of every class list the job scores: training and each evaluated list."""
     if "rephrased_classnames" not in net.run_needs(net.config):
         return None
-    from harness.data.rephrased import load_rephrased
 
     records = []
     for lst in [job.train, *job.evals]:
@@ -241,8 +257,6 @@ def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]
 
 
 def _optim_wrapper(net, job: JobSpec, amp: bool):
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper
-
     sched = job.schedule
     lr = float(job.method_options.lr)
     optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options.weight_decay), lr),
@@ -292,20 +306,6 @@ def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
 
 def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str, Any]:
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
-    from mmengine.runner import Runner
-
-    from harness.engine.batches import dataset_labels, train_loader
-    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
-    from harness.engine.hooks import (
-        EpochAverageHook,
-        GlobalBatchEpochHook,
-        NonFiniteLossHook,
-        ProgressBarHook,
-        StepTimerHook,
-        TrainableCheckpointHook,
-    )
-    from harness.engine.metric import SelectionMetric
-
     net = model.net
     device = _device()
     amp = _amp_enabled(job.schedule.amp, device)
@@ -402,11 +402,6 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
              save_to: Path | None = None) -> dict[str, Any]:
     """Multi-view evaluation on one list with its own class names; shards over processes.
     With `save_to`, the per-video scores and labels are kept (`<eval>.npz`) for later analysis."""
-    from mmengine.dataset import DefaultSampler, pseudo_collate
-    from mmengine.dist import collect_results, get_dist_info
-
-    from harness.engine.accounting import EvalTimer
-
     device = next(model.parameters()).device
     amp = _amp_enabled(job.schedule.amp, device)
     dataset, info = _dataset(lst, job, image_size, train=False)
@@ -425,7 +420,6 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
         results = collect_results(results, len(dataset), device="cpu")
     if results is None:  # non-zero rank
         return {}
-    from harness.metrics import topk_accuracy
 
     scores = np.stack([r["scores"].numpy() for r in results]) if results else np.zeros((0, len(lst.classnames)))
     labels = [r["label"] for r in results]
@@ -453,8 +447,6 @@ def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = 
 def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
     tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
-    from harness.measure.flops import count_flops
-
     try:
         out = count_flops(net, frames=frames, image_size=image_size)
     except Exception as err:  # measurement must never fail a training job
@@ -472,12 +464,6 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True, source: ModelSou
 
 
 def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | None, threads: int) -> dict[str, Any]:
-    from mmengine.runner import set_random_seed
-
-    from harness.engine.accounting import JobAccounting
-    from harness.engine.forgetting import job_vocabulary, vocabulary_record
-    from harness.engine.model import VideoClassifier
-
     set_random_seed(job.seed)
     accounting = JobAccounting(_device(), world_size())
     net, spec = build_net(job, source)

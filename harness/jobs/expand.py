@@ -19,7 +19,8 @@ from harness.data.kshot import sampled_list
 from harness.data.resolver import FileResolver
 from harness.errors import HarnessError
 from harness.jobs.descriptions import descriptions_ref, record_description_files, record_rephrased_files
-from harness.jobs.spec import JobSpec, ListSpec, short_hash
+from harness.jobs.identity import short_hash
+from harness.jobs.spec import JobSpec, ListSpec
 from harness.recipes import job_recipe
 from harness.settings import DataOptions, Schedule, build_dataclass
 from harness.weights_identity import weights_identity

@@ -14,41 +14,13 @@ execution-only keys, so another machine, more workers or another micro-batch is 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, RESULTS_FORMAT, short_hash
 from harness.settings import DataOptions, Schedule
 from methods.base import MethodConfig
 from methods.registry import make_config
-
-#: Schedule keys that change how a job runs, not what it computes: recorded in the job's config,
-#: never hashed into its id (another machine, more memory or more workers -> the same job).
-#: Extend here when adding such a key. `micro_batch` (and the number of processes, which is not
-#: a key at all) qualify because the optimiser update over the global batch is the unit of
-#: training (harness.engine.batches / update): tests/test_training_arithmetic.py trains 102 clips
-#: at batch 32 with micro-batch 32 / 16 / 8 and on 1 vs 2 processes and gets the same updates, the
-#: same lr at each and the same float64 weights (1e-8 relative).
-EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_batch", "grad_checkpointing",
-                                        "log_backend")
-#: The same for `data.*` keys (decoder threads change CPU time, never the decoded frames).
-EXECUTION_ONLY_DATA_KEYS: tuple[str, ...] = ("decode_threads",)
-
-#: Version of the layout of a job's config/metrics records and of its identity. Bump it when
-#: either changes meaning: folders written by an older format are rerun, not reused (and stay
-#: readable by `harness report`, in rows of their own). 3: the optimiser update over the global
-#: batch is the unit of training (per-update lr, short last batch as its own update, per-sample
-#: randomness), so results of format 2 with the same settings were computed differently.
-RESULTS_FORMAT = 3
-
-
-def canonical_json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def short_hash(obj: Any, n: int = 10) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
 
 
 @dataclass

@@ -35,9 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.backbone import get_tokenizer
 from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
+from harness.weights import create_backbone
+from methods.registry import build_method
 
 __all__ = ["BASELINE", "MODES", "BenchSettings", "PlainVisual", "datasheet_peak", "format_bench",
            "measure_matmul_peak", "run_bench", "stamp"]
@@ -177,8 +180,6 @@ def _build_model(method: str, settings: BenchSettings, options: Any, clip: nn.Mo
     """The model under test, its learning rate, and the encoders `--compile` compiles."""
     if method == BASELINE:
         return PlainVisual(clip, settings.num_classes), 1e-3, ["encode_video"]
-    from harness.backbone import get_tokenizer
-    from methods.registry import build_method
 
     model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
     _give_synthetic_descriptions(model, classnames)
@@ -204,8 +205,6 @@ def _step_flops(method: str, model: nn.Module, settings: BenchSettings, image_si
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
                options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
-    from harness.weights import create_backbone
-
     device = torch.device(settings.device)
     clip, spec = create_backbone(settings.backbone, settings.pretrained)
     image_size = settings.image_size or spec.image_size

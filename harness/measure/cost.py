@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from harness.atomic import atomic_write_json
+from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
+from harness.measure.flops import count_flops, count_step_flops
+from methods.registry import build_method
 
 #: Effective training / inference rate assumed without a bench file: 100 TFLOP/s per GPU (bf16;
 #: about 32% of an A100's 312 TFLOP/s dense peak, 10% of an H100's 989). An assumption, stated
@@ -105,19 +111,11 @@ class CostModel:
         whose construction reads values (a prompt initialised from tokenised words), real."""
         key = f"{name}/real" if real else name
         if key not in self._backbones:
-            from harness.backbone import create_clip
-
             clip, spec = create_clip(name, pretrained=None)
             self._backbones[key] = (clip if real else clip.to("meta"), spec)
         return self._backbones[key]
 
     def _count(self, method: str, options: dict[str, Any], backbone: str, frames: int, size: int) -> StepCost:
-        import torch
-
-        from harness.backbone import get_tokenizer
-        from harness.measure.flops import count_flops, count_step_flops
-        from methods.registry import build_method
-
         names = [f"class {i}" for i in range(2 * COUNT_CLASSES)]
 
         def build(classes: list[str]) -> Any:
@@ -141,7 +139,6 @@ class CostModel:
     def _save(self) -> None:
         if self.cache_file is None:
             return
-        from harness.atomic import atomic_write_json
 
         atomic_write_json(self.cache_file, {k: asdict(v) for k, v in self._memo.items()})
 

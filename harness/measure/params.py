@@ -11,6 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from harness.backbone import get_tokenizer
+from harness.measure.flops import count_flops
+from harness.weights import create_backbone
+from methods.registry import build_method
+
 
 def params_rows(
     methods: Sequence[str],
@@ -30,11 +35,6 @@ def params_rows(
     Each method gets a fresh backbone (methods modify it in place); FLOPs are counted on a meta
     copy, so the table costs only model construction.
     """
-    from harness.backbone import get_tokenizer
-    from harness.measure.flops import count_flops
-    from harness.weights import create_backbone
-    from methods.registry import build_method
-
     classnames = [f"class {i}" for i in range(num_classes)]
     rows = []
     for name in methods:

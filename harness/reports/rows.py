@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.jobs.spec import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
+from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
 
 PER_METHOD_RECIPE = "per-method recipe"
 EVALUATED_CHECKPOINT = "evaluated checkpoint"  # `harness eval` rows: no training in this run
