@@ -37,6 +37,7 @@ from harness.options import field_default
 from harness.settings import DataOptions
 from harness.store import RunStore
 from harness.weights import SYNTHETIC_TAG
+from methods.base import DESCRIPTION_NEEDS
 from methods.registry import get_method
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (harness.jobs.expand reads YAML; see below)
@@ -377,14 +378,16 @@ class DataCheck:
     @staticmethod
     def _descriptions_problem(job: JobSpec) -> str | None:
         """The descriptions the job's method will ask for (`run_needs` / `descriptions_per_class`,
-        class methods of its configuration: no model is built), loaded and checked per class."""
+        class methods of its configuration: no model is built), loaded and checked per class: the
+        training classes', and each evaluation list's for "scored_descriptions"."""
         model_cls = get_method(job.method).model_cls
         config = job.method_options
-        if job.descriptions is None or "descriptions" not in model_cls.run_needs(config):
+        if job.descriptions is None or not model_cls.run_needs(config) & DESCRIPTION_NEEDS:
             return None  # no descriptions at all: the engine says so when the job starts
+        n = model_cls.descriptions_per_class(config)
         try:
-            load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
-                                  job.splits_root)
+            for ref in [job.descriptions, *job.descriptions.get("evals", {}).values()]:
+                load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
         except HarnessError as err:
             return str(err)
         return None

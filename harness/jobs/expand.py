@@ -18,7 +18,13 @@ from harness.data.datasets import DatasetSpec, get_dataset
 from harness.data.kshot import sampled_list
 from harness.data.resolver import FileResolver
 from harness.errors import HarnessError
-from harness.jobs.descriptions import descriptions_ref, record_description_files, record_rephrased_files
+from harness.jobs.descriptions import (
+    class_descriptions_ref,
+    description_needs,
+    descriptions_ref,
+    record_description_files,
+    record_rephrased_files,
+)
 from harness.jobs.identity import short_hash
 from harness.jobs.spec import JobSpec, ListSpec
 from harness.recipes import job_recipe
@@ -175,9 +181,13 @@ def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver,
               weights: dict[str, Any], phash: str) -> JobSpec:
     """One job; `resolver` is this job's own (forked) file record. The job's schedule and data
     options are its own copies, as its records are."""
-    train, evals = _protocol_lists(protocol, resolver, req, split, shots, settings.schedule.views)
-    descriptions = descriptions_ref(resolver, protocol, data, train)
-    record_description_files(resolver, descriptions, method, settings.config)
+    needs, source, per_class = description_needs(method, settings.config, data)
+    scored = source if "scored_descriptions" in needs else None
+    train, evals, eval_refs = _protocol_lists(protocol, resolver, req, split, shots, settings.schedule.views, scored)
+    descriptions = descriptions_ref(resolver, protocol, source, train)
+    if descriptions is not None and scored:
+        descriptions["evals"] = eval_refs
+    record_description_files(resolver, descriptions, per_class)
     record_rephrased_files(resolver, method, settings.config, [train, *evals], req.cache_dir, req.splits_root)
     return JobSpec(
         method=method, method_options=settings.config, protocol=protocol["name"],
@@ -236,7 +246,11 @@ def _list_spec(resolver: FileResolver, name: str, ann_role: str, classes_role: s
 
 
 def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest, split: int,
-                    shots: int | None, views: list[int]) -> tuple[ListSpec | None, list[ListSpec]]:
+                    shots: int | None, views: list[int], describe: str | None = None
+                    ) -> tuple[ListSpec | None, list[ListSpec], dict[str, dict[str, Any]]]:
+    """The training list, the evaluation lists and, with `describe` (a description source), where
+    each evaluation list's class descriptions are (`class_descriptions_ref`, by list name)."""
+    refs: dict[str, dict[str, Any]] = {}
     fmt: dict[str, Any] = {"split": split}
     if shots is not None:
         fmt["shots"] = shots
@@ -248,12 +262,17 @@ def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRe
     evals: list[ListSpec] = []
     for ev in protocol.get("evaluate", []):
         ev = _with_fallback(resolver, ev)
-        evals.append(_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt))
+        added = [_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt)]
         if protocol.get("single_view_too") and list(views) != [1, 1]:  # the 1x1 number beside multi-view
-            evals.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
+            added.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
+        evals.extend(added)
+        if describe:
+            refs.update({lst.name: class_descriptions_ref(resolver, describe, ev["classes"], lst.classnames)
+                         for lst in added})
     if "targets" in protocol:
-        evals.extend(_zero_shot_targets(protocol, req, views, record=resolver.provenance))
-    return train, evals
+        evals.extend(_zero_shot_targets(protocol, req, views, record=resolver.provenance, describe=describe,
+                                        refs=refs))
+    return train, evals, refs
 
 
 def _sampled_few_shot(resolver: FileResolver, shots: int | None, seed: int, cache_dir: str | None) -> ListSpec:
@@ -277,9 +296,11 @@ def _dataset_recipe(req: RunRequest) -> str | None:
 
 
 def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int],
-                       record: dict[str, Any] | None = None) -> list[ListSpec]:
+                       record: dict[str, Any] | None = None, describe: str | None = None,
+                       refs: dict[str, dict[str, Any]] | None = None) -> list[ListSpec]:
     """The target datasets' evaluation lists; their files' fingerprints go into `record` (keyed
-    `<target>:<file>`), so a changed target list changes the job's id and the protocol hash."""
+    `<target>:<file>`), so a changed target list changes the job's id and the protocol hash. With
+    `describe` (a description source), where each list's class descriptions are goes into `refs`."""
     spec = protocol["evaluate_target"]
     out = []
     for target in protocol["targets"].get(req.dataset, []):
@@ -287,6 +308,9 @@ def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[in
         for split in spec["eval_splits"]:
             classes_role = spec["classes"] if resolver.has(spec["classes"]) else "classes"
             out.append(_list_spec(resolver, f"{target}/split{split}", spec["ann"], classes_role, views, split=split))
+            if describe and refs is not None:
+                refs[out[-1].name] = class_descriptions_ref(resolver, describe, classes_role, out[-1].classnames,
+                                                            split=split)
         if record is not None:
             record.update({f"{target}:{rel}": fp for rel, fp in resolver.provenance.items()})
     return out
