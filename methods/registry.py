@@ -9,6 +9,8 @@ adding a method is adding one file here that calls `register_method`; no central
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Mapping, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError, unknown_name_error
-from harness.options import build_dataclass
+from harness.options import build_dataclass, field_default
 from methods.base import MethodConfig, VideoTextModel
 
 
@@ -92,6 +94,13 @@ def make_config(name: str, options: Mapping[str, Any] | None = None) -> MethodCo
     if validate is not None:
         validate()
     return config
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The method's option defaults, as its configuration's `to_dict()` would give them, read
+    from the dataclass fields: what report labels compare a job's options with, without
+    building (and validating) a configuration nobody runs."""
+    return {f.name: copy.deepcopy(field_default(f)) for f in dataclasses.fields(get_method(name).config_cls)}
 
 
 def build_method(

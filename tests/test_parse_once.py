@@ -7,15 +7,14 @@ a `--sweep` value once however many grid points it is part of, the job expansion
 method's configuration once per sweep point (shared by every split of that point), and the
 checks and the engine take it from the job (`JobSpec.method_options`). These tests count the
 calls of the one value parser and of the configuration class, so adding a second parse or build
-anywhere on these paths fails them.
+anywhere on these paths fails them. The whole `harness run` (engine, store, summary) is counted
+in tests/test_cli.py (`test_a_run_parses_once_and_builds_once`, on the module's tiny run).
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
+from parse_counting import counting_parses_and_builds
 
-import harness.options as options
 from harness import api
 from harness.engine.runner import FreshModel
 from harness.validate import InvalidInvocation
@@ -23,24 +22,11 @@ from methods.msta import MSTAConfig
 
 
 @pytest.fixture
-def counted(monkeypatch):
+def counted():
     """(parses by value text, MSTAConfig builds): every call of the `--set` value parser and of
     the configuration class's constructor from now on."""
-    parses: Counter = Counter()
-    builds: list[dict] = []
-    parse_value, init = options.parse_value, MSTAConfig.__init__
-
-    def counting_parse(text):
-        parses[text] += 1
-        return parse_value(text)
-
-    def counting_init(self, *args, **kwargs):
-        builds.append(kwargs)
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(options, "parse_value", counting_parse)
-    monkeypatch.setattr(MSTAConfig, "__init__", counting_init)
-    return parses, builds
+    with counting_parses_and_builds(MSTAConfig) as counts:
+        yield counts
 
 
 def test_a_run_parses_each_set_and_sweep_value_once_and_builds_each_config_once(harness_cache, tmp_path,
@@ -76,3 +62,4 @@ def test_a_bad_value_is_still_listed_before_any_job(harness_cache, tmp_path):
     with pytest.raises(InvalidInvocation) as err:
         api.plan(req, tmp_path / "out", dry_run=True)
     assert err.value.problems == ["msta.rank=0: must be >= 1", "--set aim.mlp_ratio=0.0: must be > 0"]
+

@@ -14,7 +14,7 @@ from typing import Any
 from harness.backbone import get_tokenizer
 from harness.measure.flops import count_flops, give_placeholder_descriptions
 from harness.weights import create_backbone
-from methods.registry import build_method
+from methods.registry import build_method, default_options
 
 
 def params_rows(
@@ -70,9 +70,7 @@ def _non_default_options(method: str, options: Mapping[str, Any]) -> str:
     """Options that differ from the method's defaults, as `k=v` (the table stays narrow; JSON
     has the full resolved config)."""
     try:
-        from methods.registry import make_config
-
-        defaults = make_config(method).to_dict()
+        defaults = default_options(method)
     except Exception:  # noqa: BLE001 - an unknown method in hand-made rows: show everything
         defaults = {}
     changed = [f"{k}={v}" for k, v in options.items() if defaults.get(k, object()) != v]
