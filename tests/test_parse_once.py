@@ -19,6 +19,7 @@ from harness import api
 from harness.engine.runner import FreshModel
 from harness.validate import InvalidInvocation
 from methods.msta import MSTAConfig
+from methods.registry import default_options, list_methods, make_config
 
 
 @pytest.fixture
@@ -63,3 +64,10 @@ def test_a_bad_value_is_still_listed_before_any_job(harness_cache, tmp_path):
         api.plan(req, tmp_path / "out", dry_run=True)
     assert err.value.problems == ["msta.rank=0: must be >= 1", "--set aim.mlp_ratio=0.0: must be > 0"]
 
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_default_options_are_what_a_default_configuration_holds(method):
+    """Report labels and the params table compare options with `default_options` (field defaults,
+    nothing built): they must be the values a configuration built without options holds."""
+    assert default_options(method) == make_config(method).to_dict()
