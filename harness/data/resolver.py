@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.data import embedded  # as a module: tests substitute embedded.ensure_embedded_dataset
 from harness.data.annotations import read_class_csv
 from harness.data.datasets import get_dataset, resolve_data_root, video_root
-from harness.data.embedded import GENERATOR_VERSION, ensure_embedded_dataset, named_recipe
 from harness.data.folder import prepare_folder
 from harness.data.upstream import UpstreamStore, file_sha256
 from harness.errors import HarnessError
@@ -39,11 +39,11 @@ class FileResolver:
             self.store, self.video_dir = None, Path(self.spec.folder)
         elif self.spec.generated:
             self.embedded_recipe = embedded_recipe or "small"
-            self.root = ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None,
-                                                named_recipe(self.embedded_recipe))
+            self.root = embedded.ensure_embedded_dataset(Path(cache_dir) / "embedded" if cache_dir else None,
+                                                         embedded.named_recipe(self.embedded_recipe))
             recipe = json.loads((self.root / "recipe.json").read_text())
             self.fingerprint = {"embedded_recipe_hash": recipe["hash"],
-                                "generator_version": GENERATOR_VERSION}
+                                "generator_version": embedded.GENERATOR_VERSION}
             self.store = None
             self.video_dir = video_root(self.spec, self.root)
         else:
