@@ -22,7 +22,6 @@ from harness.convert.evaluate import checkpoint_jobs, model_source
 from harness.data.datasets import get_dataset
 from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.distributed import rank0 as is_rank0
-from harness.engine import runner  # as a module: callers and tests substitute runner.run_job
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs.expand import RunRequest, default_profile, expand_jobs
 from harness.locks import claim_jobs, folder_lock
@@ -275,10 +274,14 @@ def run_claimed_job(job: Any, store: Any, progress: bool = False) -> bool:
 
 def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
     """Run one job and record its result or its error; True if it finished."""
+    # The engine (the mm stack) only when a job runs: `harness bench` / params and the bare GPU
+    # host of scripts/gpu_bench.sh use this module without mmengine.
+    from harness.engine.runner import run_job
+
     print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
     job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
     try:
-        metrics = runner.run_job(job, job_dir, progress=progress and rank0, source=model_source(job))
+        metrics = run_job(job, job_dir, progress=progress and rank0, source=model_source(job))
     except ConfigurationError:
         raise
     except Exception as err:  # one job's failure must not lose the others' results
