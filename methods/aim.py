@@ -15,6 +15,13 @@ after the positional embedding and before `ln_pre`. Trainable by the official ru
 `temporal_embedding`, `ln_post`, `Adapter`, `cls_head`): 10,659,072 at ViT-B/16, T=8
 (text matching); 10,966,672 with the linear head over 400 classes.
 
+Joint space-time backbones (ViCLIP), joint form "time series": the temporal branch runs the
+frozen attention over each spatial position's patch tokens along time (`BlockContext.time_series`;
+the clip's one CLS token is a series of length one, so it attends to itself); the spatial branch is
+the block's own attention, which on ViCLIP is joint over space and time; the temporal embedding
+goes on the patch tokens of frame t (the clip's CLS has no frame). Same trainable count
+(docs/methods/aim.md).
+
 State-dict names: `backbone.transformer.resblocks.{i}.{T,S,MLP}_Adapter.D_fc{1,2}.*` ->
 `clip.visual.transformer.resblocks.{i}.{T,S,MLP}_Adapter.D_fc{1,2}.*`;
 `backbone.temporal_embedding` -> `temporal_embedding`; `backbone.ln_post.*` ->
@@ -34,6 +41,7 @@ from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
 from methods.heads import LinearHeadMixin, head_dropout_option, head_option
 from methods.layers import DropPath, drop_path_rates
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
 FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
@@ -125,17 +133,14 @@ class AIMBlock(AdaptedBlock):
 
     def temporal_branch(self, x: torch.Tensor) -> torch.Tensor:
         """T_Adapter(attn(ln_1(.))) with each token position attending over the T frames."""
-        tokens = self.split_frames(x)  # (B, T, N, D)
-        b, t, n, d = tokens.shape
-        seq = tokens.transpose(1, 2).reshape(b * n, t, d)
-        out = self.T_Adapter(self.attention(self.ln_1(seq)))
-        return out.view(b, n, t, d).transpose(1, 2).reshape(b * t, n, d)
+        series = [self.T_Adapter(self.attention(self.ln_1(seq))) for seq in self.ctx.time_series(x)]
+        return self.ctx.from_time_series(series, x)
 
     def drop_clip_path(self, delta: torch.Tensor) -> torch.Tensor:
         """Drop path with the clip as the sample: all frames of a clip keep or drop the branch."""
         if self.drop_path.rate <= 0.0 or not self.training:
             return delta
-        return self.merge_frames(self.drop_path(self.split_frames(delta)))
+        return self.ctx.from_per_clip(self.drop_path(self.ctx.per_clip(delta)))
 
 
 @register_method("aim", AIMConfig, "temporal/spatial/joint adapters re-using frozen attention over time")
@@ -144,6 +149,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
 
     head_init_std = 0.01  # official: mmaction I3DHead, normal_init(fc_cls, std=0.01)
     models_frame_order = True  # temporal attention over frames + temporal embedding
+    token_layouts = frozenset({PER_FRAME, JOINT})  # joint: temporal attention per spatial position
 
     def build(self) -> None:
         cfg = self.config
@@ -173,13 +179,15 @@ class AIM(LinearHeadMixin, VideoTextModel):
         return interpolate_frames(self.temporal_embedding, frames)
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Add the temporal embedding of frame t to every token of frame t (before ln_pre)."""
+        """Add the temporal embedding of frame t to every token of frame t (before ln_pre; joint:
+        to the patch tokens of frame t)."""
         if not self.ctx.adapters_enabled:
             return x
         frames = self.ctx.num_frames
         emb = self.temporal_embedding_for(frames).to(x.dtype)
-        return (x.view(-1, frames, *x.shape[1:]) + emb.unsqueeze(2)).flatten(0, 1)
+        return self.layout.add_frame_embedding(x, emb, frames)
 
     def head_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Official order: `ln_post` (trainable) on each frame's CLS, then mean over frames."""
-        return self.clip.visual.ln_post(x[:, 0]).reshape(batch, frames, -1).mean(dim=1)
+        """Official order: `ln_post` (trainable) on each frame's CLS, then mean over frames (joint:
+        `ln_post` on the clip's CLS)."""
+        return self.layout.pool_frames(self.clip.visual.ln_post(x[:, 0]), batch, frames)
