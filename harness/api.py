@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
 from harness.errors import ConfigurationError, HarnessError
 
 
@@ -43,7 +43,7 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
     names = _method_names(methods)
     method_opts, schedule, data = parse_set_args(list(sets), names)
     backbone = backbone or (EMBEDDED_BACKBONE if get_dataset(dataset).generated else REAL_BACKBONE)
-    if pretrained is None and backbone == EMBEDDED_BACKBONE:
+    if pretrained is None and backbone in SYNTHETIC_BACKBONES:
         pretrained = "synthetic"
     if pretrained == "random":
         pretrained = None

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
 from harness.errors import HarnessError
 
 
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes"))
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "backbones"))
     ls.add_argument("--method", default=None, help="ls recipes: only this method")
     ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
@@ -260,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = get_dataset(args.dataset)
     backbone = args.backbone or (EMBEDDED_BACKBONE if spec.generated else REAL_BACKBONE)
     pretrained = args.pretrained
-    if pretrained is None and backbone == EMBEDDED_BACKBONE:
+    if pretrained is None and backbone in SYNTHETIC_BACKBONES:
         pretrained = "synthetic"
     if pretrained == "random":
         pretrained = None
@@ -379,9 +379,23 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Settings (--set key=value):")
         for key, default, text in settings_help():
             print(f"  {key} = {default!r} — {text}")
+    if what in ("all", "backbones"):
+        _ls_backbones()
     if what == "recipes":
         _ls_recipes(args.method, args.protocol)
     return 0
+
+
+def _ls_backbones() -> None:
+    from harness.backbone import NORMALIZATIONS, backbone_rows
+
+    print("Backbones (--backbone; token layout, input normalisation mean/std, text context in tokens):")
+    for row in backbone_rows():
+        mean, std = NORMALIZATIONS[row["normalization"]]
+        frames = f", temporal embedding for {row['frames']} frames" if "frames" in row else ""
+        print(f"  {row['name']}: {row['token_layout']} layout, {row['normalization']} normalisation (mean {mean}, "
+              f"std {std}), text context {row['context_length']}, {row['image_size']} px{frames}; weights: {row['weights']}")
+    print("  (any other open_clip model name: per_frame, openai normalisation)")
 
 
 def _ls_recipes(method: str | None, protocol: str | None) -> None:

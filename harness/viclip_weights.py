@@ -1,0 +1,132 @@
+"""ViCLIP weights: the official checkpoint layout, read without running code, mapped onto the
+joint backbone of `harness.viclip`.
+
+Why a module of its own: the released files (`ViCLIP-B_InternVid-FLT-10M.pth`, ...) are what
+`torch.save` wrote in the training code (InternVideo1/Pretrain/ViCLIP `tasks/pretrain.py`):
+``{"model": state_dict, "optimizer", "scheduler", "scaler", "config" (an EasyDict), "epoch",
+"global_step"}``; the released inference code reads ``torch.load(path)["model"]``. Unpickling the
+EasyDict would mean importing and running code named by the file, so the reader keeps torch's
+weights-only unpickler and reads every non-tensor object the file names (`easydict.EasyDict`)
+as an inert ordered dict (`read_official_checkpoint`; a general safe reader for such files
+belongs in `harness.convert` and can replace this minimal one).
+
+Key mapping (`official_key` / `from_official`): `vision_encoder.X` -> `visual.X`,
+`text_encoder.X` -> `X` (open_clip keeps the text tower at the top level), `temp` ->
+`logit_scale = log(1 / temp)`. A file already in this project's names (`visual.*`, a 5-D
+`visual.conv1.weight`) loads as it is. The temporal positional embedding keeps the file's number
+of rows; clips of another length use the official resize rule at every forward
+(`methods.layout.temporal_embedding_for`).
+"""
+from __future__ import annotations
+
+import collections
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.errors import ConfigurationError
+
+#: Top-level entries of a ViCLIP training checkpoint besides the model (optimiser state etc.).
+TRAINING_ENTRIES = ("optimizer", "scheduler", "scaler", "config", "epoch", "global_step")
+
+
+def read_official_checkpoint(path: Path) -> Any:
+    """`torch.load(path)` with the weights-only unpickler; globals the file names that are not
+    tensors or containers (the training code's EasyDict config) become plain ordered dicts, so no
+    code named by the file runs."""
+    where = f"--pretrained {path}"
+    stand_ins: list[Any] = []
+    if zipfile.is_zipfile(path):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001 - not a torch zip archive: torch.load below says what it is
+            unsafe = []
+        stand_ins = [(collections.OrderedDict, name) for name in unsafe]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - one line naming the file, whatever torch raised
+        first = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
+        raise ConfigurationError(
+            f"{where}: cannot be read as weights without running code from it ({first}); save its model "
+            "weights alone, e.g. torch.save(torch.load(f, weights_only=False)['model'], 'viclip_model.pth') in a "
+            "trusted environment, and pass that file") from None
+
+
+def model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict inside a checkpoint: `["model"]` (the training code's and the
+    release's layout), `["module"]` (DeepSpeed), `["state_dict"]`, or the object itself."""
+    if isinstance(obj, dict):
+        for key in ("model", "module", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigurationError(f"--pretrained {path}: no state dict of tensors found (expected ViCLIP's "
+                                 "{'model': {...}} layout or a plain state dict)")
+    return dict(obj)
+
+
+def is_official_layout(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("vision_encoder.", "text_encoder.")) for k in state) or "temp" in state
+
+
+def from_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ViCLIP keys -> this project's (open_clip) names; `temp` -> `logit_scale`."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key == "temp":
+            out["logit_scale"] = torch.log(1.0 / value.float()).to(value.dtype)
+        elif key.startswith("vision_encoder."):
+            out["visual." + key[len("vision_encoder."):]] = value
+        elif key.startswith("text_encoder."):
+            out[key[len("text_encoder."):]] = value
+        else:
+            out[key] = value  # unexpected: reported by the loader
+    return out
+
+
+def official_key(name: str) -> str:
+    """This project's backbone parameter name -> the official ViCLIP checkpoint key."""
+    if name == "logit_scale":
+        return "temp"
+    if name.startswith("visual."):
+        return "vision_encoder." + name[len("visual."):]
+    return "text_encoder." + name
+
+
+def to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This project's joint backbone state dict -> the official layout (`temp = exp(-logit_scale)`),
+    e.g. to write a checkpoint the official code loads."""
+    out = {}
+    for name, value in state.items():
+        out[official_key(name)] = torch.exp(-value.float()).to(value.dtype) if name == "logit_scale" else value
+    return out
+
+
+def load_joint_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a joint backbone's weights (official or own names), strictly, with one-line errors.
+    The temporal positional embedding takes the file's row count."""
+    if is_official_layout(state):
+        state = from_official(state)
+    key = "visual.temporal_positional_embedding"
+    own = model.state_dict()
+    if key in state and state[key].dim() == 3 and state[key].shape[2] == own[key].shape[2]:
+        rows = state[key].shape[1]
+        if rows != own[key].shape[1]:
+            model.visual.temporal_positional_embedding = nn.Parameter(torch.zeros(1, rows, own[key].shape[2]))
+            own = model.state_dict()
+    for name, value in state.items():
+        if name in own and value.shape != own[name].shape:
+            raise ConfigurationError(
+                f"--pretrained {path}: checkpoint key {official_key(name)!r} has shape {tuple(value.shape)}, the "
+                f"backbone expects {tuple(own[name].shape)}; pass a checkpoint of this backbone (ViCLIP-B/16 for "
+                "ViCLIP-B-16)")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigurationError(
+            f"--pretrained {path}: not the weights of this backbone (missing {len(missing)} keys, e.g. "
+            f"{[official_key(k) for k in missing[:3]]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})")
