@@ -25,6 +25,9 @@ EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_bat
                                         "log_backend")
 #: The same for `data.*` keys (decoder threads change CPU time, never the decoded frames).
 EXECUTION_ONLY_DATA_KEYS: tuple[str, ...] = ("decode_threads",)
+#: Schedule keys added after results existed: left out of a job's identity while at this default
+#: value, so the ids of jobs that never used them stay what they were.
+IDENTITY_DEFAULTS: dict[str, object] = {"token_mask": 0.0}
 
 #: Version of the layout of a job's config/metrics records and of its identity. Bump it when
 #: either changes meaning: folders written by an older format are rerun, not reused (and stay
@@ -104,7 +107,8 @@ class JobSpec:
         """Everything that determines the result (hashed into the job id): without local paths
         and execution-only schedule keys; a local checkpoint counts by its content (`weights`)."""
         ident = _strip_keys(dataclasses.asdict(self), self.LOCAL_KEYS)
-        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in EXECUTION_ONLY_KEYS}
+        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in EXECUTION_ONLY_KEYS
+                             and not (k in IDENTITY_DEFAULTS and v == IDENTITY_DEFAULTS[k])}
         ident["data"] = {k: v for k, v in ident["data"].items() if k not in EXECUTION_ONLY_DATA_KEYS}
         if self.weights.get("kind") == "file":
             ident.pop("pretrained")

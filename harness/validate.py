@@ -175,12 +175,32 @@ def job_option_problems(job: Any) -> list[str]:
     p.need(s["lr_min_ratio"] >= 0, f"schedule.lr_min_ratio={s['lr_min_ratio']}: must be >= 0")
     p.need(0 <= s["label_smoothing"] < 1, f"schedule.label_smoothing={s['label_smoothing']}: must be in [0, 1)")
     p.need(s["grad_clip"] >= 0, f"schedule.grad_clip={s['grad_clip']}: must be >= 0 (0 = off)")
+    p.need(0 <= s.get("token_mask", 0.0) < 1, f"schedule.token_mask={s.get('token_mask')}: must be in [0, 1)")
     p.need(0 <= data["max_missing"] <= 1, f"data.max_missing={data['max_missing']}: must be a fraction in [0, 1]")
     if "lr" in opts:  # 0 only for a method that trains nothing (zeroshot's default)
         p.need(opts["lr"] > 0 or opts["lr"] == _default_option(job.method, "lr") == 0,
                f"{job.method}.lr={opts['lr']}: must be > 0")
     if "weight_decay" in opts:
         p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    return p.lines
+
+
+def backbone_problems(job: Any) -> list[str]:
+    """The job's method cannot run on its backbone's token layout (one line: the method's own
+    refusal), or token masking is asked where it cannot apply; known before any model is built."""
+    from harness.backbone import backbone_token_layout
+    from methods.registry import get_method
+
+    cls = get_method(job.method).model_cls
+    layout = backbone_token_layout(job.backbone)
+    p = Problems()
+    p.attempt(lambda: cls.check_token_layout(layout))
+    mask = job.schedule.get("token_mask", 0.0)
+    if mask:
+        p.need(layout == "joint", f"schedule.token_mask={mask}: token masking needs a joint space-time backbone "
+                                  f"(ViCLIP-B-16, harness-tiny-joint); --backbone {job.backbone} encodes frames one by one")
+        p.need(cls.allows_token_mask, f"schedule.token_mask={mask}: {job.method} regroups the patch tokens by frame and "
+                                      "position and cannot train on a masked sequence; leave schedule.token_mask=0")
     return p.lines
 
 
@@ -195,6 +215,7 @@ def check_jobs(jobs: list[Any], problems: Problems) -> None:
     seen: dict[str, Any] = {}
     for job in jobs:
         problems.lines.extend(job_option_problems(job))
+        problems.lines.extend(backbone_problems(job))
         if job.job_id in seen:
             problems.lines.append(f"job {job.job_id} appears twice: a value repeats in --methods or --sweep")
         seen[job.job_id] = job

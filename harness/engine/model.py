@@ -2,15 +2,24 @@
 to device) and the BaseModel whose `loss` / `predict` modes the Runner calls."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
 
-#: CLIP's normalisation, in 0-255 pixel units.
+#: CLIP's normalisation, in 0-255 pixel units (the default; a backbone's own comes from its spec).
 CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
 CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
+
+
+def pixel_normalization(backbone: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in 0-255 pixel units of a backbone (its `BackboneSpec` or the spec's dict, as
+    results and checkpoints record it): CLIP's for open_clip backbones, ImageNet's for ViCLIP."""
+    spec = backbone if isinstance(backbone, Mapping) else vars(backbone)
+    if "mean" not in spec:  # a record written before backbones carried their normalisation: CLIP's
+        return CLIP_MEAN, CLIP_STD
+    return tuple(m * 255 for m in spec["mean"]), tuple(s * 255 for s in spec["std"])
 
 
 class VideoPreprocessor(BaseDataPreprocessor):
@@ -47,8 +56,9 @@ class VideoClassifier(BaseModel):
     """The Runner-facing model. `classnames` is the class set scored (training classes during
     training; the evaluated set's classes during each evaluation)."""
 
-    def __init__(self, net: torch.nn.Module, classnames: Sequence[str]) -> None:
-        super().__init__(data_preprocessor=VideoPreprocessor())
+    def __init__(self, net: torch.nn.Module, classnames: Sequence[str], mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD) -> None:
+        super().__init__(data_preprocessor=VideoPreprocessor(mean, std))
         self.net = net
         self.classnames = list(classnames)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.backbone import count_truncated
 from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
@@ -92,7 +94,18 @@ def build_net(job: JobSpec):
         net.backbone_params = backbone_params
     check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
+    set_token_mask(net, job, spec.token_layout)
     return net, spec
+
+
+def set_token_mask(net, job: JobSpec, layout: str) -> None:
+    """`schedule.token_mask` (ViCLIP-style patch-token masking in training) where the backbone and
+    the method allow it; elsewhere a ConfigurationError (validation says so before any job)."""
+    mask = float(job.schedule.get("token_mask", 0.0))
+    if mask and (layout != "joint" or not net.allows_token_mask):
+        raise ConfigurationError(f"schedule.token_mask={mask}: needs a joint space-time backbone and a method that "
+                                 f"allows it ({job.method} on {job.backbone} does not)")
+    net.token_mask = mask
 
 
 def check_protocol(net, job: JobSpec) -> None:
@@ -140,9 +153,10 @@ def _device_augment(job: JobSpec, image_size: int):
     return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
 
-def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
+def _attach_descriptions(net, job: JobSpec, context_length: int) -> dict[str, Any] | None:
     """Give a method that needs them (`run_needs(config)` has "descriptions", e.g. MSTA's consistency
-    loss) the LLM descriptions of the training classes."""
+    loss) the LLM descriptions of the training classes; the record counts the sentences the
+    backbone's text context (`context_length` tokens) truncates."""
     if "descriptions" not in net.run_needs(net.config):
         return None
     from harness.data.descriptions import load_job_descriptions
@@ -154,7 +168,30 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
     n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
     net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
-    return {"sources": descs.sources, "notes": descs.notes, "n": n}
+    used = [s for per_class in (*descs.spatial, *descs.temporal) for s in per_class[:n]]
+    return {"sources": descs.sources, "notes": descs.notes, "n": n,
+            "truncated": count_truncated(used, context_length), "sentences": len(used), "context_length": context_length}
+
+
+def text_truncation(net, job: JobSpec, context_length: int) -> dict[str, Any]:
+    """How many class prompts of the job's class sets the backbone's text context truncates (ViCLIP
+    reads 32 tokens): {"context_length", "prompts", "truncated_prompts"}."""
+    names = dict.fromkeys(c for lst in [job.train, *job.evals] if lst is not None for c in lst.classnames)
+    texts = net.prompt_texts(list(names))
+    return {"context_length": context_length, "prompts": len(texts),
+            "truncated_prompts": count_truncated(texts, context_length)}
+
+
+def _warn_truncation(job: JobSpec, spec, text: dict[str, Any], descriptions: dict[str, Any] | None) -> None:
+    """One stderr line when the backbone's text context cuts prompts or descriptions (recorded too)."""
+    parts = []
+    if text["truncated_prompts"]:
+        parts.append(f"{text['truncated_prompts']} of {text['prompts']} class prompts")
+    if descriptions and descriptions["truncated"]:
+        parts.append(f"{descriptions['truncated']} of {descriptions['sentences']} descriptions")
+    if parts and rank0():
+        print(f"  note: {' and '.join(parts)} exceed {spec.name}'s {spec.context_length}-token text context and are "
+              "truncated (metrics.json: text, descriptions)", file=sys.stderr)
 
 
 def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
@@ -377,7 +414,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
 
     from harness.engine.accounting import JobAccounting
     from harness.engine.forgetting import job_vocabulary, vocabulary_record
-    from harness.engine.model import VideoClassifier
+    from harness.engine.model import VideoClassifier, pixel_normalization
 
     set_random_seed(job.seed)
     accounting = JobAccounting(_device(), world_size())
@@ -386,17 +423,20 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
-    descriptions = _attach_descriptions(net, job)
+    descriptions = _attach_descriptions(net, job, spec.context_length)
+    text = text_truncation(net, job, spec.context_length)
+    _warn_truncation(job, spec, text, descriptions)
     flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
-    vocabulary_before = job_vocabulary(net, job, spec.image_size)  # forgetting: None unless synthetic weights
+    vocabulary_before = job_vocabulary(net, job, spec.image_size, spec)  # forgetting: None unless synthetic weights
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
-    model = VideoClassifier(net, job.train.classnames if job.train else [])
+    model = VideoClassifier(net, job.train.classnames if job.train else [], *pixel_normalization(spec))
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
-    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size))
-    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
+    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size, spec))
+    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "text": text,
+            "train": train_stats, "evals": evals,
             "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
             "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()]),
             **vocabulary}

@@ -37,6 +37,7 @@ from torch import nn
 from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
+from methods.layout import layout_of
 
 __all__ = ["BASELINE", "MODES", "BenchSettings", "PlainVisual", "datasheet_peak", "format_bench",
            "measure_matmul_peak", "run_bench", "stamp"]
@@ -84,11 +85,12 @@ class PlainVisual(nn.Module):
     Training keeps the tower frozen; a learnable per-channel shift of the input frames (zero, so
     the function is unchanged) makes the backward pass run through every block down to the
     pixels, as an adapter in the first block would: activation gradients everywhere, no weight
-    gradients for the tower.
+    gradients for the tower. A joint space-time tower (ViCLIP) takes the whole clip at once.
     """
 
     def __init__(self, clip: nn.Module, num_classes: int) -> None:
         super().__init__()
+        self.joint = layout_of(clip).joint
         self.visual = clip.visual
         self.visual.requires_grad_(False)
         self.input_shift = nn.Parameter(torch.zeros(3, 1, 1))
@@ -96,6 +98,8 @@ class PlainVisual(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         batch, frames = video.shape[:2]
+        if self.joint:
+            return self.visual(video + self.input_shift)
         return self.visual(video.flatten(0, 1) + self.input_shift).view(batch, frames, -1).mean(dim=1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
