@@ -22,7 +22,7 @@ What it is, from the official code (`viclip_vision.py`, `viclip_text.py`, `vicli
 
 The text tower and the blocks are open_clip's modules (state-dict names are open_clip's; the
 official file's `vision_encoder.` / `text_encoder.` / `temp` keys are mapped on loading, see
-`harness.viclip_weights`). `JointVisionTransformer.from_image_tower` turns an open_clip image
+`harness.viclip_weights`). `make_joint` turns an open_clip image
 tower into a joint one the way ViCLIP-B/16 starts from OpenAI CLIP (the 2-D patch kernel as the
 temporal-kernel-1 Conv3d, a zero temporal positional embedding): `harness-tiny-joint` is the
 project's `harness-tiny` (and its `synthetic` weights) turned joint that way.

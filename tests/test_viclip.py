@@ -10,12 +10,6 @@ import sys
 
 import pytest
 import torch
-
-from harness.backbone import NORMALIZATIONS, backbone_rows, count_truncated, create_clip, get_tokenizer
-from harness.errors import ConfigurationError, HarnessError
-from harness.viclip_weights import official_key, to_official
-from methods.layout import LAYOUTS, JointLayout, mask_tokens, temporal_embedding_for
-from methods.registry import build_method
 from viclip_helpers import (
     official_logits,
     official_rows,
@@ -25,6 +19,12 @@ from viclip_helpers import (
     random_official_state,
     write_training_checkpoint,
 )
+
+from harness.backbone import NORMALIZATIONS, backbone_rows, count_truncated, create_clip, get_tokenizer
+from harness.errors import ConfigurationError, HarnessError
+from harness.viclip_weights import official_key, to_official
+from methods.layout import LAYOUTS, JointLayout, mask_tokens, temporal_embedding_for
+from methods.registry import build_method
 
 TINY_HEADS = (4, 4)  # harness-tiny-joint: vision 128 / head width 32, text 4 heads
 TEXTS = ["a red circle moving left", "juggling", "someone slowly pours water from a glass bottle into a tall "
