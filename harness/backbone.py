@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError, unknown_name_error
+from harness.state_dicts import load_strict
 from harness.viclip import JOINT_BACKBONES
 
 #: Small CLIPs of this project's own (random init), as open_clip model configs (JSON files in
@@ -329,18 +330,7 @@ def _load_local_state(model: nn.Module, path: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigurationError(f"--pretrained {path}: holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    for key, value in state.items():
-        if key in own and getattr(value, "shape", None) is not None and value.shape != own[key].shape:
-            raise ConfigurationError(f"--pretrained {path}: checkpoint key {key!r} has shape {tuple(value.shape)}, "
-                                     f"the backbone expects {tuple(own[key].shape)}; pass a checkpoint of this "
-                                     "backbone, or the --backbone it was trained with")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigurationError(
-            f"--pretrained {path}: checkpoint does not match the backbone (missing {len(missing)} keys, e.g. "
-            f"{missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
-        )
+    load_strict(model, state, path, "pass a checkpoint of this backbone, or the --backbone it was trained with")
 
 
 @functools.cache

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from harness.errors import ConfigurationError
+from harness.state_dicts import load_strict
 
 #: Top-level entries of a ViCLIP training checkpoint besides the model (optimiser state etc.).
 TRAINING_ENTRIES = ("optimizer", "scheduler", "scaler", "config", "epoch", "global_step")
@@ -118,15 +119,4 @@ def load_joint_state(model: nn.Module, state: dict[str, torch.Tensor], path: Pat
         rows = state[key].shape[1]
         if rows != own[key].shape[1]:
             model.visual.temporal_positional_embedding = nn.Parameter(torch.zeros(1, rows, own[key].shape[2]))
-            own = model.state_dict()
-    for name, value in state.items():
-        if name in own and value.shape != own[name].shape:
-            raise ConfigurationError(
-                f"--pretrained {path}: checkpoint key {official_key(name)!r} has shape {tuple(value.shape)}, the "
-                f"backbone expects {tuple(own[name].shape)}; pass a checkpoint of this backbone (ViCLIP-B/16 for "
-                "ViCLIP-B-16)")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigurationError(
-            f"--pretrained {path}: not the weights of this backbone (missing {len(missing)} keys, e.g. "
-            f"{[official_key(k) for k in missing[:3]]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})")
+    load_strict(model, state, path, "pass a checkpoint of this backbone (ViCLIP-B/16 for ViCLIP-B-16)", official_key)

@@ -214,3 +214,74 @@ def test_truncated_texts_are_counted_and_cut_like_viclip():
     _, spec = create_clip("harness-tiny")
     tokens = get_tokenizer(spec)([words])[0]
     assert tokens.shape == (32,) and int(tokens[-1]) == 49407 and tokens[1:31].tolist() == [tokens[1].item()] * 30
+
+
+# -- the run: validation before any job, what the results record ----------------------------------
+def _run(harness_cache, tmp_path, *extra):
+    from harness.cli import main
+
+    return main(["run", "--protocol", "base2novel", "--profile", "tiny", "--splits", "1", "--cache", str(harness_cache),
+                 "--out", str(tmp_path), "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--methods", "zeroshot,vitaclip", "--backbone", "harness-tiny-joint"],
+     "harness: error: vitaclip does not run on a joint space-time backbone: its local prompts"),
+    (["--methods", "st_adapter", "--backbone", "harness-tiny-joint", "--set", "schedule.token_mask=0.5"],
+     "harness: error: schedule.token_mask=0.5: st_adapter regroups the patch tokens"),
+    (["--methods", "vificlip", "--set", "schedule.token_mask=0.5"],
+     "harness: error: schedule.token_mask=0.5: token masking needs a joint space-time backbone"),
+    (["--methods", "vificlip", "--backbone", "harness-tiny-joint", "--set", "schedule.token_mask=1.0"],
+     "harness: error: schedule.token_mask=1.0: must be in [0, 1)"),
+])
+def test_layout_and_masking_problems_stop_the_run_before_any_job(args, line, harness_cache, tmp_path, capsys):
+    assert _run(harness_cache, tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert line in err
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_a_run_records_layout_normalisation_and_text_context(harness_cache, tmp_path, monkeypatch, official_file,
+                                                             skip_training):
+    """Jobs on a joint backbone loaded from an official-layout file record its token layout, its
+    normalisation (here made ImageNet's: the engine's preprocessor receives exactly that) and the
+    text context with the prompts and descriptions it truncates; an unmasked schedule keeps the
+    job id's schedule as it was (token_mask is not hashed at 0)."""
+    import dataclasses
+    import json
+
+    import harness.engine.model as engine_model
+    from harness.viclip import JOINT_BACKBONES
+
+    monkeypatch.setitem(JOINT_BACKBONES, "harness-tiny-joint",
+                        dataclasses.replace(JOINT_BACKBONES["harness-tiny-joint"], normalization="imagenet"))
+    seen = []
+    original = engine_model.VideoPreprocessor.__init__
+    monkeypatch.setattr(engine_model.VideoPreprocessor, "__init__",
+                        lambda self, mean=engine_model.CLIP_MEAN, std=engine_model.CLIP_STD: seen.append(tuple(mean))
+                        or original(self, mean, std))
+    path, _ = official_file
+    long = "a video " + "that shows " * 14 + "{}"  # 30 BPE tokens + start + end before the class name: every prompt is cut
+    assert _run(harness_cache, tmp_path, "--methods", "zeroshot,msta", "--backbone", "harness-tiny-joint",
+                "--pretrained", str(path), "--set", f"msta.prompt={long}") == 0
+    records = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("jobs/*/metrics.json"))]
+    assert len(records) == 2
+    for record in records:
+        backbone, text = record["metrics"]["backbone"], record["metrics"]["text"]
+        assert (backbone["token_layout"], backbone["normalization"]) == ("joint", "imagenet")
+        assert backbone["mean"] == [0.485, 0.456, 0.406] and backbone["std"] == [0.229, 0.224, 0.225]
+        cut = 12 if record["job"]["method"] == "msta" else 0
+        assert text == {"context_length": 32, "prompts": 12, "truncated_prompts": cut}
+        assert "token_mask" not in json.dumps(record["job"]["schedule"]) or record["job"]["schedule"]["token_mask"] == 0
+    msta = next(r for r in records if r["job"]["method"] == "msta")["metrics"]["descriptions"]
+    assert msta["context_length"] == 32 and msta["sentences"] == 2 * 2 * 6 and msta["truncated"] == 0
+    assert seen and all(mean == tuple(m * 255 for m in (0.485, 0.456, 0.406)) for mean in seen)
+
+
+def test_params_refuses_a_method_in_one_line():
+    from harness.measure.params import format_params_table, params_rows
+
+    rows = params_rows(["zeroshot", "vitaclip"], "harness-tiny-joint", frames=4, num_classes=3, with_flops=False)
+    assert rows[0]["trainable"] == 0 and rows[1]["trainable"] is None
+    table = format_params_table(rows)
+    assert table.splitlines()[-1].startswith("vitaclip: refused: vitaclip does not run on a joint space-time backbone")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.errors import ConfigurationError
 from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
@@ -397,6 +398,8 @@ def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any]
                       options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
     try:
         rows = _bench_one(name, settings, env, peak, options, modes)
+    except ConfigurationError as err:  # the method refuses the backbone (e.g. its token layout): one line
+        rows = [dict(_row_base(name, settings, env), mode=mode, status=f"refused: {err}") for mode in modes]
     except Exception as err:  # noqa: BLE001 - building or counting failed: report, go on
         rows = [dict(_row_base(name, settings, env), mode=mode, status=_error_status(err),
                      traceback=traceback.format_exc(limit=6)) for mode in modes]
