@@ -4,9 +4,10 @@
 through the image tower in the backbone's token layout (methods/layout.py: per frame for CLIP,
 each frame's CLS -> ln_post -> proj and the frame features averaged; one joint space-time
 sequence for ViCLIP, its CLS -> ln_post -> proj), and classes are scored by cosine similarity
-with the text features of a prompt per class times `logit_scale.exp()`. Methods subclass it and override the narrow hooks below instead of copying
-the encoder: `visual_tokens` (after the positional embedding), `visual_pool`, `text_embeddings`,
-`class_text_features`, `extra_losses`, and `declare_trainable`.
+with the text features of a prompt per class times `logit_scale.exp()`. Methods subclass it and
+override the narrow hooks below instead of copying the encoder: `visual_tokens` (after the
+positional embedding), `visual_pool`, `text_embeddings`, `class_text_features`, `extra_losses`,
+and `declare_trainable`.
 
 The method contract: everything the engine (harness/engine) knows about a method is declared on
 this class, so the engine never probes a model (no hasattr/getattr, no reaching into `.clip`):
