@@ -52,8 +52,10 @@ class Schedule:
     epochs: int = _opt(50, "training epochs")
     warmup_epochs: int = _opt(5, "linear warm-up epochs (then cosine to lr * lr_min_ratio); may be fractional "
                               "(AIM warms up 2.5 epochs)", number=True)
-    batch_size: int = _opt(32, "global batch size (kept with gradient accumulation)")
-    micro_batch: int = _opt(0, "clips per forward pass per process; 0 = batch_size / world size")
+    batch_size: int = _opt(32, "global batch: clips per optimiser update over all processes and micro-batches "
+                           "(an epoch's last update takes the remainder)")
+    micro_batch: int = _opt(0, "clips per forward pass per process (execution only: the same result for any "
+                            "value); 0 = the process's whole share, ceil(batch_size / processes)")
     frames: int = _opt(8, "frames per clip (segment-based sampling)")
     views: list = _opt([1, 1], "test views [clips, crops]; scores softmaxed then averaged")
     val_interval: int = _opt(5, "validate on the selection set every N epochs (0 = only at the end)")
@@ -86,8 +88,8 @@ class DataOptions:
     descriptions: str = _opt("etl4video", "description source for msta: etl4video or ost",
                              choices=("etl4video", "ost"))
     color_jitter: bool = _opt(False, "colour jitter p0.8 + grayscale p0.2 in training (MSTA runs)")
-    train_augment: bool = _opt(True, "random crop/flip in training; false = the deterministic test transform "
-                               "(exact 1-vs-N-process comparisons)")
+    train_augment: bool = _opt(True, "random crop/flip in training (drawn per clip: the same for any process "
+                               "count or micro-batch); false = the deterministic test transform")
     decoder: str = _opt("auto", "video decode path, all exact (same frames as decord): auto (prepared frames "
                         "where `harness data prepare` ran, else decord), decord, pyav, frames, gpu (torchcodec "
                         "CUDA extra)", choices=("auto", "decord", "pyav", "frames", "gpu"))

@@ -126,21 +126,22 @@ class AIMBlock(AdaptedBlock):
         self.drop_path = DropPath(drop_path)
 
     def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_clip_path(self.temporal_branch(x))
+        x = x + self.drop_clip_path(self.temporal_branch(x), site=0)
         x = x + self.S_Adapter(self.attention(self.ln_1(x), attn_mask))
         xn = self.ln_2(x)
-        return x + self.ls_2(self.mlp(xn)) + self.drop_clip_path(self.scale * self.MLP_Adapter(xn))
+        return x + self.ls_2(self.mlp(xn)) + self.drop_clip_path(self.scale * self.MLP_Adapter(xn), site=1)
 
     def temporal_branch(self, x: torch.Tensor) -> torch.Tensor:
         """T_Adapter(attn(ln_1(.))) with each token position attending over the T frames."""
         series = [self.T_Adapter(self.attention(self.ln_1(seq))) for seq in self.ctx.time_series(x)]
         return self.ctx.from_time_series(series, x)
 
-    def drop_clip_path(self, delta: torch.Tensor) -> torch.Tensor:
-        """Drop path with the clip as the sample: all frames of a clip keep or drop the branch."""
+    def drop_clip_path(self, delta: torch.Tensor, site: int) -> torch.Tensor:
+        """Drop path with the clip as the sample: all frames of a clip keep or drop the branch.
+        One module serves both branches (official); `site` gives each its own draw per clip."""
         if self.drop_path.rate <= 0.0 or not self.training:
             return delta
-        return self.ctx.from_per_clip(self.drop_path(self.ctx.per_clip(delta)))
+        return self.ctx.from_per_clip(self.drop_path(self.ctx.per_clip(delta), site=site))
 
 
 @register_method("aim", AIMConfig, "temporal/spatial/joint adapters re-using frozen attention over time")

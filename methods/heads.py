@@ -17,6 +17,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import option
+from methods.layers import SampleDropout
 
 HEAD_CHOICES = ("text", "linear")
 
@@ -41,7 +42,7 @@ class ClosedSetHead(nn.Module):
 
     def __init__(self, width: int, num_classes: int, dropout: float, init_std: float) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SampleDropout(dropout)  # nn.Dropout, drawn per sample (methods.sample_random)
         self.fc = nn.Linear(width, num_classes)
         nn.init.normal_(self.fc.weight, std=init_std)
         nn.init.zeros_(self.fc.bias)

@@ -1,5 +1,5 @@
-"""Small layers shared by the adapter methods: stochastic depth and a temporal depthwise
-convolution over frames.
+"""Small layers shared by the adapter methods: stochastic depth, dropout drawn per sample, and
+a temporal depthwise convolution over frames.
 
 Why a module of its own: ST-Adapter and AIM (and possibly later methods) need the same two
 operations, and both have a subtle choice (what a "sample" is for drop path; how to run a
@@ -11,33 +11,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.sample_random import SampleRandomLayer, per_sample_uniform
+
 #: Implementations of the temporal depthwise convolution; all compute the same function.
 TEMPORAL_CONV_IMPLS = ("conv1d", "shift", "conv3d")
 
 
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+def drop_path(x: torch.Tensor, rate: float, training: bool, stream: int = 0, site: int = 0) -> torch.Tensor:
     """Stochastic depth: zero the whole branch output of a random subset of samples (dim 0) and
-    rescale the survivors by 1 / (1 - rate), so the expected output is unchanged."""
+    rescale the survivors by 1 / (1 - rate), so the expected output is unchanged. Which samples
+    drop is drawn per sample (`methods.sample_random`: the same whatever the micro-batch)."""
     if rate <= 0.0 or not training:
         return x
     keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
+    draws = per_sample_uniform(x.shape[0], (), stream, site, device=x.device)
+    mask = (draws < keep).to(x.dtype).div_(keep)
+    return x * mask.view((x.shape[0],) + (1,) * (x.dim() - 1))
 
 
-class DropPath(nn.Module):
+class DropPath(SampleRandomLayer):
     """`drop_path` as a module. Dim 0 is the sample: callers that hold (B*T, L, D) frame tokens
-    view them as (B, T, L, D) first, so that a whole clip keeps or drops the branch."""
+    view them as (B, T, L, D) first, so that a whole clip keeps or drops the branch. A module
+    used at two places of one forward passes a different `site` to each (independent masks)."""
 
     def __init__(self, rate: float = 0.0) -> None:
         super().__init__()
         self.rate = float(rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.rate, self.training)
+    def forward(self, x: torch.Tensor, site: int = 0) -> torch.Tensor:
+        if self.rate <= 0.0 or not self.training:
+            return x
+        return drop_path(x, self.rate, self.training, self.stream_or_fail(), site)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}"
+
+
+class SampleDropout(SampleRandomLayer):
+    """`nn.Dropout` with each sample's mask (dim 0) drawn from its own stream, so a sample's mask
+    does not depend on the micro-batch it is in (`methods.sample_random`)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p <= 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        draws = per_sample_uniform(x.shape[0], x.shape[1:], self.stream_or_fail(), device=x.device)
+        return x * (draws < keep).to(x.dtype).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
 
 
 def drop_path_rates(max_rate: float, depth: int) -> list[float]:

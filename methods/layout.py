@@ -45,11 +45,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
+from methods.sample_random import per_sample_uniform, stream_key
 
 PER_FRAME = "per_frame"
 JOINT = "joint"
 #: How refusals and listings name each layout.
 LAYOUT_TITLES = {PER_FRAME: "per-frame", JOINT: "joint space-time"}
+#: The per-sample random stream of token masking (methods.sample_random).
+MASK_STREAM = stream_key("methods.layout.mask_tokens")
 
 
 def temporal_embedding_for(embedding: torch.Tensor, frames: int) -> torch.Tensor:
@@ -74,12 +77,14 @@ def temporal_embedding_for(embedding: torch.Tensor, frames: int) -> torch.Tensor
 
 def mask_tokens(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """ViCLIP's random token masking (`VisionTransformer.mask_tokens`): drop int(ratio * L) of
-    the L tokens of each sequence, chosen uniformly at random, keep the others in order."""
+    the L tokens of each sequence, chosen uniformly at random, keep the others in order. Each
+    clip's draw is its own (`methods.sample_random`: the same whatever the micro-batch)."""
     batch, length, dim = x.shape
     dropped = int(ratio * length)
     if dropped <= 0:
         return x
-    order = torch.argsort(torch.rand(batch, length, device=x.device), dim=-1)[:, :dropped]
+    noise = per_sample_uniform(batch, (length,), MASK_STREAM, device=x.device)
+    order = torch.argsort(noise, dim=-1)[:, :dropped]
     masked = torch.zeros(batch, length, dtype=torch.bool, device=x.device)
     masked.scatter_(1, order, True)
     return x[~masked].reshape(batch, length - dropped, dim)

@@ -52,11 +52,27 @@ def test_training_data_wait_from_mmengine_timer(tmp_path):
                     default_scope="mmengine", log_level="ERROR")
     runner.register_hook(hook := StepTimerHook())
     runner.train()
-    out = hook.summary(processes=2)
-    assert out["steps"] == ITEMS and out["clips"] == 2 * ITEMS  # one clip per batch, on each of 2 processes
+    out = hook.summary()
+    assert out["steps"] == ITEMS and out["clips"] == ITEMS  # one clip per batch
     assert out["seconds"] >= ITEMS * (DATA_S + STEP_S)
     assert out["data_wait_fraction"] == pytest.approx(EXPECTED_WAIT, abs=0.05)
-    assert out["clips_per_second"] == pytest.approx(2 * ITEMS / out["seconds"], rel=1e-3)
+    assert out["clips_per_second"] == pytest.approx(ITEMS / out["seconds"], rel=1e-3)
+
+
+def test_training_clips_are_the_whole_update_s_over_all_processes():
+    """A process loads its share of an update; the clips counted are the update's (all processes),
+    so a 2-process job counts the clips a 1-process job counts, short last batch included."""
+    from types import SimpleNamespace
+
+    from harness.engine.batches import UpdateShare
+    from harness.engine.hooks import StepTimerHook
+
+    hub = SimpleNamespace(get_scalar=lambda name: SimpleNamespace(current=lambda: 0.5))
+    share = UpdateShare(epoch=0, update=3, indices=(4, 5, 6), seeds=(1, 2, 3), batch_labels=(0, 1, 0, 1, 1),
+                        update_seed=0)
+    hook = StepTimerHook()
+    hook.after_train_iter(SimpleNamespace(message_hub=hub), 0, data_batch={"inputs": [0, 1, 2], "update": share})
+    assert hook.summary()["clips"] == 5 and hook.summary()["steps"] == 1
 
 
 def test_evaluation_timer_splits_data_wait_from_compute():

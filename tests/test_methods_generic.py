@@ -8,6 +8,7 @@ import torch
 
 from harness.backbone import create_clip, get_tokenizer
 from methods.registry import build_method, get_method, list_methods
+from methods.sample_random import name_random_layers, sample_seeds
 
 #: Exact trainable counts at ViT-B/16, 8 frames, default options, as ../shared/docs/METHODS.md states
 #: them (its bold numbers, one section per method). The ONE place they live: a method must not
@@ -61,9 +62,10 @@ def test_frame_order_contract_of_the_reference_methods():
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}
 
 
-def _tiny(method: str, frames: int = 4, seed: int = 0, backbone: str = "harness-tiny"):
+def _tiny(method: str, frames: int = 4, seed: int = 0, options: dict | None = None, backbone: str = "harness-tiny"):
     clip, spec = create_clip(backbone, seed=seed)
-    net = build_method(method, clip, get_tokenizer(spec), frames, TINY_OPTIONS.get(method, {}), classnames=CLASSES)
+    options = {**TINY_OPTIONS.get(method, {}), **(options or {})}
+    net = build_method(method, clip, get_tokenizer(spec), frames, options, classnames=CLASSES)
     if "descriptions" in net.run_needs(net.config):
         net.set_descriptions(CLASSES, [["a red thing", "a blue thing"]] * 5, [["it starts", "it ends"]] * 5)
     return net
@@ -137,6 +139,34 @@ def test_frame_order_sensitivity(method):
         reversed_ = net.encode_video(video.flip(1))
     differs = not torch.allclose(forward, reversed_, atol=1e-5)
     assert differs == get_method(method).model_cls.models_frame_order
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_losses_do_not_depend_on_the_micro_batch(method):
+    """The engine runs an update's clips in micro-batches, each under its clips' seeds
+    (methods.sample_random), with `batch_labels` = the whole update's labels: the losses of a
+    4-clip batch must equal the mean of its two halves' losses, with torch's global generator
+    in another state for each call. A method drawing training randomness (dropout, drop path,
+    a random expert) from the global generator, or a loss over the clips rather than the labels
+    that share the batch, fails here. (A linear head where the method has one: its dropout.)"""
+    config = get_method(method).config_cls
+    options = {"head": "linear"} if "head" in config.__dataclass_fields__ else {}
+    net = _tiny(method, options=options)
+    _perturb_trainable(net)
+    name_random_layers(net)
+    net.train()
+    video, labels, seeds = torch.randn(4, 4, 3, 64, 64), torch.tensor([0, 3, 1, 3]), [5, 6, 7, 8]
+
+    def losses(part: slice, global_seed: int) -> dict:
+        torch.manual_seed(global_seed)
+        with sample_seeds(seeds[part], update_seed=9):
+            return net.training_losses(video[part], labels[part], CLASSES, batch_labels=labels)
+
+    whole = losses(slice(0, 4), 1)
+    first, second = losses(slice(0, 2), 2), losses(slice(2, 4), 3)
+    assert whole.keys() == first.keys() == second.keys()
+    for key, value in whole.items():
+        assert torch.allclose(value, (first[key] + second[key]) / 2, rtol=1e-4, atol=1e-5), key
 
 
 @pytest.mark.parametrize("method", ["st_adapter", "aim"])

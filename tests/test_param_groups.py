@@ -66,7 +66,7 @@ def test_engine_builds_adamw_from_the_groups(b16_meta):
     net, groups = _groups(b16_meta, "st_adapter")
     job = SimpleNamespace(method="st_adapter", method_options={"lr": 7.5e-4, "weight_decay": 0.01},
                           schedule={"betas": [0.9, 0.999], "eps": 1e-8, "grad_clip": 0.0})
-    optimizer = _optim_wrapper(net, job, 1, amp=False).optimizer
+    optimizer = _optim_wrapper(net, job, amp=False).optimizer
     by_name = {g["group"]: g for g in optimizer.param_groups}
     assert by_name["decay"]["weight_decay"] == 0.01 and by_name["no_decay"]["weight_decay"] == 0.0
     assert {id(p) for p in by_name["no_decay"]["params"]} == {id(p) for p in groups["no_decay"].params}

@@ -92,3 +92,19 @@ def test_older_results_format_stays_readable(jobs, tmp_path, capsys):
     path.write_text(json.dumps(record))
     assert main(["report", str(tmp_path)]) == 0
     assert "| zeroshot |" in capsys.readouterr().out
+
+
+def test_results_of_an_older_format_are_never_averaged_with_current_ones(jobs, tmp_path, capsys):
+    """The same settings, split and seed trained under format 2's rules and the current ones (a
+    rerun into the same folder after an upgrade): two rows, never one mean of both."""
+    current = _variant(jobs["base2novel"])
+    older = _variant(jobs["base2novel"], results_format=RESULTS_FORMAT - 1)
+    assert config_id(older) != config_id(current)
+    _write(tmp_path, current, {"base": 44.0, "novel": 22.0})
+    _write(tmp_path, older, {"base": 70.0, "novel": 35.0})
+    assert main(["report", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| zeroshot |")]
+    assert rows and all(r.startswith(("| zeroshot | 3 |", "| zeroshot | 2 |")) for r in rows)
+    assert all(("44.0" in r) == r.startswith("| zeroshot | 3 |") != ("70.0" in r) for r in rows)
+    assert "57.0" not in out  # the two base accuracies were never averaged

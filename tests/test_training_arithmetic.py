@@ -1,17 +1,26 @@
 """The arithmetic behind the headline numbers, checked against values computed by hand:
-multi-view score averaging, the warm-up + cosine learning rate (with and without gradient
-accumulation), accumulation vs the full batch, and label smoothing."""
+multi-view score averaging, the warm-up + cosine learning rate per optimiser update, an update
+split into micro-batches vs the full batch, label smoothing, and the issue-22 check that
+micro-batch and process count change nothing a job computes (number of updates, lr of every
+update, final weights in float64) on a 102-clip list with batch 32."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
+from harness.engine.batches import UpdateShare
 from harness.engine.model import VideoClassifier
 from harness.engine.runner import _optim_wrapper, _schedulers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LN3 = math.log(3.0)
 
@@ -45,32 +54,32 @@ def _job(lr=1.0, epochs=3, warmup=1, lr_min_ratio=0.01, weight_decay=0.0):
     return SimpleNamespace(schedule=schedule, method_options={"lr": lr, "weight_decay": weight_decay}, method="toy")
 
 
-def _applied_lrs(accumulate: int, epoch_length: int, iters: int, warmup: float = 1) -> list[float]:
+def _applied_lrs(epoch_length: int, iters: int, warmup: float = 1) -> list[float]:
     """Drive the engine's schedulers the way mmengine's Runner does (built with the train loader's
-    length, stepped after every iteration) around an SGD parameter whose loss has gradient 1:
-    the change of the parameter at an update is exactly the learning rate that update used."""
+    length, stepped after every iteration = optimiser update) around an SGD parameter whose loss
+    has gradient 1: the change of the parameter at an update is exactly the lr that update used."""
     from mmengine.optim import OptimWrapper
     from mmengine.registry import PARAM_SCHEDULERS
 
     param = nn.Parameter(torch.zeros((), dtype=torch.float64))
-    wrapper = OptimWrapper(torch.optim.SGD([param], lr=1.0), accumulative_counts=accumulate)
+    wrapper = OptimWrapper(torch.optim.SGD([param], lr=1.0))
     schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": epoch_length}, default_args={"optimizer": wrapper})
                   for cfg in _schedulers(_job(warmup=warmup))]
     steps = []
     for _ in range(iters):
         before = float(param.detach())
-        wrapper.update_params(param * 1.0)  # d loss / d param = 1, split over the micro-batches
+        wrapper.update_params(param * 1.0)  # d loss / d param = 1
         steps.append(before - float(param.detach()))
         for sched in schedulers:
             sched.step()
     return steps
 
 
-def test_warmup_cosine_lr_without_accumulation():
+def test_warmup_cosine_lr_per_update():
     # lr 1, 3 epochs of 4 iterations, 1 warm-up epoch, cosine to 0.01.
     # Warm-up (mmengine LinearLR over iterations 0..3): 0.001 + 0.999 * t / 3.
     # Cosine over iterations 4..11 (T = 8): 0.01 + 0.99 * (1 + cos(pi * (t - 4) / 8)) / 2.
-    lrs = _applied_lrs(1, 4, 12)
+    lrs = _applied_lrs(4, 12)
     hand = {0: 0.001, 1: 0.334, 2: 0.667, 3: 1.0, 4: 1.0, 6: 0.8550179, 8: 0.505, 11: 0.0476796}
     # 6: 0.01 + 0.99 * (1 + cos(pi/4)) / 2 = 0.01 + 0.99 * 0.8535534 = 0.8550179
     # 11: 0.01 + 0.99 * (1 + cos(7 pi / 8)) / 2 = 0.01 + 0.99 * 0.0380602 = 0.0476796
@@ -78,27 +87,10 @@ def test_warmup_cosine_lr_without_accumulation():
         assert lrs[it] == pytest.approx(value, abs=1e-6), it
 
 
-def test_warmup_cosine_lr_with_accumulation():
-    # Same data, micro-batch halved: 8 iterations per epoch, accumulation 2, so update j happens at
-    # iteration 2j + 1 and uses the lr of that iteration (the schedule advances per micro-batch).
-    # Warm-up over 0..7: 0.001 + 0.999 * t / 7; cosine over 8..23 (T = 16).
-    lrs = _applied_lrs(2, 8, 24)
-    assert all(lrs[i] == 0.0 for i in range(0, 24, 2))  # no update on the first micro-batch of a pair
-    updates = lrs[1::2]
-    assert len(updates) == 12  # the same number of updates as without accumulation
-    hand = {0: 0.1437143, 1: 0.4291429, 3: 1.0, 4: 0.9904887, 8: 0.4084303, 11: 0.0195113}
-    # 0: 0.001 + 0.999/7; 1: 0.001 + 0.999*3/7; 3: t=7 -> 1
-    # 4: t=9 -> 0.01 + 0.99 * (1 + cos(pi/16)) / 2 = 0.01 + 0.99 * 0.990393
-    # 8: t=17 -> 0.01 + 0.99 * (1 + cos(9 pi/16)) / 2 = 0.01 + 0.99 * 0.402455
-    # 11: t=23 -> 0.01 + 0.99 * (1 + cos(15 pi/16)) / 2 = 0.01 + 0.99 * 0.00960736
-    for j, value in hand.items():
-        assert updates[j] == pytest.approx(value, abs=1e-6), j
-
-
 def test_fractional_warmup_epochs():
     # AIM warms up 2.5 epochs. Here 0.5 of 3 epochs of 4 iterations: warm-up over iterations 0..1
     # (0.001, then 1), cosine over 2..11 with T = 10: iteration 7 -> 0.01 + 0.99 * (1 + cos(pi/2)) / 2 = 0.505.
-    lrs = _applied_lrs(1, 4, 12, warmup=0.5)
+    lrs = _applied_lrs(4, 12, warmup=0.5)
     assert [round(v, 7) for v in (lrs[0], lrs[1], lrs[2], lrs[7])] == [0.001, 1.0, 1.0, 0.505]
 
 
@@ -113,37 +105,68 @@ class _GroupedLinear(nn.Linear):
         return [ParamGroup("decay", [n for n, _ in self.named_parameters()], list(self.parameters()))]
 
 
-def test_micro_batch_accumulation_equals_full_batch_step():
-    """One AdamW update from 2 micro-batches x accumulation 2 equals one from the batch of 4:
-    same accumulated gradient (Adam alone is blind to a gradient scale error) and same weights."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, dtype=torch.float64)
-    y = torch.tensor([0, 1, 1, 0])
+class _LabelSetNet(_GroupedLinear):
+    """Linear scores over the pixels; the loss is a cross-entropy over only the classes present
+    in `batch_labels` (a loss that depends on which labels share the update's batch)."""
 
-    def run(accumulate: int):
+    def training_losses(self, video, labels, classnames, *, batch_labels=None):
+        present = torch.unique(batch_labels)
+        logits = self(video.double().flatten(1))[:, present]
+        return {"loss_cls": nn.functional.cross_entropy(logits, torch.searchsorted(present, labels))}
+
+
+def _share(clips: int, labels: list[int]) -> dict:
+    """A loader item: `clips` uint8 clips (V=1, 3, T=1, 1, 1) with their labels, one whole update."""
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randint(0, 256, (1, 3, 1, 1, 1), generator=gen, dtype=torch.uint8) for _ in range(clips)]
+    samples = [SimpleNamespace(gt_label=torch.tensor([label])) for label in labels]
+    share = UpdateShare(epoch=0, update=0, indices=tuple(range(clips)), seeds=tuple(range(clips)),
+                        batch_labels=tuple(labels), update_seed=0)
+    return {"inputs": inputs, "data_samples": samples, "update": share}
+
+
+def _update_recording_gradients(model: VideoClassifier, micro: int, data: dict) -> tuple[dict, list]:
+    """The engine's train step at `micro_batch=micro`, and the gradients its AdamW step saw."""
+    model.micro_batch = micro
+    wrapper = _optim_wrapper(model.net, _job(lr=0.1, weight_decay=0.05), amp=False)
+    seen, step = {}, wrapper.optimizer.step
+
+    def record_step(*a, **k):
+        seen["grads"] = [p.grad.clone() for p in model.parameters()]
+        return step(*a, **k)
+
+    wrapper.optimizer.step = record_step
+    return model.train_step(data, wrapper), seen["grads"]
+
+
+def test_an_update_in_micro_batches_equals_the_full_batch_step():
+    """One AdamW update from a 5-clip batch run as micro-batches of 5, 2 (2+2+1) and 1 equals
+    the full-batch step computed directly: the gradient of the mean loss over all 5 clips (Adam
+    alone is blind to a gradient scale error, so the gradient is compared too), with the loss
+    defined over the classes present in the whole batch, not in each micro-batch."""
+    labels = [0, 2, 2, 3, 0]  # micro-batch [0, 2] alone lacks class 3: its loss would differ
+
+    def model():
         torch.manual_seed(1)
-        net = _GroupedLinear(3, 2).double()
-        wrapper = _optim_wrapper(net, _job(lr=0.1, weight_decay=0.05), accumulate, amp=False)
-        seen = {}
-        step = wrapper.optimizer.step
+        return VideoClassifier(_LabelSetNet(3, 4).double(), ["a", "b", "c", "d"])
 
-        def record_step(*a, **k):
-            seen["grad"] = [p.grad.clone() for p in net.parameters()]
-            return step(*a, **k)
+    reference = model()
+    data = _share(5, labels)
+    video = reference.data_preprocessor({"inputs": data["inputs"], "data_samples": data["data_samples"]})["inputs"]
+    full = reference.net.training_losses(video[:, 0], torch.tensor(labels), None, batch_labels=torch.tensor(labels))
+    full["loss_cls"].backward()
+    expected_grads = [p.grad.clone() for p in reference.parameters()]
+    torch.optim.AdamW(reference.parameters(), lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05).step()
 
-        wrapper.optimizer.step = record_step
-        micro = 4 // accumulate
-        for i in range(accumulate):
-            xb, yb = x[i * micro:(i + 1) * micro], y[i * micro:(i + 1) * micro]
-            wrapper.update_params(nn.functional.cross_entropy(net(xb), yb))
-        return seen["grad"], [p.detach().clone() for p in net.parameters()]
-
-    grads_full, params_full = run(1)
-    grads_acc, params_acc = run(2)
-    for a, b in zip(grads_full, grads_acc):
-        assert torch.allclose(a, b, atol=1e-14, rtol=0)
-    for a, b in zip(params_full, params_acc):
-        assert torch.allclose(a, b, atol=1e-14, rtol=0)
+    for micro in (5, 2, 1):
+        net = model()
+        logged, grads = _update_recording_gradients(net, micro, data)
+        assert logged["loss"] == pytest.approx(float(full["loss_cls"].detach()), rel=1e-12), micro
+        for a, b in zip(expected_grads, grads):
+            assert torch.allclose(a, b, atol=1e-14, rtol=0), micro
+        for a, b in zip(reference.parameters(), net.parameters()):
+            assert torch.allclose(a, b, atol=1e-14, rtol=0), micro
+        assert all(p.grad is None for p in net.parameters())  # cleared for the next update
 
 
 def test_label_smoothing_in_the_training_loss():
@@ -157,3 +180,73 @@ def test_label_smoothing_in_the_training_loss():
     fake.label_smoothing = 0.0
     loss = VideoTextModel.losses(fake, torch.tensor([[0.0, LN3]]), torch.tensor([1]), ["a", "b"])["loss_cls"]
     assert float(loss) == pytest.approx(-math.log(0.75), abs=1e-7)
+
+
+# -- issue 22: micro-batch and process count are execution only ----------------------------------
+#: The toy job (tests/global_batch_probe.py): 102 clips, batch 32, 3 epochs (1 warm-up), lr 0.01.
+UPDATES_PER_EPOCH = 4  # 32 + 32 + 32 + 6: the short last batch is an update of its own
+HAND_LRS = [0.01 * (0.001 + 0.999 * k / 3) for k in range(4)] + [
+    0.01 * (0.01 + 0.99 * (1 + math.cos(math.pi * k / 8)) / 2) for k in range(8)]
+
+
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory):
+    """The toy job trained in this process at micro-batch 32, 16 and 8, and at 16 with two
+    loader worker processes (the clips' augmentation must not follow the worker)."""
+    from global_batch_probe import train_toy
+
+    root = tmp_path_factory.mktemp("micro")
+    runs = {micro: train_toy(micro, root / f"m{micro}") for micro in (32, 16, 8)}
+    runs["workers"] = train_toy(16, root / "workers", num_workers=2)
+    return runs
+
+
+def _assert_same_training(run: dict, reference: dict, label: str) -> None:
+    assert run["train"]["iters"] == reference["train"]["iters"] == 3 * UPDATES_PER_EPOCH, label
+    assert run["lrs"] == reference["lrs"], label  # the lr of every update, bit for bit
+    assert run["train"]["final_loss"] == pytest.approx(reference["train"]["final_loss"], rel=1e-8), label
+    assert run["weights"].keys() == reference["weights"].keys()
+    for name, ref in reference["weights"].items():
+        assert ref.dtype == torch.float64
+        assert torch.allclose(run["weights"][name], ref, rtol=1e-8, atol=1e-8 * float(ref.abs().max())), (label, name)
+
+
+def test_micro_batch_changes_nothing_a_job_computes(one_process_runs):
+    """Issue 22: batch 32 over 102 clips at micro-batch 32 / 16 / 8 (and with 2 loader workers):
+    the same 12 updates with the hand-computed lr each (warm-up over updates 0..3, cosine over
+    4..11), and the same final float64 weights, with per-sample augmentation, drop path, dropout
+    and a loss over the labels of the whole update's batch."""
+    reference = one_process_runs[32]
+    assert reference["train"]["updates_per_epoch"] == UPDATES_PER_EPOCH
+    assert reference["lrs"] == pytest.approx(HAND_LRS, rel=1e-12)
+    for micro in (16, 8):
+        run = one_process_runs[micro]
+        _assert_same_training(run, reference, f"micro_batch={micro}")
+        # really split: 306 clips in ceil(32 / micro) passes per full update, 1 for the 6-clip one
+        passes = 3 * (3 * (32 // micro) + 1)
+        assert run["counts"] == [(306, passes)] and run["train"]["accumulation"] == 32 // micro
+    _assert_same_training(one_process_runs["workers"], reference, "2 loader workers")
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one(one_process_runs, tmp_path):
+    """Issue 22: the same job on 2 gloo processes (torchrun, CPU) at micro-batch 16 (one pass per
+    update) and 5 (16 = 5 + 5 + 5 + 1) equals the one-process runs, each process training on
+    its half of every global batch (the 6-clip last batch: 3 + 3)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           str(port), str(ROOT / "tests" / "global_batch_probe.py"), str(tmp_path), "16", "5"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for micro, passes_per_update in ((16, 1), (5, 4)):
+        run = torch.load(tmp_path / f"m{micro}.pt", weights_only=False)
+        assert run["train"]["world_size"] == 2
+        _assert_same_training(run, one_process_runs[32], f"2 processes, micro_batch={micro}")
+        passes = 3 * (3 * passes_per_update + 1)
+        assert run["counts"] == [(153, passes), (153, passes)]

@@ -8,9 +8,10 @@ authority: its message hub names the current best file, so a kill between steps 
 spare file that the next save removes.
 
 Exactness: a checkpoint is taken where the next epoch would start (after validation when one is
-due), and holds the torch / numpy / python RNG states, the sampler's seed and epoch, and any
-gradients accumulated across the epoch boundary; resume restores them, so a resumed job trains on
-the same batches with the same augmentations and dropout as an uninterrupted one.
+due), between two optimiser updates (an update never spans epochs: harness.engine.update), and
+holds the torch / numpy / python RNG states; the batches, augmentations and per-sample drop path
+of the next epochs follow from the job seed and the epoch (harness.engine.batches), so a resumed
+job trains exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -112,8 +113,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 class SafeCheckpointHook(Hook):
     """Save `epoch_<n>.pth` (+ `best_<key>_epoch_<n>.pth` when `best_key` improves) crash-safely
-    after every epoch, and restore the full training state (RNG, sampler, accumulated grads) on
-    resume. Rank 0 writes; every rank restores its own RNG from the same checkpoint."""
+    after every epoch, and restore the full training state (RNG states) on resume. Rank 0
+    writes; every rank restores its own RNG from the same checkpoint."""
 
     priority = "VERY_LOW"  # after the logger and scheduler hooks: save what the next epoch sees
 
@@ -188,14 +189,6 @@ class SafeCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault("meta", {})
         meta["harness_rng"] = _rng_state()
-        sampler = getattr(runner.train_dataloader, "sampler", None)
-        meta["harness_sampler"] = {"epoch": meta.get("epoch"), "seed": getattr(sampler, "seed", None)}
-        wrapper = runner.optim_wrapper
-        pending = getattr(wrapper, "_inner_count", 0) % max(1, getattr(wrapper, "_accumulative_counts", 1))
-        if pending:  # an accumulation step spans the epoch boundary: keep its partial gradients
-            model = runner.model.module if hasattr(runner.model, "module") else runner.model
-            meta["harness_grads"] = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()
-                                     if p.requires_grad and p.grad is not None}
 
     # -- resuming -------------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -209,16 +202,6 @@ class SafeCheckpointHook(Hook):
     def _restore(self, runner, meta: dict[str, Any]) -> None:
         if "harness_rng" in meta:
             _set_rng_state(meta["harness_rng"])
-        saved_seed = meta.get("harness_sampler", {}).get("seed")
-        sampler = getattr(runner.train_dataloader, "sampler", None)
-        if saved_seed is not None and getattr(sampler, "seed", saved_seed) != saved_seed:
-            sampler.seed = saved_seed  # same shuffling order as the run that wrote the checkpoint
-        grads = meta.get("harness_grads")
-        if grads:
-            model = runner.model.module if hasattr(runner.model, "module") else runner.model
-            for name, param in model.named_parameters():
-                if name in grads:
-                    param.grad = grads[name].to(param.device)
 
     def best_file(self, runner) -> Path | None:
         name = runner.message_hub.get_info(BEST_FILE)

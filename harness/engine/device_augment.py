@@ -16,9 +16,10 @@ stacked uint8 batch where the model runs, with torch ops only:
 * the crop is resized bilinearly (`align_corners=False`, as OpenCV's resize that MMAction2 uses)
   and rounded back to uint8, so normalisation downstream sees the same kind of input as from the
   CPU path;
-* all random numbers come from torch's default CPU generator (or one passed in), which mmengine
-  seeds from the job's seed and the checkpoints save and restore, so runs are reproducible and
-  a resumed run continues the same sequence.
+* in an engine training step each sample draws its box and flip from its own generator, seeded
+  from the sample's seed (`methods.sample_random`, `harness.engine.batches`), so a clip's crop
+  does not depend on the micro-batch or the process it lands in, and a resumed run draws the same;
+  outside one, the numbers come from torch's default CPU generator (or one passed in).
 """
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from methods.sample_random import sample_generators, stream_key
+
 #: MMAction2 RandomResizedCrop's defaults.
 AREA_RANGE = (0.08, 1.0)
 ASPECT_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10
+#: The per-sample random stream of the device augmentation (methods.sample_random).
+DEVICE_AUGMENT_STREAM = stream_key("device_augment")
 
 
 def sample_crop_boxes(n: int, height: int, width: int, area_range: Sequence[float] = AREA_RANGE,
@@ -87,8 +92,15 @@ class DeviceAugment:
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         b, v, c, t, h, w = batch.shape
-        boxes = sample_crop_boxes(b * v, h, w, self.area_range, self.aspect_range, generator).tolist()
-        flips = sample_flips(b * v, self.flip, generator).tolist()
+        per_sample = sample_generators(b, DEVICE_AUGMENT_STREAM) if generator is None else None
+        if per_sample is None:
+            boxes = sample_crop_boxes(b * v, h, w, self.area_range, self.aspect_range, generator).tolist()
+            flips = sample_flips(b * v, self.flip, generator).tolist()
+        else:  # sample i's v views from sample i's own generator
+            boxes, flips = [], []
+            for gen in per_sample:
+                boxes += sample_crop_boxes(v, h, w, self.area_range, self.aspect_range, gen).tolist()
+                flips += sample_flips(v, self.flip, gen).tolist()
         clips = batch.reshape(b * v, c, t, h, w)
         size = (self.image_size, self.image_size)
         out = []

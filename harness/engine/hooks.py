@@ -107,9 +107,20 @@ class NonFiniteLossHook(Hook):
                                    "(<method>.lr) or enable schedule.grad_clip")
 
 
+class GlobalBatchEpochHook(Hook):
+    """Tells the training loader's `GlobalBatchSampler` which epoch starts (its shuffling order
+    and per-sample seeds derive from it); mmengine's DistSamplerSeedHook looks for a sampler."""
+
+    priority = "NORMAL"
+
+    def before_train_epoch(self, runner) -> None:
+        runner.train_loop.dataloader.batch_sampler.set_epoch(runner.epoch)
+
+
 class StepTimerHook(Hook):
     """Training throughput and data wait (`harness.engine.accounting`): sums IterTimerHook's
-    per-step `train/data_time` and `train/time` from the message hub, and the clips per step."""
+    per-step `train/data_time` and `train/time` from the message hub, and the clips per step
+    (the whole update's, over every process)."""
 
     priority = "BELOW_NORMAL"  # after IterTimerHook (NORMAL) has written this step's times
 
@@ -122,9 +133,11 @@ class StepTimerHook(Hook):
         from harness.engine.accounting import batch_size
 
         hub = runner.message_hub
+        share = data_batch.get("update") if isinstance(data_batch, dict) else None
+        clips = share.global_size if share is not None else batch_size(data_batch)
         self.times.add(float(hub.get_scalar("train/time").current()),
-                       float(hub.get_scalar("train/data_time").current()), batch_size(data_batch))
+                       float(hub.get_scalar("train/data_time").current()), clips)
 
-    def summary(self, processes: int = 1) -> dict:
-        """This process's steps; clips counted on every process alike (DefaultSampler pads)."""
-        return self.times.summary(clips=self.times.clips * processes)
+    def summary(self) -> dict:
+        """This process's step times; the clips of every update, all processes together."""
+        return self.times.summary()

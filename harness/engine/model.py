@@ -1,5 +1,6 @@
 """mmengine adapters around a `VideoTextModel`: the data preprocessor (stack, normalise, move
-to device) and the BaseModel whose `loss` / `predict` modes the Runner calls."""
+to device) and the BaseModel whose `loss` / `predict` modes the Runner calls; its `train_step`
+is one optimiser update over a global batch (`harness.engine.update`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -7,6 +8,9 @@ from typing import Any
 
 import torch
 from mmengine.model import BaseDataPreprocessor, BaseModel
+
+from harness.engine.update import optimiser_update
+from methods.sample_random import name_random_layers
 
 #: CLIP's normalisation, in 0-255 pixel units (the default; a backbone's own comes from its spec).
 CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
@@ -56,19 +60,31 @@ class VideoClassifier(BaseModel):
     """The Runner-facing model. `classnames` is the class set scored (training classes during
     training; the evaluated set's classes during each evaluation)."""
 
+    #: Clips per forward pass in training (`schedule.micro_batch` resolved by the engine; 0: the
+    #: process's whole share of an update in one pass). Execution only: see `train_step`.
+    micro_batch: int = 0
+
     def __init__(self, net: torch.nn.Module, classnames: Sequence[str], mean: Sequence[float] = CLIP_MEAN,
                  std: Sequence[float] = CLIP_STD) -> None:
         super().__init__(data_preprocessor=VideoPreprocessor(mean, std))
         self.net = net
         self.classnames = list(classnames)
+        name_random_layers(net)  # per-sample drop path / dropout streams (methods.sample_random)
 
     def set_classes(self, classnames: Sequence[str]) -> None:
         self.classnames = list(classnames)
 
-    def forward(self, inputs: torch.Tensor, data_samples: list | None = None, mode: str = "tensor"):
-        if mode == "loss":
+    def train_step(self, data: dict, optim_wrapper) -> dict[str, float]:
+        """One optimiser update from this process's share of a global batch (the loader's item,
+        `harness.engine.batches.UpdateShare` under 'update'), in micro-batches of `micro_batch`."""
+        return optimiser_update(self, data, optim_wrapper, self.micro_batch)
+
+    def forward(self, inputs: torch.Tensor, data_samples: list | None = None, mode: str = "tensor",
+                batch_labels: torch.Tensor | None = None):
+        if mode == "loss":  # batch_labels: the whole update's labels (default: this batch's)
             labels = labels_of(data_samples, inputs.device)
-            return self.net.training_losses(inputs[:, 0], labels, self.classnames, batch_labels=labels)
+            return self.net.training_losses(inputs[:, 0], labels, self.classnames,
+                                            batch_labels=labels if batch_labels is None else batch_labels)
         scores = self.view_averaged_scores(inputs)
         if mode == "predict":
             labels = labels_of(data_samples, inputs.device)

@@ -1,12 +1,16 @@
 """Run one job: build backbone + method, train with an mmengine Runner, evaluate each eval set.
 
-Everything mmengine-specific is here: optimiser wrapper (AdamW, gradient accumulation to keep
-the protocol's global batch, bf16 AMP on CUDA), parameter schedulers (linear warm-up + cosine,
-iteration-based), checkpoint/resume, `select=best` on the protocol's selection set, and the
-torch.distributed launcher (torchrun sets WORLD_SIZE; mmengine's 'pytorch' launcher does the rest).
+Everything mmengine-specific is here: optimiser wrapper (AdamW, bf16 AMP on CUDA), parameter
+schedulers (linear warm-up + cosine, stepped per optimiser update), checkpoint/resume,
+`select=best` on the protocol's selection set, and the torch.distributed launcher (torchrun sets
+WORLD_SIZE; mmengine's 'pytorch' launcher does the rest). One mmengine iteration is one optimiser
+update over the global batch `schedule.batch_size` (`harness.engine.batches`: which clips, the
+short last batch, per-sample seeds; `harness.engine.update`: micro-batches and the gradient sum
+over processes), so micro-batch and process count change how a job runs, never what it computes.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 
 from harness.backbone import count_truncated
-from harness.distributed import broadcast_from_rank0, init_distributed, rank0, world_size
+from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
 
@@ -39,6 +43,12 @@ def _init_mm() -> None:
 
     # set on purpose above (mmengine's resume pickles more than tensors): not news at every resume
     warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
+
+
+#: Numbers the Runners of this process: mmengine names its message hub, logger and visualizer by
+#: experiment name + timestamp (seconds), so two jobs started in the same second would share them
+#: (one job's scalars written into the other's log folder).
+_RUNNERS = itertools.count()
 
 
 def _launcher() -> str:
@@ -202,7 +212,7 @@ def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
             for g in groups]
 
 
-def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
+def _optim_wrapper(net, job: JobSpec, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
@@ -215,9 +225,10 @@ def _optim_wrapper(net, job: JobSpec, accumulate: int, amp: bool):
             raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
                                f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
         clip_grad = dict(max_norm=float(sched["grad_clip"]))
+    # No accumulative_counts: one train step is one whole update (harness.engine.update).
     if amp:
-        return AmpOptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad, dtype="bfloat16")
-    return OptimWrapper(optimizer=optimizer, accumulative_counts=accumulate, clip_grad=clip_grad)
+        return AmpOptimWrapper(optimizer=optimizer, clip_grad=clip_grad, dtype="bfloat16")
+    return OptimWrapper(optimizer=optimizer, clip_grad=clip_grad)
 
 
 def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
@@ -235,17 +246,18 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
 
 
 def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[int, int]:
-    """Per-process batch and gradient-accumulation steps that keep the global batch."""
-    batch = int(schedule["batch_size"])
-    micro = int(schedule["micro_batch"]) or max(1, batch // world)
-    accumulate = max(1, round(batch / (micro * world)))
-    if micro * world * accumulate != batch:
-        raise HarnessError(f"schedule.batch_size={batch} is not micro_batch ({micro}) x processes ({world}) x an "
-                           "integer accumulation; change schedule.batch_size or schedule.micro_batch")
-    return micro, accumulate
+    """(clips per forward pass per process, forward passes per update of the largest share).
+
+    A process loads ceil(batch_size / processes) clips of each update at most;
+    `schedule.micro_batch` (0: that whole share) splits it into forward passes. Any split gives
+    the same updates (harness.engine.update), so neither needs to divide the other."""
+    share = math.ceil(int(schedule["batch_size"]) / world)
+    micro = min(int(schedule["micro_batch"]) or share, share)
+    return micro, math.ceil(share / micro)
 
 
 def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
+    """mmengine config of the selection set's loader (training uses `batches.train_loader`)."""
     return dict(dataset=dataset, batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
                 sampler=dict(type="DefaultSampler", shuffle=shuffle), collate_fn=dict(type="pseudo_collate"))
 
@@ -254,8 +266,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
     from mmengine.runner import Runner
 
+    from harness.engine.batches import dataset_labels, train_loader
     from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
     from harness.engine.hooks import (
+        GlobalBatchEpochHook,
         NonFiniteLossHook,
         ProgressBarHook,
         StepTimerHook,
@@ -266,11 +280,16 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     net = model.net
     device = _device()
     amp = _amp_enabled(job.schedule["amp"], device)
-    micro, accumulate = micro_batch_and_accumulation(job.schedule, world_size())
+    batch = int(job.schedule["batch_size"])
+    if batch < world_size():
+        raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
+                           "never have a clip to train on; raise schedule.batch_size or start fewer processes")
+    micro, passes = micro_batch_and_accumulation(job.schedule, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
     model.data_preprocessor.augment = _device_augment(job, spec.image_size)
-    if len(train_set) < micro:
-        raise HarnessError(f"{job.train.ann_file}: {len(train_set)} usable videos, fewer than one batch ({micro})")
+    model.micro_batch = micro
+    loader = train_loader(train_set, dataset_labels(train_set), batch, job.seed, num_workers(job.schedule), rank(),
+                          world_size())
     if job.schedule["grad_checkpointing"]:
         net.set_grad_checkpointing(True)
     epochs = int(job.schedule["epochs"])
@@ -291,25 +310,23 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     runner = Runner(
         model=model,
         work_dir=str(work_dir),
-        train_dataloader=_loader(train_set, micro, num_workers(job.schedule), True),
+        experiment_name=f"{job.job_id}-{next(_RUNNERS)}",
+        train_dataloader=loader,  # one item = this process's share of one optimiser update
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
-        optim_wrapper=_optim_wrapper(net, job, accumulate, amp),
+        optim_wrapper=_optim_wrapper(net, job, amp),
         param_scheduler=_schedulers(job),
         default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
-                           sampler_seed=dict(type="DistSamplerSeedHook")),
-        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt,
+                           sampler_seed=None),
+        custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt, GlobalBatchEpochHook(),
                       ProgressBarHook(f"{job.job_id}", enabled=progress)],
         launcher=_launcher(),
-        # gloo on CPU-only hosts; adapters that cannot receive a gradient (ST-Adapter's last
-        # pre-MLP adapter, as released) need DDP's unused-parameter search.
         env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
-        cfg=dict(model_wrapper_cfg=dict(type="MMDistributedDataParallel", find_unused_parameters=True,
-                                        broadcast_buffers=False,
-                                        **({} if torch.cuda.is_available() else {"device_ids": None}))),
+        # Not DDP: the train step sums the gradients over processes itself (harness.engine.update).
+        cfg=dict(model_wrapper_cfg=dict(type="SummedGradients")),
         randomness=dict(seed=job.seed),
         resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
-        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find DDP
+        default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
         visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
         **kwargs,
@@ -322,10 +339,10 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     best = load_best(runner, ckpt) if sel is not None else None
     history = runner.message_hub.log_scalars
     last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
-    return {"iters": runner.iter, "epochs": epochs, "seconds": round(seconds, 2), "micro_batch": micro,
-            "accumulation": accumulate, "world_size": world_size(), "amp_bf16": amp, "final_loss": float(last_loss),
-            "videos": train_info, "selected": best or "last", "resumed": ckpt.resumed or False,
-            "checkpoint_notes": notes, "timing": timer.summary(world_size())}
+    return {"iters": runner.iter, "updates_per_epoch": len(loader), "epochs": epochs, "seconds": round(seconds, 2),
+            "micro_batch": micro, "accumulation": passes, "world_size": world_size(), "amp_bf16": amp,
+            "final_loss": float(last_loss), "videos": train_info, "selected": best or "last",
+            "resumed": ckpt.resumed or False, "checkpoint_notes": notes, "timing": timer.summary()}
 
 
 #: mmengine visualizer backend of each `log.backend` (the local JSON scalars are always written).

@@ -17,9 +17,11 @@ EVALUATED_CHECKPOINT = "evaluated checkpoint"  # `harness eval` rows: no trainin
 
 #: Job fields that are not part of a row's configuration: the two averaged over (split, seed),
 #: what follows from the split (its files, class lists, descriptions), what follows from the
-#: protocol, and bookkeeping.
+#: protocol, and bookkeeping. (`results_format` is configuration: results of another format were
+#: computed under other rules, e.g. format 2's micro-batch-dependent training, and get rows of
+#: their own.)
 NOT_CONFIG_KEYS = ("split", "seed", "train", "evals", "file_provenance", "descriptions", "select_on",
-                   "closed_set", "summary", "splits_root", "cache_dir", "job_id", "results_format")
+                   "closed_set", "summary", "splits_root", "cache_dir", "job_id")
 
 
 def config_key(job: dict[str, Any]) -> dict[str, Any]:
