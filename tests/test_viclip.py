@@ -170,6 +170,21 @@ def test_token_masking_drops_patch_tokens_in_training_only(loaded):
     logits.sum().backward()
 
 
+def test_token_masks_are_drawn_per_clip():
+    """In an engine training step each clip's mask comes from its own seed: the same whatever the
+    micro-batch it is in (methods.sample_random), a different clip seed a different mask."""
+    from methods.sample_random import sample_seeds
+
+    x = torch.randn(3, 20, 4)
+    with sample_seeds([11, 12, 13]):
+        whole = mask_tokens(x, 0.5)
+    with sample_seeds([12]):
+        alone = mask_tokens(x[1:2], 0.5)
+    with sample_seeds([14]):
+        other = mask_tokens(x[1:2], 0.5)
+    assert whole.shape == (3, 10, 4) and torch.equal(whole[1:2], alone) and not torch.equal(alone, other)
+
+
 def test_a_method_that_needs_the_grid_cannot_train_masked(loaded):
     clip, spec = loaded
     net = build_method("st_adapter", copy.deepcopy(clip), get_tokenizer(spec), 4, {}, ["a", "b"]).train()
