@@ -119,12 +119,13 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
 
 def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
     """Run one job and record its result or its error; True if it finished."""
+    from harness.convert.evaluate import model_source
     from harness.engine.runner import run_job
 
     print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
     job_dir = store.start_job(job, prov) if rank0 else store.job_dir(job)
     try:
-        metrics = run_job(job, job_dir, progress=progress and rank0)
+        metrics = run_job(job, job_dir, progress=progress and rank0, source=model_source(job))
     except ConfigurationError:
         raise
     except Exception as err:  # one job's failure must not lose the others' results

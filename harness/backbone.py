@@ -143,6 +143,55 @@ def resolve_model_name(name: str, pretrained: str | None) -> tuple[str, list[str
     return name, notes
 
 
+#: `--activation` values: the MLP non-linearity a CLIP's weights were trained with.
+ACTIVATIONS = ("quickgelu", "gelu")
+
+
+def with_activation(name: str, activation: str) -> str:
+    """The open_clip config of `name` that runs `activation`: `ViT-B-16` <-> `ViT-B-16-quickgelu`.
+    A config of this project's own (fixed activation) must already run it."""
+    if activation not in ACTIVATIONS:
+        raise unknown_name_error("activation", activation, ACTIVATIONS)
+    quick = activation == "quickgelu"
+    if name in SMALL_CONFIGS:
+        if bool(small_config(name).get("quick_gelu", False)) != quick:
+            raise HarnessError(f"--activation {activation}: backbone {name} is built with "
+                               f"{'exact GELU' if quick else 'QuickGELU'} (its config harness/model_configs/{name}.json)")
+        return name
+    plain = name.removesuffix("-quickgelu")
+    target = f"{plain}-quickgelu" if quick else plain
+    if target not in _open_clip().list_models():
+        raise HarnessError(f"--activation {activation}: open_clip has no config {target} (for backbone {name})")
+    return target
+
+
+def activation_note(resolved: str, local: Path) -> str | None:
+    """Which activation a ViT name runs when its weights come from a local file that does not
+    record it (open_clip-format state dicts do not; OpenAI's format, which does, is checked by
+    `_check_local_weights`), and how to choose the other: None where there is no choice."""
+    if resolved in SMALL_CONFIGS:
+        return None
+    plain = resolved.removesuffix("-quickgelu")
+    quick = resolved.endswith("-quickgelu")
+    models = _open_clip().list_models()
+    if plain not in models or f"{plain}-quickgelu" not in models or is_openai_checkpoint(local):
+        return None
+    other = plain if quick else f"{plain}-quickgelu"
+    used, alternative = ("QuickGELU", "exact GELU") if quick else ("exact GELU", "QuickGELU (OpenAI CLIP and the "
+                                                                   "video-CLIP releases built on it)")
+    return (f"{resolved} runs {used} (its name says so; {local.name} does not record the activation its weights "
+            f"were trained with); if they were trained with {alternative}, pass --backbone {other}")
+
+
+def local_weights_note(name: str, pretrained: str | None) -> str | None:
+    """`activation_note` for a `--backbone` / `--pretrained` pair (None unless a local file)."""
+    local = Path(pretrained).expanduser() if pretrained else None
+    if local is None or not local.is_file():
+        return None
+    resolved, _ = resolve_model_name(name, pretrained)
+    return activation_note(resolved, local)
+
+
 def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -222,6 +271,8 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
     weights = Path(weights_file) if weights_file is not None else local
     if weights is not None:
         _check_local_weights(weights, resolved, quick_gelu)
+        if local is not None and weights_file is None:
+            notes.extend(n for n in [activation_note(resolved, local)] if n)
     if seed is not None:
         torch.manual_seed(seed)
     # open_clip loads its tags and, for its own configs, local files (TorchScript, prefixes,
@@ -281,7 +332,9 @@ def create_joint_clip(name: str, pretrained: str | None = None, seed: int | None
         model = build_joint_clip(name)
         weights = local
         if local is not None:
-            load_joint_state(model, model_state(read_official_checkpoint(local), local), local)
+            content, read = read_official_checkpoint(local)
+            load_joint_state(model, model_state(content, local), local)
+            notes.extend(read)
     mean, std = NORMALIZATIONS[config.normalization]
     spec = BackboneSpec(name=name, pretrained=pretrained, resolved_name=name, quick_gelu=True,
                         image_size=int(model.visual.image_size[0]), context_length=int(model.context_length),

@@ -181,15 +181,20 @@ def add_checkpoint_commands(sub: Any) -> None:
     convert = sub.add_parser("convert", help="convert an official released checkpoint into one this project loads")
     convert.add_argument("checkpoint", help="the released checkpoint file")
     convert.add_argument("--from", dest="source", required=True,
-                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt")
+                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt | xclip")
     convert.add_argument("--out", default=None, help="output file (default <checkpoint>.harness.pt beside it)")
     convert.add_argument("--base", default=None, help="the CLIP the release was trained from: open_clip tag "
                          "(e.g. openai) or local file; fills weights the release lacks and verifies its frozen ones")
     convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
     convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
-    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c' or an id,name CSV "
-                         "(default for 400-row heads: Kinetics-400)")
+    convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c', an id,name CSV or a "
+                         ".txt with one name per line (default for 400-row heads: Kinetics-400)")
     convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
+    convert.add_argument("--activation", default="quickgelu", choices=("quickgelu", "gelu"),
+                         help="MLP activation of the release's CLIP (default quickgelu: the official code bases run "
+                              "OpenAI CLIP; gelu builds exact GELU, outputs then differ from the official model's)")
+    convert.add_argument("--allow-base-mismatch", action="store_true",
+                         help="convert although the release's frozen weights differ from --base beyond fp16 rounding")
     convert.add_argument("--splits-root", default=None, help="local copy of the upstream files (K400 class list)")
     convert.add_argument("--cache", default=None)
 
@@ -218,8 +223,9 @@ def add_checkpoint_commands(sub: Any) -> None:
     predict.add_argument("videos", nargs="+", help="video files")
     predict.add_argument("--method", default=None, help="method (default: the checkpoint's; zeroshot without one)")
     predict.add_argument("--checkpoint", default=None, help="a converted checkpoint or a run checkpoint")
-    predict.add_argument("--classes", default=None, help="'a,b,c' or an id,name CSV (default: the checkpoint's classes)")
-    predict.add_argument("--top", type=int, default=5)
+    predict.add_argument("--classes", default=None, help="'a,b,c', an id,name CSV or a .txt with one name per line "
+                         "(default: the checkpoint's classes)")
+    predict.add_argument("--top", type=int, default=5, help="classes shown per video (at least 1)")
     predict.add_argument("--base", default=None, help="base backbone location if it moved (converted checkpoints)")
     predict.add_argument("--backbone", default=None, help=f"without --checkpoint (default {EMBEDDED_BACKBONE})")
     predict.add_argument("--pretrained", default=None, help="without --checkpoint (default: synthetic for harness-tiny)")
@@ -268,6 +274,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.validate import check_backbone_name
 
     problems.attempt(lambda: check_backbone_name(backbone, pretrained))
+    if not problems.lines:  # the first line of the output: which activation local weights run with
+        from harness.backbone import local_weights_note
+
+        note = local_weights_note(backbone, pretrained)
+        if note:
+            print(f"harness: note: {note}", file=sys.stderr)
     req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
                      pretrained=pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
                      seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,

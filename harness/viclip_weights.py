@@ -5,10 +5,10 @@ Why a module of its own: the released files (`ViCLIP-B_InternVid-FLT-10M.pth`, .
 `torch.save` wrote in the training code (InternVideo1/Pretrain/ViCLIP `tasks/pretrain.py`):
 ``{"model": state_dict, "optimizer", "scheduler", "scaler", "config" (an EasyDict), "epoch",
 "global_step"}``; the released inference code reads ``torch.load(path)["model"]``. Unpickling the
-EasyDict would mean importing and running code named by the file, so the reader keeps torch's
-weights-only unpickler and reads every non-tensor object the file names (`easydict.EasyDict`)
-as an inert ordered dict (`read_official_checkpoint`; a general safe reader for such files
-belongs in `harness.convert` and can replace this minimal one).
+EasyDict would mean importing and running code named by the file, so the file is read with the
+project's release reader (`harness.convert.release_io.load_release`: a restricted unpickler in
+which `easydict.EasyDict` is an inert stand-in; a file naming anything else is refused in one
+line), and the lines saying what it read so become the backbone's notes.
 
 Key mapping (`official_key` / `from_official`): `vision_encoder.X` -> `visual.X`,
 `text_encoder.X` -> `X` (open_clip keeps the text tower at the top level), `temp` ->
@@ -19,42 +19,26 @@ of rows; clips of another length use the official resize rule at every forward
 """
 from __future__ import annotations
 
-import collections
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from harness.errors import ConfigurationError
+from harness.errors import ConfigurationError, HarnessError
 from harness.state_dicts import load_strict
 
-#: Top-level entries of a ViCLIP training checkpoint besides the model (optimiser state etc.).
-TRAINING_ENTRIES = ("optimizer", "scheduler", "scaler", "config", "epoch", "global_step")
+def read_official_checkpoint(path: Path) -> tuple[Any, list[str]]:
+    """The file's top-level object read without running its pickle (`harness.convert.release_io`:
+    the EasyDict config as an inert stand-in turned into plain data, tensors kept), and one line
+    per configuration object read so (for the backbone's notes). A file naming code is one line."""
+    from harness.convert.release_io import load_release
 
-
-def read_official_checkpoint(path: Path) -> Any:
-    """`torch.load(path)` with the weights-only unpickler; globals the file names that are not
-    tensors or containers (the training code's EasyDict config) become plain ordered dicts, so no
-    code named by the file runs."""
-    where = f"--pretrained {path}"
-    stand_ins: list[Any] = []
-    if zipfile.is_zipfile(path):
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        except Exception:  # noqa: BLE001 - not a torch zip archive: torch.load below says what it is
-            unsafe = []
-        stand_ins = [(collections.OrderedDict, name) for name in unsafe]
     try:
-        with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - one line naming the file, whatever torch raised
-        first = str(err).strip().splitlines()[-1][:200] if str(err).strip() else type(err).__name__
-        raise ConfigurationError(
-            f"{where}: cannot be read as weights without running code from it ({first}); save its model "
-            "weights alone, e.g. torch.save(torch.load(f, weights_only=False)['model'], 'viclip_model.pth') in a "
-            "trusted environment, and pass that file") from None
+        release = load_release(path)
+    except HarnessError as err:  # every job shares the backbone: stop the invocation
+        raise ConfigurationError(f"--pretrained {path}: {err}") from None
+    return release.content, release.read
 
 
 def model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:

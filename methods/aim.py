@@ -7,6 +7,8 @@ fc2 zero-initialised) and runs, in the official order and residual forms:
 1. temporal: the block's frozen attention re-used along time, tokens regrouped
    (B*T, N, D) -> (B*N, T, D), CLS included, after `ln_1`:
    ``x = x + drop_path(T_Adapter(attn(ln_1(x_t))))`` (T_Adapter without skip);
+   With `num_tadapter=2` (official B/16 SSv2 config) a skip adapter runs before that attention:
+   ``T_Adapter(attn(T_Adapter_in(ln_1(x_t))))``.
 2. spatial: ``x = x + S_Adapter(attn(ln_1(x)))`` (S_Adapter with skip: `a + fc2(gelu(fc1 a))`);
 3. joint: ``x = x + mlp(ln_2 x) + drop_path(0.5 * MLP_Adapter(ln_2 x))`` (no skip).
 
@@ -33,18 +35,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
 from methods.heads import LinearHeadMixin, head_dropout_option, head_option
-from methods.layers import DropPath, drop_path_rates
+from methods.layers import (
+    FRAMES_MISMATCH_CHOICES,
+    DropPath,
+    drop_path_rates,
+    interpolate_frames,  # noqa: F401  (re-exported: harness/convert/adapters.py)
+    per_frame_embedding,
+)
 from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
-FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
 #: Official `paramwise_cfg.custom_keys` with decay_mult 0 (configs/recognition/vit/vitclip_base_k400.py
 #: L97-102): a parameter whose name contains one of these is not decayed.
 NO_DECAY_KEYS = ("class_embedding", "positional_embedding", "ln_1", "ln_2", "ln_pre", "ln_post")
@@ -62,17 +68,13 @@ def official_key(name: str) -> str | None:
     return None
 
 
-def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
-    """(1, T0, D) temporal embedding -> (1, frames, D) by linear interpolation over time
-    (`frames_mismatch=interpolate`; also used to convert a release trained with another T)."""
-    emb = F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=False)
-    return emb.transpose(1, 2)
-
-
 @dataclass
 class AIMConfig(MethodConfig):
     mlp_ratio: float = option(0.25, "adapter bottleneck = int(width * mlp_ratio): 192 at ViT-B/16 (official)")
-    adapter_scale: float = option(0.5, "scale of the MLP-adapter branch (official K400 config: 0.5)")
+    adapter_scale: float = option(0.5, "scale of the MLP-adapter branch (official K400 config: 0.5; SSv2: 1.0)")
+    num_tadapter: int = option(1, "temporal adapters per block: 1 (official K400 configs), or 2 (official B/16 "
+                               "SSv2 config): a skip adapter `T_Adapter_in` also runs before the temporal attention",
+                               choices=(1, 2))
     drop_path_rate: float = option(0.2, "drop path on the temporal and MLP-adapter branches, rising "
                                    "linearly from 0 in the first block to this in the last (official: 0.2)")
     frames_mismatch: str = option(
@@ -117,11 +119,13 @@ class AIMBlock(AdaptedBlock):
     """CLIP block with AIM's temporal, spatial and joint adaptation."""
 
     def __init__(self, block: nn.Module, ctx: BlockContext, layer_index: int, hidden: int,
-                 scale: float, drop_path: float) -> None:
+                 scale: float, drop_path: float, num_tadapter: int = 1) -> None:
         super().__init__(block, ctx, layer_index, "visual")
         self.MLP_Adapter = AIMAdapter(self.width, hidden, skip_connect=False)
         self.S_Adapter = AIMAdapter(self.width, hidden, skip_connect=True)
         self.T_Adapter = AIMAdapter(self.width, hidden, skip_connect=False)
+        # official num_tadapter=2: T_Adapter(attn(T_Adapter_in(ln_1(x_t)))), T_Adapter_in with skip
+        self.T_Adapter_in = AIMAdapter(self.width, hidden, skip_connect=True) if num_tadapter == 2 else None
         self.scale = scale
         self.drop_path = DropPath(drop_path)
 
@@ -133,7 +137,12 @@ class AIMBlock(AdaptedBlock):
 
     def temporal_branch(self, x: torch.Tensor) -> torch.Tensor:
         """T_Adapter(attn(ln_1(.))) with each token position attending over the T frames."""
-        series = [self.T_Adapter(self.attention(self.ln_1(seq))) for seq in self.ctx.time_series(x)]
+        series = []
+        for seq in self.ctx.time_series(x):  # per frame: every position; joint: the CLS, then each patch position
+            seq = self.ln_1(seq)
+            if self.T_Adapter_in is not None:
+                seq = self.T_Adapter_in(seq)
+            series.append(self.T_Adapter(self.attention(seq)))
         return self.ctx.from_time_series(series, x)
 
     def drop_clip_path(self, delta: torch.Tensor, site: int) -> torch.Tensor:
@@ -157,7 +166,8 @@ class AIM(LinearHeadMixin, VideoTextModel):
         self.temporal_embedding = nn.Parameter(torch.zeros(1, self.num_frames, self.visual_width))
         hidden = int(self.visual_width * cfg.mlp_ratio)
         rates = drop_path_rates(cfg.drop_path_rate, self.visual_depth)
-        self.wrap_visual(lambda block, i: AIMBlock(block, self.ctx, i, hidden, cfg.adapter_scale, rates[i]))
+        self.wrap_visual(lambda block, i: AIMBlock(block, self.ctx, i, hidden, cfg.adapter_scale, rates[i],
+                                                   cfg.num_tadapter))
         self.build_head()
 
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
@@ -169,15 +179,8 @@ class AIM(LinearHeadMixin, VideoTextModel):
 
     def temporal_embedding_for(self, frames: int) -> torch.Tensor:
         """(1, frames, D): the learned embedding, or its linear interpolation when allowed."""
-        if frames == self.num_frames:
-            return self.temporal_embedding
-        if self.config.frames_mismatch != "interpolate":
-            raise HarnessError(
-                f"aim was built for {self.num_frames} frames (its temporal embedding has one row per "
-                f"frame) but got a video of {frames} frames; sample {self.num_frames} frames, rebuild "
-                "with the new count, or --set aim.frames_mismatch=interpolate"
-            )
-        return interpolate_frames(self.temporal_embedding, frames)
+        return per_frame_embedding(self.temporal_embedding, frames, self.config.frames_mismatch, "aim",
+                                   "temporal embedding")
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Add the temporal embedding of frame t to every token of frame t (before ln_pre; joint:

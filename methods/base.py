@@ -70,6 +70,9 @@ class ParamGroup:
     names: list[str]
     params: list[nn.Parameter]
     weight_decay: bool = True
+    #: Multiplier of the method's `lr` for this group (official per-module learning rates, e.g.
+    #: X-CLIP's 10x for its new modules); the schedule scales every group's lr alike.
+    lr_scale: float = 1.0
 
 
 class VideoTextModel(nn.Module):
@@ -147,17 +150,28 @@ class VideoTextModel(nn.Module):
         decay. Default: no exemption (one AdamW group, as ViFi-CLIP's and Vita-CLIP's code)."""
         return False
 
+    def lr_scale(self, name: str, param: nn.Parameter) -> float:
+        """Multiplier of the method's lr for this trainable parameter, where the official optimiser
+        gives some modules their own lr. Default: 1 (one lr for everything)."""
+        return 1.0
+
     def param_groups(self) -> list[ParamGroup]:
         """The trainable parameters split as the official optimiser splits them: `decay` and
-        `no_decay` (weight decay 0), empty groups left out. The engine builds AdamW from this."""
-        decay: list[tuple[str, nn.Parameter]] = []
-        exempt: list[tuple[str, nn.Parameter]] = []
+        `no_decay` (weight decay 0), and, for parameters with an `lr_scale` other than 1, the
+        same two per scale (`decay_lr_x10`, `no_decay_lr_x10`); empty groups left out. The engine
+        builds AdamW from this."""
+        groups: dict[tuple[float, bool], ParamGroup] = {}
         for name, param in self.named_parameters():
-            if param.requires_grad:
-                (exempt if self.no_weight_decay(name, param) else decay).append((name, param))
-        groups = [ParamGroup("decay", [n for n, _ in decay], [p for _, p in decay]),
-                  ParamGroup("no_decay", [n for n, _ in exempt], [p for _, p in exempt], weight_decay=False)]
-        return [g for g in groups if g.params]
+            if not param.requires_grad:
+                continue
+            scale, decay = float(self.lr_scale(name, param)), not self.no_weight_decay(name, param)
+            key = (scale, decay)
+            if key not in groups:
+                label = ("decay" if decay else "no_decay") + ("" if scale == 1.0 else f"_lr_x{scale:g}")
+                groups[key] = ParamGroup(label, [], [], weight_decay=decay, lr_scale=scale)
+            groups[key].names.append(name)
+            groups[key].params.append(param)
+        return sorted(groups.values(), key=lambda g: (g.lr_scale != 1.0, g.lr_scale, not g.weight_decay))
 
     # -- what the method needs from the run, and training switches ---------------------------
     # Class methods of the configuration, so that a job can be checked before any model is built.
@@ -268,27 +282,36 @@ class VideoTextModel(nn.Module):
         ((B*T, L, D) per frame, (B, L, D) joint) -> the same with the method's additions."""
         return x
 
-    def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Tokens after the last block -> clip feature (B, E): CLS -> ln_post -> proj, then the
-        layout's pooling (per frame: mean over the frames' CLS features; joint: the clip's)."""
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block -> one image feature per sequence: CLS -> ln_post -> proj,
+        as CLIP's image tower ((B*T, E) per frame; joint: (B, E), the clip's CLS)."""
         visual = self.clip.visual
         feats = visual.ln_post(x[:, 0])
-        if visual.proj is not None:
-            feats = feats @ visual.proj
-        return self.layout.pool_frames(feats, batch, frames)
+        return feats @ visual.proj if visual.proj is not None else feats
 
-    def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, T, 3, H, W) normalised frames -> (B, E) clip features."""
+    def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """Tokens after the last block -> clip feature (B, E): `frame_features`, then the layout's
+        pooling (per frame: the mean over the frames; joint: the clip's CLS feature)."""
+        return self.layout.pool_frames(self.frame_features(x), batch, frames)
+
+    def visual_tower(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> tokens after the last visual block in the backbone's
+        layout: (B*T, L, D) per frame, the frames of a clip contiguous; (B, 1 + N*T, D) joint.
+        Methods that read more than the pooled feature (e.g. the patch tokens) call this and pool
+        themselves (through the layout)."""
         if video.dim() != 5:
             raise ValueError(f"expected a (B, T, 3, H, W) video batch, got shape {tuple(video.shape)}")
-        batch, frames = video.shape[:2]
-        self.ctx.num_frames = frames
+        self.ctx.num_frames = video.shape[1]
         visual = self.clip.visual
         x = self.embed_video(video)
         x = self.visual_tokens(x)
         x = visual.ln_pre(x)
-        x = visual.transformer(x)
-        feats = self.visual_pool(x, batch, frames)
+        return visual.transformer(x)
+
+    def encode_video(self, video: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, T, 3, H, W) normalised frames -> (B, E) clip features."""
+        x = self.visual_tower(video)
+        feats = self.visual_pool(x, video.shape[0], video.shape[1])
         return F.normalize(feats, dim=-1) if normalize else feats
 
     # -- text tower --------------------------------------------------------------------------

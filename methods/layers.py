@@ -1,5 +1,6 @@
-"""Small layers shared by the adapter methods: stochastic depth, dropout drawn per sample, and
-a temporal depthwise convolution over frames.
+"""Small layers shared by the adapter methods: stochastic depth, dropout drawn per sample, a
+temporal depthwise convolution over frames, and learned per-frame embeddings for clips of
+another length.
 
 Why a module of its own: ST-Adapter and AIM (and possibly later methods) need the same two
 operations, and both have a subtle choice (what a "sample" is for drop path; how to run a
@@ -11,10 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessError
 from methods.sample_random import SampleRandomLayer, per_sample_uniform
 
 #: Implementations of the temporal depthwise convolution; all compute the same function.
 TEMPORAL_CONV_IMPLS = ("conv1d", "shift", "conv3d")
+#: What a method with a learned (1, T, D) per-frame embedding does with a clip of other than T
+#: frames (its `frames_mismatch` option).
+FRAMES_MISMATCH_CHOICES = ("error", "interpolate")
 
 
 def drop_path(x: torch.Tensor, rate: float, training: bool, stream: int = 0, site: int = 0) -> torch.Tensor:
@@ -45,6 +50,29 @@ class DropPath(SampleRandomLayer):
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:g}"
+
+
+def interpolate_frames(embedding: torch.Tensor, frames: int) -> torch.Tensor:
+    """(1, T0, D) per-frame embedding -> (1, frames, D) by linear interpolation over time
+    (`frames_mismatch=interpolate`; also used to convert a release trained with another T)."""
+    emb = F.interpolate(embedding.transpose(1, 2), size=frames, mode="linear", align_corners=False)
+    return emb.transpose(1, 2)
+
+
+def per_frame_embedding(embedding: torch.Tensor, frames: int, policy: str, method: str, what: str) -> torch.Tensor:
+    """A learned (1, T0, D) per-frame embedding for a clip of `frames` frames: itself when
+    T0 == frames, its linear interpolation under policy "interpolate", else a HarnessError that
+    says what to do (`method`'s `frames_mismatch` option)."""
+    built = embedding.shape[1]
+    if frames == built:
+        return embedding
+    if policy != "interpolate":
+        raise HarnessError(
+            f"{method} was built for {built} frames (its {what} has one row per frame) but got a video of "
+            f"{frames} frames; sample {built} frames, rebuild with the new count, or "
+            f"--set {method}.frames_mismatch=interpolate"
+        )
+    return interpolate_frames(embedding, frames)
 
 
 class SampleDropout(SampleRandomLayer):

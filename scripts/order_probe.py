@@ -83,7 +83,8 @@ def frames_of(x: np.ndarray, t: int, rng: np.random.Generator | None, crop: int)
 
 def temporal_param_names(method: str, names: list[str]) -> list[str]:
     keys = {"aim": ("T_Adapter", "temporal_embedding"), "msta": ("temporal.conv",),
-            "st_adapter": ("conv",), "vitaclip": ("summary", "message", "temporal")}.get(method, ())
+            "st_adapter": ("conv",), "vitaclip": ("summary", "message", "temporal"),
+            "xclip": ("message_", "mit.positional_embedding")}.get(method, ())
     return [n for n in names if any(k in n for k in keys)]
 
 

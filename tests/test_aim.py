@@ -33,6 +33,8 @@ build, build_b16, video, perturb_zero_init = bind("aim", FRAMES, perturb_scale=0
     ({}, 8, 10_659_072),
     ({"head": "linear"}, 8, 10_966_672),
     ({"head": "linear"}, 32, 10_985_104),
+    # official B/16 SSv2 config: one more skip adapter per block (T_Adapter_in: 2 x 768 x 192 + 192 + 768)
+    ({"num_tadapter": 2}, 8, 10_659_072 + 12 * 295_872),
 ])
 def test_trainable_counts_vit_b16(b16_meta, options, frames, expected):
     model = build_b16(b16_meta, options, frames)

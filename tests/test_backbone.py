@@ -58,3 +58,26 @@ def test_project_tags_are_resolved_before_create_clip():
         resolve_weights("harness-small", SYNTHETIC_TAG)
     with pytest.raises(HarnessError, match="harness.weights.create_backbone"):
         create_clip("harness-tiny", SYNTHETIC_TAG)  # create_clip alone never trains anything
+
+
+def test_local_weights_say_which_activation_they_run(tmp_path, capsys):
+    """A ViT name with a local open_clip-format file (which does not record the activation its
+    weights were trained with): the first line of `harness run` says which one the name runs and
+    how to choose the other; the same note is what the backbone records in every result."""
+    import torch
+
+    from harness.backbone import activation_note
+    from harness.cli import main
+
+    weights = tmp_path / "my_clip.pt"
+    torch.save({"visual.proj": torch.zeros(1)}, weights)
+    assert main(["run", "--methods", "zeroshot", "--protocol", "base2novel", "--backbone", "ViT-B-16",
+                 "--pretrained", str(weights), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first == ("harness: note: ViT-B-16 runs exact GELU (its name says so; my_clip.pt does not record the "
+                     "activation its weights were trained with); if they were trained with QuickGELU (OpenAI CLIP "
+                     "and the video-CLIP releases built on it), pass --backbone ViT-B-16-quickgelu")
+    assert "pass --backbone ViT-B-16)" not in first
+    assert activation_note("ViT-B-16-quickgelu", weights).endswith("if they were trained with exact GELU, pass "
+                                                                  "--backbone ViT-B-16")
+    assert activation_note("harness-tiny", weights) is None  # this project's configs have one activation

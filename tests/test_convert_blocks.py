@@ -5,63 +5,15 @@ block with its temporal-conv adapter, AIM's temporal / spatial / joint adapters,
 plain and deep-prompted CLIP blocks."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 from convert_helpers import consistent_release, make_base, run_convert
 from method_helpers import OFFICIAL_STATE_DICTS
+from official_forward import attention, clip_block, fused_attention, lin, norm, quick_gelu
 
 base = pytest.fixture(scope="module")(make_base)
 pytestmark = pytest.mark.skipif(not OFFICIAL_STATE_DICTS.is_dir(), reason="needs ../shared/upstream/official-state-dicts")
-HEAD_WIDTH = 64  # ViT-B/16: 12 heads of the 768-wide image tower, 8 of the 512-wide text tower
-
-
-def lin(x, s, key):
-    """x @ W.T + b with the release's `key`.weight / `key`.bias (fp16 releases upcast)."""
-    return x @ s[f"{key}.weight"].float().T + s[f"{key}.bias"].float()
-
-
-def norm(x, s, key):
-    return F.layer_norm(x, (x.shape[-1],), s[f"{key}.weight"].float(), s[f"{key}.bias"].float())
-
-
-def quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-def attention(q, k, v):
-    """Softmax attention written out: (N, L, D) queries over (N, S, D) keys/values."""
-    n, length, d = q.shape
-    heads = d // HEAD_WIDTH
-    split = lambda t: t.view(n, t.shape[1], heads, d // heads).transpose(1, 2)  # noqa: E731
-    weights = (split(q) @ split(k).transpose(-1, -2) / math.sqrt(d // heads)).softmax(-1)
-    return (weights @ split(v)).transpose(1, 2).reshape(n, length, d)
-
-
-def fused_attention(x, s, key, kv=None):
-    """CLIP's nn.MultiheadAttention (`key`.in_proj_weight, q/k/v stacked) from its weights."""
-    kv = x if kv is None else kv
-    w, b = s[f"{key}.in_proj_weight"].float(), s[f"{key}.in_proj_bias"].float()
-    q, k, v = (t @ wi.T + bi for t, wi, bi in zip((x, kv, kv), w.chunk(3), b.chunk(3)))
-    return lin(attention(q, k, v), s, f"{key}.out_proj")
-
-
-def clip_block(x, s, p, mask=None):
-    """The plain pre-norm CLIP block (`p` = official prefix of the block)."""
-    h = norm(x, s, f"{p}.ln_1")
-    w, b = s[f"{p}.attn.in_proj_weight"].float(), s[f"{p}.attn.in_proj_bias"].float()
-    q, k, v = (h @ wi.T + bi for wi, bi in zip(w.chunk(3), b.chunk(3)))
-    if mask is None:
-        a = attention(q, k, v)
-    else:
-        a = F.scaled_dot_product_attention(*(t.view(t.shape[0], t.shape[1], -1, HEAD_WIDTH).transpose(1, 2)
-                                             for t in (q, k, v)), attn_mask=mask).transpose(1, 2).flatten(2)
-    x = x + lin(a, s, f"{p}.attn.out_proj")
-    return x + lin(quick_gelu(lin(norm(x, s, f"{p}.ln_2"), s, f"{p}.mlp.c_fc")), s, f"{p}.mlp.c_proj")
-
-
 def run_block(model, index, x, frames, tower="visual", mask=None):
     blocks = model.visual_blocks if tower == "visual" else model.text_blocks
     model.ctx.num_frames = frames
@@ -152,5 +104,6 @@ def test_vificlip_prompt_visual_block(base, tmp_path):
     p = "image_encoder.transformer.resblocks.1"
     n = s[f"{p}.VPT_shallow"].shape[0]
     x = tokens(2, 4 + n)
-    prompted = torch.cat([x[:, :-n], s[f"{p}.VPT_shallow"].expand(2, -1, -1)], dim=1)
+    # the official forward uses the prompt as `.half()` (clip/model.py)
+    prompted = torch.cat([x[:, :-n], s[f"{p}.VPT_shallow"].half().float().expand(2, -1, -1)], dim=1)
     torch.testing.assert_close(run_block(model, 1, x, 1), clip_block(prompted, s, p), rtol=1e-4, atol=1e-5)

@@ -165,8 +165,12 @@ def test_generation_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert len(texts) == 5 + 1 + 3 + 3 + 8 + 4  # lists, few-shot (k=2), b2n fs, zs, descriptions, csvs
     for rel in texts:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
-    assert sorted(p.name for p in (a / "videos").iterdir()) == sorted(p.name for p in (b / "videos").iterdir())
-    one = min((a / "videos").iterdir()).name
+    names = sorted(p.name for p in (a / "videos").iterdir())
+    assert names == sorted(p.name for p in (b / "videos").iterdir())
+    # Every video byte for byte: one recipe hash must mean one dataset (with the macroblock tree on,
+    # libx264 wrote other bytes for ~40 % of the clips on a second encoding of the same frames).
+    assert [n for n in names if (a / "videos" / n).read_bytes() != (b / "videos" / n).read_bytes()] == []
+    one = names[0]
     ra, rb = decord.VideoReader(str(a / "videos" / one)), decord.VideoReader(str(b / "videos" / one))
     np.testing.assert_array_equal(ra.get_batch([0, 5]).asnumpy(), rb.get_batch([0, 5]).asnumpy())
 
@@ -178,6 +182,22 @@ def test_generation_is_deterministic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(emb, "generate", boom)
     assert ensure_embedded_dataset(tmp_path / "a", TINY) == a
     assert (a / "recipe.json").stat().st_mtime_ns == mtime
+
+
+def test_rgb_to_yuv420p_by_hand():
+    """BT.601 limited range: black (16, 128, 128), white (235, 128, 128), pure red Y = 16 + 65.481 =
+    81.481 -> 81, Cr = 128 + 112 = 240; chroma is the mean of each 2x2 block."""
+    frame = np.zeros((4, 4, 3), np.uint8)
+    frame[:, 2:] = 255  # right half white
+    yuv = emb.rgb_to_yuv420p(frame)
+    assert yuv.shape == (6, 4)  # Y (4 rows), then the 2x2 Cb and the 2x2 Cr planes, each flattened into one row
+    np.testing.assert_array_equal(yuv[:4], [[16, 16, 235, 235]] * 4)
+    np.testing.assert_array_equal(yuv[4:], [[128] * 4] * 2)
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    y, cb, cr = emb.rgb_to_yuv420p(red).ravel()[[0, 16, 20]]
+    assert (y, cb, cr) == (81, round(128 - 37.797), 240)
+
 
 
 def test_stale_or_interrupted_generation_is_redone(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from convert_helpers import CLASSES, consistent_release, make_base, run_convert
 
 from harness.cli import build_parser, main
@@ -60,6 +61,7 @@ def test_eval_of_a_run_checkpoint_reproduces_its_metrics(trained_run, tmp_path, 
         mine, theirs = (np.load(d / "jobs" / i / "predictions" / f"{name}.npz")
                         for d, i in ((out, job_id), (run_out, trained["job_id"])))
         assert np.array_equal(mine["scores"], theirs["scores"]) and np.array_equal(mine["labels"], theirs["labels"])
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]  # tensors and plain data only
     job = record["job"]
     assert job["checkpoint"] == {"sha256": file_sha256(ckpt), "kind": "run", "path": str(ckpt.resolve())}
     assert job["schedule"]["epochs"] == 0 and record["metrics"]["train"]["skipped"] == "evaluated checkpoint"
@@ -74,6 +76,44 @@ def test_eval_of_a_run_checkpoint_reproduces_its_metrics(trained_run, tmp_path, 
     capsys.readouterr()
     assert _eval(moved / "work" / ckpt.name, out) == 0
     assert "finished earlier, skipped" in capsys.readouterr().err and len(_records(out)) == 1
+
+
+@pytest.mark.slow  # shares a ~25 s tiny training run (trained_run)
+def test_evaluated_model_is_built_inside_its_job(trained_run, tmp_path, monkeypatch):
+    """No model crosses from planning into a job or outlives its job: the evaluated model is loaded
+    inside the job, after the job applied its settings (schedule.cpu_threads=1 while the process
+    runs 2 threads: a model built in planning would carry the process's); after the job the
+    process's thread count and RNG are as before; the scores equal the run's bit for bit."""
+    import harness.convert.checkpoint as checkpoint_mod
+    import harness.engine.runner as runner_mod
+
+    run_out, ckpt, trained = trained_run
+    loads, used = [], []
+    real_load, real_build = checkpoint_mod.load_checkpoint, runner_mod.build_net
+
+    def load(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loads.append((torch.get_num_threads(), loaded.net))  # keeps every net alive: identities stay unique
+        return loaded
+
+    monkeypatch.setattr(checkpoint_mod, "load_checkpoint", load)
+    monkeypatch.setattr(runner_mod, "build_net", lambda job, source=None: used.append(real_build(job, source)) or used[-1])
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    rng = torch.get_rng_state()
+    try:
+        assert _eval(ckpt, tmp_path / "eval", "--set", "schedule.cpu_threads=1") == 0
+        assert torch.get_num_threads() == 2 and torch.equal(torch.get_rng_state(), rng)
+    finally:
+        torch.set_num_threads(1)
+    (net, _), = used
+    assert len(loads) == 2  # planning's load (checked, then dropped) and the job's own
+    assert [threads for threads, loaded in loads if loaded is net] == [1]
+    (job_id, record), = _records(tmp_path / "eval").items()
+    for name in trained["metrics"]["evals"]:
+        mine, theirs = (np.load(d / "jobs" / i / "predictions" / f"{name}.npz")["scores"]
+                        for d, i in ((tmp_path / "eval", job_id), (run_out, trained["job_id"])))
+        assert np.array_equal(mine, theirs)
 
 
 @pytest.mark.slow  # shares a ~25 s tiny training run (trained_run)

@@ -75,6 +75,16 @@ def test_nothing_imports_the_cli():
     assert users <= KNOWN_UPWARD, f"modules importing harness.cli: {sorted(users - KNOWN_UPWARD)}"
 
 
+def test_engine_does_not_import_convert():
+    """The engine runs jobs; checkpoint evaluation reaches it as a model source that the API hands
+    in (`harness.convert.evaluate.CheckpointModel`), so engine -> convert stays a one-way street
+    (convert's predict and evaluation use the engine's model wrapper)."""
+    graph = _graph()
+    upward = sorted((mod, dep) for mod, deps in graph.items() if mod.startswith("harness.engine")
+                    for dep in deps if dep.startswith("harness.convert"))
+    assert not upward, f"harness.engine imports harness.convert: {upward}"
+
+
 def test_no_import_cycle():
     graph = _graph()
     for a, b in KNOWN_UPWARD:

@@ -22,6 +22,8 @@ EXPECTED_DEFAULT_COUNTS = {
     "aim": 10_659_072,                # "AIM": text-matching
     "vitaclip": 28_524_545,           # "Vita-CLIP": this project's default
     "msta": 8_712_192,                # "MSTA": d=256, layers 1-12
+    "xclip": 131_501_056,             # "Being added": X-CLIP, VideoX @ 1744b21 (the official model built at the
+                                      # pinned commit, default config, trainable after its fix_text)
 }
 #: Exact trainable counts on ViCLIP-B/16 (joint space-time backbone), 8 frames, default options, for
 #: every method that lists the joint layout. Inserted modules have their ViT-B/16 sizes (ViCLIP has
@@ -57,7 +59,7 @@ def test_frame_order_contract_of_the_reference_methods():
     """What each method's class claims (`models_frame_order`) for the seven reference methods, as
     METHODS.md describes them (temporal modules vs mean-pooled frames); the claim itself is
     checked against the model by `test_frame_order_sensitivity`."""
-    temporal = {"st_adapter", "aim", "vitaclip", "msta"}
+    temporal = {"st_adapter", "aim", "vitaclip", "msta", "xclip"}
     claims = {m: get_method(m).model_cls.models_frame_order for m in EXPECTED_DEFAULT_COUNTS}
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}
 

@@ -1,8 +1,10 @@
 """`harness convert`: official released checkpoints -> checkpoints of this project's modules.
 
-One converter per official code base (`adapters`, `vitaclip`, `vificlip`), one shared pipeline
-(`base`, `mapping`, `release`), and `checkpoint` to save and load the result (also run
-checkpoints), which `harness predict` and evaluation use.
+One converter per official code base (`adapters`, `vitaclip`, `vificlip`, `xclip`), one shared pipeline
+(`base`, `mapping`, `release`), the reader of release files as the official code writes them
+(`release_io`: pickled configuration objects as plain data, no pickled code run), and
+`checkpoint` to save and load the result (also run checkpoints), which `harness predict` and
+evaluation (`evaluate`: the model source of `harness eval` jobs) use.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ def converters() -> dict[str, type[Converter]]:
     from harness.convert.adapters import AIMConverter, STAdapterConverter
     from harness.convert.vificlip import ViFiCLIPConverter, ViFiCLIPPromptConverter
     from harness.convert.vitaclip import VitaCLIPConverter
+    from harness.convert.xclip import XCLIPConverter
 
     return {c.name: c for c in (STAdapterConverter, AIMConverter, VitaCLIPConverter, ViFiCLIPConverter,
-                                ViFiCLIPPromptConverter)}
+                                ViFiCLIPPromptConverter, XCLIPConverter)}
 
 
 def convert(source: str, request: ConvertRequest) -> Conversion:

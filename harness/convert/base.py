@@ -10,7 +10,7 @@ for every key, load, verify the frozen weights against the base, and describe it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,6 +39,11 @@ class ConvertRequest:
     classes: list[str] | None = None
     splits_root: str | None = None  # where the K400 class file is found offline
     cache_dir: str | None = None
+    #: The MLP activation of the release's CLIP: all five official code bases run OpenAI CLIP,
+    #: trained with QuickGELU; "gelu" builds exact GELU (named in the report).
+    activation: str = "quickgelu"
+    #: Convert although frozen weights of the release differ from --base beyond fp16 rounding.
+    allow_base_mismatch: bool = False
 
 
 @dataclass
@@ -49,6 +54,11 @@ class BuildPlan:
     frames: int
     classnames: list[str] | None = None
     notes: list[str] = field(default_factory=list)
+    #: Options the release does not record and official configs disagree on:
+    #: option -> {"value": used, "alternatives": {value: where upstream uses it}, "how": to choose}.
+    assumed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What was taken from the release's training configuration: setting -> value.
+    from_config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -64,17 +74,36 @@ class Conversion:
         return self.meta["conversion"]
 
 
+def _is_file(text: str) -> bool:
+    """Whether `text` names an existing file (False for text no path can be: too long, NUL ...)."""
+    try:
+        return Path(text).expanduser().is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_classes(text: str) -> list[str]:
-    """`--classes`: an `id,name` CSV file, or comma-separated class names."""
+    """`--classes`: a value naming an existing file is a class file (`id,name` CSV); one ending in
+    `.csv` / `.txt` that names no file is an error; anything else is comma-separated class
+    names, however long."""
     from harness.data.annotations import read_class_csv
 
-    if text.endswith(".csv") or Path(text).is_file():
-        return read_class_csv(text)
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    if _is_file(text):
+        path = Path(text).expanduser()
+        if path.suffix.lower() != ".txt":
+            return read_class_csv(str(path))
+        names = [n.strip() for n in path.read_text(encoding="utf-8").splitlines() if n.strip()]
+        where = f"--classes {text}"  # one name per line (e.g. Vita-CLIP's classes/k400_classes.txt)
+    elif text.strip().lower().endswith((".csv", ".txt")):
+        raise HarnessError(f"--classes {text}: no such class file")
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        where = "--classes"
     if not names:
-        raise HarnessError("--classes: give comma-separated class names or an id,name CSV file")
+        raise HarnessError(f"{where}: no class names; give comma-separated names, an id,name CSV file or a "
+                           ".txt file with one name per line")
     if len(set(names)) != len(names):
-        raise HarnessError(f"--classes: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        raise HarnessError(f"{where}: class names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     return names
 
 
@@ -127,8 +156,10 @@ class Converter(ABC):
     #: Official code base, for the report.
     upstream: ClassVar[str] = ""
     #: A key every release of this code base has: finding it as `<prefix><anchor>` reveals a
-    #: wrapper prefix (`backbone.`, `model.` ...) to strip.
+    #: wrapper prefix (`backbone.`, `model.` ...) to strip. `other_anchors`: keys tried next (a
+    #: release holding only its trained tensors lacks the frozen `anchor`).
     anchor: ClassVar[str]
+    other_anchors: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, request: ConvertRequest) -> None:
         self.request = request
@@ -158,13 +189,22 @@ class Converter(ABC):
     def base_needed(self, plan: BuildPlan) -> bool:
         return self.needs_base
 
+    def base_reason(self, plan: BuildPlan) -> str:
+        """Why this release needs `--base` (the start of the error when it is missing)."""
+        return "this conversion needs the base CLIP the release was trained from (weights the checkpoint does not hold)"
+
+    def base_precision(self, name: str) -> torch.dtype | None:
+        """The precision at which the official model holds parameter `name` when it comes from the
+        base (ST-Adapter halves its frozen CLIP), or None: as the base has it."""
+        return None
+
     # -- pipeline --------------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         assert self.release is not None
         return self.release.state
 
     def convert(self) -> Conversion:
-        from harness.backbone import get_tokenizer
+        from harness.backbone import get_tokenizer, with_activation
         from harness.weights import create_backbone
         from methods.registry import build_method
 
@@ -173,9 +213,12 @@ class Converter(ABC):
         self._strip_to_anchor(release)
         plan = self.prepare(release)
         if self.base_needed(plan) and not req.base:
-            raise HarnessError(f"--from {self.name}: this conversion needs the base CLIP the release was trained "
-                               "from (weights the checkpoint does not hold): pass --base TAG|PATH, e.g. --base openai")
-        clip, spec = create_backbone(req.backbone, req.base, seed=0, cache_dir=req.cache_dir)
+            raise HarnessError(f"--from {self.name}: {self.base_reason(plan)}: pass --base TAG|PATH, e.g. --base openai")
+        backbone = with_activation(req.backbone, req.activation)
+        clip, spec = create_backbone(backbone, req.base, seed=0, cache_dir=req.cache_dir)
+        if spec.quick_gelu != (req.activation == "quickgelu"):
+            raise HarnessError(f"--activation {req.activation}: --base {req.base} resolves the backbone to "
+                               f"{spec.resolved_name}, which runs {'QuickGELU' if spec.quick_gelu else 'exact GELU'}")
         base_state = {f"clip.{k}": v.detach().clone() for k, v in clip.state_dict().items()} if req.base else {}
         model = build_method(self.method, clip, get_tokenizer(spec), plan.frames, plan.options, plan.classnames)
         model.eval()
@@ -183,31 +226,51 @@ class Converter(ABC):
         mapped = map_release(params, release.state, self.source, self.ignore,
                              f"{req.checkpoint} (--from {self.name})", self.adapt)
         self._load(model, params, mapped)
+        rounded = round_from_base(params, mapped.from_base, self.base_precision)
         derived = self.check_derived(model, plan)
         frozen = {n for n, p in params.items() if not p.requires_grad}
+        vs_base = largest_difference(mapped, base_state, frozen) if req.base else None
+        if vs_base and vs_base["beyond_fp16"] and not req.allow_base_mismatch:
+            worst = vs_base["mismatch"]
+            raise HarnessError(
+                f"{req.checkpoint}: its frozen weights differ from --base {req.base} beyond fp16 rounding: largest "
+                f"|diff| {worst['max_abs_diff']:.3g} at {worst['official_key']} ({worst['elements']} element(s) of it "
+                f"differ; {vs_base['mismatched_parameters']} of {vs_base['compared_parameters']} frozen parameters): "
+                "the release was trained from other CLIP weights; pass those as --base, or --allow-base-mismatch "
+                "to convert anyway (the release's own frozen weights are used, --base fills the rest)")
+        frozen_in_release = sorted(frozen & set(mapped.values))
         report = {
             "from": self.name, "upstream": self.upstream, "method": self.method,
             "release": release.describe(),
             "filled_from_release": len(mapped.values), "filled_from_base": len(mapped.from_base),
             "ignored": mapped.ignored, "derived": derived, "notes": plan.notes + mapped.notes,
-            "frozen_vs_base": largest_difference(mapped, base_state, frozen) if req.base else None,
+            "activation": activation_record(spec.resolved_name, req.activation),
+            "assumed": plan.assumed, "from_config": plan.from_config,
+            "frozen_in_release": len(frozen_in_release), "frozen_vs_base": vs_base,
+            "base_mismatch_allowed": bool(vs_base and vs_base["beyond_fp16"]),
+            "from_base_rounded": {str(dtype).removeprefix("torch."): len(names) for dtype, names in rounded.items()},
         }
         meta = {"format": CONVERTED_FORMAT, "method": self.method, "method_options": model.config.to_dict(),
                 "frames": plan.frames, "classnames": plan.classnames, "backbone": spec.to_dict(),
-                "from_base": mapped.from_base, "conversion": report}
+                "from_base": mapped.from_base, "conversion": report,
+                "from_base_precision": {str(dtype).removeprefix("torch."): names for dtype, names in rounded.items()}}
         return Conversion(model=model, state=dict(mapped.values), meta=meta)
 
     def _strip_to_anchor(self, release: Release) -> None:
         """Remove a prefix that a wrapper module added in front of the official names."""
         state = release.state
-        if self.anchor in state:
+        anchors = (self.anchor, *self.other_anchors)
+        if any(a in state for a in anchors):
             return
-        found = [k for k in state if k.endswith("." + self.anchor)]
+        found = next(([k for k in state if k.endswith("." + a)] for a in anchors
+                      if any(k.endswith("." + a) for k in state)), [])
         if not found:
-            raise HarnessError(f"{release.path}: no {self.anchor!r} (or '<prefix>.{self.anchor}') among its "
-                               f"{len(state)} keys, so it is not a {self.name} checkpoint; is --from right? "
+            wanted = " or ".join(repr(a) for a in anchors)
+            raise HarnessError(f"{release.path}: none of its {len(state)} keys is {wanted} (or '<prefix>.' + it), "
+                               f"so it is not a checkpoint of --from {self.name}; is --from right? "
                                f"(first keys: {names_between(sorted(state))})")
-        prefix = found[0][: -len(self.anchor)]
+        anchor = next(a for a in anchors if found[0].endswith("." + a))
+        prefix = found[0][: -len(anchor)]
         release.state = {k.removeprefix(prefix): v for k, v in state.items()}
         release.stripped.append(prefix)
 
@@ -216,6 +279,31 @@ class Converter(ABC):
         with torch.no_grad():
             for name, value in mapped.values.items():
                 params[name].copy_(value.to(params[name].dtype))
+
+
+def round_from_base(params: dict[str, torch.nn.Parameter], from_base: Sequence[str],
+                    precision: Callable[[str], torch.dtype | None]) -> dict[torch.dtype, list[str]]:
+    """Round the parameters the base filled to the precision the official model holds them at
+    (`precision(name)`, e.g. fp16 for ST-Adapter's frozen CLIP); {dtype: names rounded}."""
+    rounded: dict[torch.dtype, list[str]] = {}
+    with torch.no_grad():
+        for name in from_base:
+            dtype = precision(name)
+            if dtype is not None and dtype != params[name].dtype:
+                params[name].copy_(params[name].to(dtype).to(params[name].dtype))
+                rounded.setdefault(dtype, []).append(name)
+    return rounded
+
+
+def activation_record(resolved: str, activation: str) -> dict[str, str]:
+    """What the report says about the MLP activation the converted model runs."""
+    if activation == "quickgelu":
+        why = ("QuickGELU, as the official code base runs OpenAI CLIP (trained with it); --activation gelu builds "
+               "exact GELU instead")
+    else:
+        why = ("exact GELU (--activation gelu), NOT the official code base's QuickGELU: outputs differ from the "
+               "official model's")
+    return {"activation": activation, "backbone": resolved, "why": why}
 
 
 def require_rows(state: dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:

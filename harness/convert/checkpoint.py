@@ -10,7 +10,9 @@ need not care where a checkpoint came from:
   backbone identity in `meta.backbone`; the build recipe is the job's `config.json`.
 
 In both cases the backbone is rebuilt from the recorded identity and compared with it, so a
-checkpoint is never silently applied to a different CLIP.
+checkpoint is never silently applied to a different CLIP. Both kinds hold tensors and plain data
+only and are read with `torch.load(weights_only=True)` (`harness.safe_load`): a shared checkpoint
+whose pickle would run code is refused with one line, and nothing of it runs.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch
 from harness.atomic import atomic_write
 from harness.convert.base import CONVERTED_FORMAT, Conversion
 from harness.errors import HarnessError
+from harness.safe_load import load_weights_only
 
 #: Fields of a backbone's identity: equal fields = the same weights.
 IDENTITY = ("resolved_name", "pretrained", "weights_sha256")
@@ -41,7 +44,8 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     sha256: str | None = None
     #: How the model was built: method, method_options, frames, classnames, backbone (name),
-    #: pretrained (as applied), seed; `harness eval` makes its jobs from it.
+    #: pretrained (as applied), seed, cache_dir (a run's: where its data and weights were);
+    #: `harness eval` makes its jobs from it.
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,10 +92,7 @@ def build_model(method: str, backbone: str, pretrained: str | None, frames: int,
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise HarnessError(f"--checkpoint {path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # mmengine files hold numpy/meta objects
-    except Exception as err:
-        raise HarnessError(f"--checkpoint {path}: cannot be read ({type(err).__name__}: {err})") from None
+    obj = load_weights_only(path, "a checkpoint of this project")
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise HarnessError(f"--checkpoint {path}: not a checkpoint of this project (no state_dict); convert an "
                            "official release first with `harness convert --from ...`")
@@ -114,6 +115,16 @@ def _apply(net: Any, state: dict[str, torch.Tensor], required: set[str], checkpo
     with torch.no_grad():
         for key, value in state.items():
             params[key].copy_(value.to(params[key].dtype))
+
+
+def _round_from_base(net: Any, precision: dict[str, list[str]]) -> None:
+    """Round the base-filled parameters a converted file names to the precision the official
+    model held them at (`meta.from_base_precision`, e.g. ST-Adapter's fp16 frozen CLIP)."""
+    params = dict(net.named_parameters())
+    with torch.no_grad():
+        for dtype, names in precision.items():
+            for name in names:
+                params[name].copy_(params[name].to(getattr(torch, dtype)).to(params[name].dtype))
 
 
 def load_checkpoint(path: str | Path, method: str | None = None, base: str | None = None,
@@ -145,10 +156,13 @@ def load_checkpoint(path: str | Path, method: str | None = None, base: str | Non
     required = (set(params) - set(meta.get("from_base", []))) if kind == "converted" else \
         {n for n, p in params.items() if p.requires_grad}
     _apply(net, state, required, str(path))
+    if kind == "converted":
+        _round_from_base(net, meta.get("from_base_precision") or {})
     used = {k: recipe.get(k) for k in ("method", "method_options", "frames", "classnames")}
     return LoadedModel(net=net, backbone=built, classnames=recipe.get("classnames"), kind=kind, meta=meta,
                        sha256=file_sha256(path),
-                       recipe={**used, "backbone": backbone["name"], "pretrained": pretrained, "seed": seed})
+                       recipe={**used, "backbone": backbone["name"], "pretrained": pretrained, "seed": seed,
+                               "cache_dir": cache_dir})
 
 
 def _run_recipe(path: Path, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str | None, int, dict]:

@@ -132,20 +132,40 @@ def map_release(params: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
     return Mapped(values=values, sources=sources, from_base=from_base, ignored=ignored)
 
 
+#: Frozen weights equal "up to fp16 rounding" when |release - base| <= FP16_RELATIVE * |base| +
+#: FP16_ABSOLUTE elementwise: one fp16 ulp relative (2^-10, twice the rounding error, so values
+#: rounded on either side of a tie pass), and fp16's smallest subnormal below that.
+FP16_RELATIVE, FP16_ABSOLUTE = 2.0 ** -10, 2.0 ** -24
+
+
 def largest_difference(mapped: Mapped, base_state: dict[str, torch.Tensor], frozen: set[str]
                        ) -> dict[str, Any] | None:
     """Largest |release - base| over the frozen parameters both hold, comparing at the release's
-    precision (a release stored in fp16 is compared with the base rounded to fp16)."""
+    precision (a release stored in fp16 is compared with the base rounded to fp16), and whether
+    any differs beyond fp16 rounding (`beyond_fp16`; `mismatch`: the parameter with the largest
+    such difference, its key and how many of its elements differ)."""
     worst: dict[str, Any] | None = None
-    compared = 0
+    mismatch: dict[str, Any] | None = None
+    compared = mismatched = 0
     for name, value in mapped.values.items():
         base = base_state.get(name)
         if name not in frozen or base is None or base.shape != value.shape:
             continue
         compared += 1
-        diff = float((value.float() - base.to(value.dtype).float()).abs().max()) if value.numel() else 0.0
-        if worst is None or diff > worst["max_abs_diff"]:
-            worst = {"max_abs_diff": diff, "parameter": name, "official_key": "+".join(mapped.sources[name])}
-    if worst is not None:
-        worst["compared_parameters"] = compared
-    return worst
+        if not value.numel():
+            continue
+        release, reference = value.float(), base.to(value.dtype).float()
+        diff = (release - reference).abs()
+        largest = float(diff.max())
+        where = {"max_abs_diff": largest, "parameter": name, "official_key": "+".join(mapped.sources[name])}
+        if worst is None or largest > worst["max_abs_diff"]:
+            worst = dict(where)
+        beyond = diff > FP16_RELATIVE * reference.abs() + FP16_ABSOLUTE
+        if beyond.any():
+            mismatched += 1
+            if mismatch is None or largest > mismatch["max_abs_diff"]:
+                mismatch = {**where, "elements": int(beyond.sum())}
+    if worst is None:
+        return None
+    return {**worst, "compared_parameters": compared, "beyond_fp16": mismatch is not None,
+            "mismatched_parameters": mismatched, "mismatch": mismatch}

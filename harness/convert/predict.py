@@ -8,9 +8,12 @@ a prediction here is what an evaluation of the same checkpoint would have scored
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,43 @@ def load_for_predict(args: argparse.Namespace) -> Any:
     method = args.method or "zeroshot"
     backbone = args.backbone or EMBEDDED_BACKBONE
     pretrained = args.pretrained or ("synthetic" if backbone in SYNTHETIC_BACKBONES else None)
+    pretrained = None if pretrained == "random" else pretrained  # as `harness run --pretrained random`
     net, spec = build_model(method, backbone, pretrained, args.frames or 8, method_sets(args.sets, method),
                             None, cache_dir=args.cache)
-    return LoadedModel(net=net, backbone=spec, classnames=None, kind="none")
+    return LoadedModel(net=net, backbone=spec, classnames=None, kind="none",
+                       recipe={"method": method, "backbone": backbone, "pretrained": pretrained})
+
+
+def model_line(loaded: Any, checkpoint: str | None) -> str:
+    """Which model scores the videos (printed to stderr before the predictions)."""
+    spec, recipe = loaded.backbone, loaded.recipe
+    weights = spec.get("pretrained") or "random init"
+    if checkpoint:
+        return (f"harness: scoring with {checkpoint} ({loaded.kind} checkpoint of {recipe.get('method')}, "
+                f"{recipe.get('frames')} frames) on {spec['resolved_name']} / {weights}")
+    trained = "not trained (frozen zero-shot CLIP)" if recipe["method"] == "zeroshot" else "untrained (fresh init)"
+    return (f"harness: no --checkpoint: scoring with method {recipe['method']} on {spec['resolved_name']} / "
+            f"{weights}, {trained}; pass --checkpoint for a trained or converted model")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything the libraries print while the model loads and the videos are scored goes to
+    stderr (mmengine logs deprecation notices to stdout), so stdout holds only the predictions
+    (`--format json` parses). Logging handlers that already write to stdout are pointed at
+    stderr for the duration."""
+    stdout = sys.stdout
+    moved = [h for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+             if isinstance(logger, logging.Logger) for h in logger.handlers
+             if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is stdout]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in moved:
+            handler.setStream(stdout)
 
 
 def predict_videos(net: Any, videos: Sequence[str], classnames: Sequence[str], image_size: int,
@@ -69,14 +106,19 @@ def predict_videos(net: Any, videos: Sequence[str], classnames: Sequence[str], i
 def predict_command(args: argparse.Namespace) -> int:
     from harness.convert.base import parse_classes
 
-    loaded = load_for_predict(args)
-    classnames = parse_classes(args.classes) if args.classes else loaded.classnames
-    if not classnames:
-        raise HarnessError("--classes: name the classes to score ('a,b,c' or an id,name CSV); this model "
-                           "records no training classes")
-    net = loaded.net
-    rows = predict_videos(net, args.videos, classnames, int(loaded.backbone["image_size"]),
-                          args.frames or net.num_frames, args.top, backbone=loaded.backbone)
+    if args.top < 1:
+        raise HarnessError(f"--top {args.top}: must be at least 1 (the number of classes shown per video)")
+    given = parse_classes(args.classes) if args.classes else None
+    with stdout_to_stderr():
+        loaded = load_for_predict(args)
+        classnames = given or loaded.classnames
+        if not classnames:
+            raise HarnessError("--classes: name the classes to score ('a,b,c', an id,name CSV or a .txt with one "
+                               "name per line); this model records no training classes")
+        print(model_line(loaded, args.checkpoint), file=sys.stderr)
+        net = loaded.net
+        rows = predict_videos(net, args.videos, classnames, int(loaded.backbone["image_size"]),
+                              args.frames or net.num_frames, args.top, backbone=loaded.backbone)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0

@@ -5,7 +5,9 @@ Why a module of its own: every released checkpoint of the methods here is some n
 `{"state_dict": ...}` (mmaction / mmengine), `{"model": ...}` (ViFi-CLIP, Vita-CLIP, DeiT-style
 trainers) and DDP's `module.` / `torch.compile`'s `_orig_mod.` prefixes, around tensors stored
 in fp16 or fp32. Converters should see one flat `{official key: tensor}` mapping and nothing of
-this, and the report should say what was unwrapped.
+this, and the report should say what was unwrapped. The file itself is read by
+`release_io.load_release` (no pickled code runs; configuration objects become plain data), and
+the training configuration it carries is kept beside the state (`Release.file`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from harness.convert.release_io import ReleaseFile, load_release
 from harness.errors import HarnessError
 
 #: Container keys under which trainers store the model's state dict, in the order they are tried.
@@ -34,14 +37,26 @@ class Release:
     unwrapped: list[str] = field(default_factory=list)  # container keys descended into
     stripped: list[str] = field(default_factory=list)  # prefixes removed from every key
     extras: dict[str, str] = field(default_factory=dict)  # non-state entries beside it (epoch, optimizer ...)
+    file: ReleaseFile | None = None  # the file as read: its training configuration, what was read
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        return self.file.config if self.file is not None else None
+
+    def setting(self, dotted: str, default: Any = None) -> Any:
+        """A value of the release's training configuration (`DATA.NUM_FRAMES`), or `default`."""
+        return self.file.setting(dotted, default) if self.file is not None else default
 
     def dtypes(self) -> dict[str, int]:
         return dict(Counter(str(t.dtype).removeprefix("torch.") for t in self.state.values()))
 
     def describe(self) -> dict[str, Any]:
-        return {"path": self.path, "keys": len(self.state), "dtypes": self.dtypes(),
-                "unwrapped": self.unwrapped, "stripped_prefixes": self.stripped,
-                "other_entries": self.extras}
+        out = {"path": self.path, "keys": len(self.state), "dtypes": self.dtypes(),
+               "unwrapped": self.unwrapped, "stripped_prefixes": self.stripped,
+               "other_entries": self.extras}
+        if self.file is not None:
+            out.update(config_from=self.file.config_key, config_kind=self.file.config_kind, read=self.file.read)
+        return out
 
 
 def _is_state(obj: Any) -> bool:
@@ -53,12 +68,18 @@ def unwrap(obj: Any, source: str = "checkpoint") -> tuple[dict[str, torch.Tensor
     path: list[str] = []
     extras: dict[str, str] = {}
     while not _is_state(obj):
+        where = "".join(f"[{k!r}]" for k in path)
         if not isinstance(obj, Mapping):
-            raise HarnessError(f"{source}: expected a state dict (a mapping of tensors), found {type(obj).__name__}")
+            raise HarnessError(f"{source}: expected a state dict (a mapping of tensors) at {where or 'the top level'}, "
+                               f"found {type(obj).__name__}")
+        if not obj:
+            raise HarnessError(f"{source}: {where or 'the file'} is empty: no tensors to convert")
         key = next((k for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], Mapping)), None)
         if key is None:
-            raise HarnessError(f"{source}: no state dict found; top-level entries are {sorted(map(str, obj))[:10]} "
-                               f"(looked for {', '.join(WRAPPER_KEYS)})")
+            kinds = ", ".join(f"{k} ({type(v).__name__})" for k, v in list(obj.items())[:10])
+            raise HarnessError(f"{source}: no state dict found {'in ' + where if where else 'at the top level'}; "
+                               f"its entries are {kinds} (looked for a mapping of tensors under "
+                               f"{', '.join(WRAPPER_KEYS)})")
         extras.update({str(k): type(v).__name__ for k, v in obj.items() if k != key})
         path.append(key)
         obj = obj[key]
@@ -82,14 +103,8 @@ def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str] = WRA
 
 
 def read_release(path: str | Path) -> Release:
-    """Load a checkpoint file on the CPU without executing pickled code, and flatten it."""
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle / zip errors of every kind
-        raise HarnessError(f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    state, unwrapped, extras = unwrap(obj, str(path))
+    """Read a release file on the CPU without executing pickled code, and flatten it."""
+    file = load_release(path)
+    state, unwrapped, extras = unwrap(file.content, str(path))
     state, stripped = strip_prefixes(state)
-    return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras)
+    return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras, file=file)

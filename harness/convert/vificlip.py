@@ -6,9 +6,17 @@ Neither release holds the token embedding (ViFi-CLIP pre-computes its prompts' t
 embeddings once), so it comes from `--base`; the stored prompt embeddings
 (`complete_text_embeddings`, or `token_prefix` / `token_suffix` for the prompting variant) are
 re-derived from the class names and template and compared, not loaded.
+
+`utils/tools.epoch_saving` writes `{'model': <DDP 'module.' keys>, 'optimizer', 'lr_scheduler',
+'max_accuracy', 'epoch', 'config': <the yacs CfgNode>}`; the CfgNode is read as plain data
+(`release_io`) and used: `DATA.NUM_FRAMES` (frames), `DATA.NUM_CLASSES` (checked against the
+class rows), `DATA.LABEL_LIST` (the training classes, from the upstream ViFi-CLIP labels when
+--classes is not given), `MODEL.ARCH` (checked against --backbone) and, for prompting,
+`TRAINER.ViFi_CLIP.*` (tokens, depth, context init; checked against the tensors).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,8 +24,14 @@ import torch
 from harness.convert.base import BuildPlan, Converter, k400_classes, require_rows, stacked_index
 from harness.convert.mapping import Source
 from harness.convert.text import check_context_buffers, compare_class_rows, prompt_embeddings, unchecked
+from harness.errors import HarnessError
 
 COMPLETE = "prompt_learner.complete_text_embeddings"
+
+
+def _as_used(tensors) -> torch.Tensor:
+    """A deep prompt as ViFi-CLIP's forward uses it: `.half()` (then promoted back by torch.cat)."""
+    return tensors[0].half().to(tensors[0].dtype)
 PREFIX, SUFFIX = "prompt_learner.token_prefix", "prompt_learner.token_suffix"
 
 
@@ -30,22 +44,78 @@ class ViFiCLIPConverter(Converter):
     buffers: tuple[str, ...] = (COMPLETE,)
 
     def prepare(self, release) -> BuildPlan:
-        options = dict(self.request.options)
-        options.update(self.prompt_options(release.state))
-        self.classnames = self.training_classes(release.state)
-        note = (f"class-token embeddings checked for {len(self.classnames)} classes" if self.classnames
-                else "class-token embeddings not checked (no --classes)")
-        return BuildPlan(options, self.request.frames or 8, None, [note, "token_embedding from --base"])
+        plan = BuildPlan(dict(self.request.options), self.request.frames or 8, None, [])
+        plan.options.update(self.prompt_options(release.state))
+        self.configured(release, plan)
+        self.classnames = self.training_classes(release.state, plan)
+        plan.notes += [f"class-token embeddings checked for {len(self.classnames)} classes" if self.classnames
+                       else "class-token embeddings not checked (no --classes)", "token_embedding from --base"]
+        return plan
 
     def prompt_options(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {}
 
-    def training_classes(self, state: dict[str, torch.Tensor]) -> list[str] | None:
-        """--classes, or Kinetics-400 for a release with 400 class rows; None: not checkable."""
-        rows = next((state[k].shape[0] for k in self.buffers if k in state), None)
-        if self.request.classes is not None or rows != 400:
+    def class_rows(self, state: dict[str, torch.Tensor]) -> int | None:
+        return next((state[k].shape[0] for k in self.buffers if k in state), None)
+
+    def configured(self, release, plan: BuildPlan) -> None:
+        """What the release's CfgNode (`config`) says, used and recorded; disagreements with the
+        tensors or the request are errors."""
+        where = f"{self.request.checkpoint} (its config"
+        for key in ("DATA.NUM_FRAMES", "DATA.NUM_CLASSES", "DATA.LABEL_LIST", "MODEL.ARCH", "TRAINER.ViFi_CLIP.USE"):
+            value = release.setting(key)
+            if value is not None:
+                plan.from_config[key] = value
+        frames = plan.from_config.get("DATA.NUM_FRAMES")
+        if frames is not None and not self.request.frames:
+            plan.frames = int(frames)
+        rows, classes = self.class_rows(release.state), plan.from_config.get("DATA.NUM_CLASSES")
+        if rows is not None and classes is not None and int(classes) != rows:
+            raise HarnessError(f"{where} DATA.NUM_CLASSES={classes}) disagrees with its {rows} class rows")
+        arch = plan.from_config.get("MODEL.ARCH")
+        backbone = self.request.backbone.removesuffix("-quickgelu")
+        if isinstance(arch, str) and "/" in arch and backbone.startswith("ViT-") and arch.replace("/", "-") != backbone:
+            raise HarnessError(f"{where} MODEL.ARCH={arch}) was trained on another CLIP than --backbone "
+                               f"{self.request.backbone}; pass --backbone {arch.replace('/', '-')}")
+        ctx_init = release.setting("TRAINER.ViFi_CLIP.CTX_INIT")
+        if isinstance(ctx_init, str) and self.method == "vificlip":  # the fixed prompt: "<CTX_INIT> <class>."
+            plan.from_config["TRAINER.ViFi_CLIP.CTX_INIT"] = ctx_init
+            plan.options.setdefault("prompt", ctx_init.replace("_", " ") + " {}.")
+        use = plan.from_config.get("TRAINER.ViFi_CLIP.USE")
+        if use not in (None, "both"):
+            plan.notes.append(f"trained with TRAINER.ViFi_CLIP.USE={use} (one tower tuned); its tensors are used as "
+                              "stored")
+
+    def training_classes(self, state: dict[str, torch.Tensor], plan: BuildPlan) -> list[str] | None:
+        """--classes; else the release's DATA.LABEL_LIST from the upstream ViFi-CLIP labels; else
+        Kinetics-400 for a release with 400 class rows; None: not checkable."""
+        rows = self.class_rows(state)
+        if self.request.classes is not None:
             return self.request.classes
+        label_list = plan.from_config.get("DATA.LABEL_LIST")
+        if isinstance(label_list, str) and label_list:
+            found = self.upstream_classes(label_list, plan)
+            if found is not None:
+                return found
+        if rows != 400:
+            return None
         return k400_classes(self.request.splits_root, self.request.cache_dir)
+
+    def upstream_classes(self, label_list: str, plan: BuildPlan) -> list[str] | None:
+        """The upstream copy of ViFi-CLIP's `labels/<file>` named by DATA.LABEL_LIST, if pinned."""
+        from harness.data.annotations import read_class_csv
+        from harness.data.upstream import UpstreamStore
+
+        rel = "vifi-clip/" + label_list.lstrip("./")
+        store = UpstreamStore(cache_dir=None if self.request.cache_dir is None else
+                              Path(self.request.cache_dir) / "upstream", splits_root=self.request.splits_root)
+        try:
+            names = read_class_csv(store.path(rel))
+        except (HarnessError, KeyError) as err:
+            plan.notes.append(f"DATA.LABEL_LIST={label_list}: not used ({str(err).splitlines()[0][:160]})")
+            return None
+        plan.notes.append(f"training classes from DATA.LABEL_LIST: upstream {rel}")
+        return names
 
     def source(self, name: str) -> Source | None:
         if name == "clip.token_embedding.weight":
@@ -82,16 +152,40 @@ class ViFiCLIPPromptConverter(ViFiCLIPConverter):
         deep = [k for k in state if k.startswith("image_encoder.transformer.resblocks.") and k.endswith(".VPT_shallow")]
         return {"n_tokens": int(ctx.shape[0]), "depth": 1 + len(deep)}
 
+    def configured(self, release, plan: BuildPlan) -> None:
+        super().configured(release, plan)
+        prefix = "TRAINER.ViFi_CLIP."
+        checks = {"N_CTX_VISION": "n_tokens", "N_CTX_TEXT": "n_tokens", "PROMPT_DEPTH_VISION": "depth",
+                  "PROMPT_DEPTH_TEXT": "depth"}
+        for key, option in checks.items():
+            value = release.setting(prefix + key)
+            if value is None:
+                continue
+            plan.from_config[prefix + key] = value
+            if int(value) != plan.options[option]:
+                raise HarnessError(f"{self.request.checkpoint}: its config {prefix}{key}={value} disagrees with its "
+                                   f"tensors ({option}={plan.options[option]})")
+        ctx_init = release.setting(prefix + "CTX_INIT")
+        if isinstance(ctx_init, str):
+            plan.from_config[prefix + "CTX_INIT"] = ctx_init
+            plan.options.setdefault("ctx_init", ctx_init)
+
+    def prepare(self, release) -> BuildPlan:
+        plan = super().prepare(release)
+        plan.notes.append("VPT and VPT_shallow (both towers) rounded to fp16: the official forward uses them as "
+                          ".half() (clip/model.py), so these are the values the official model computes with")
+        return plan
+
     def source(self, name: str) -> Source | None:
         if name == "visual_prompts":
-            return Source.key("image_encoder.VPT")
+            return Source(("image_encoder.VPT",), _as_used)
         if name == "prompt_learner.ctx":
             return Source.key(name)
         for ours, theirs in (("clip.visual.transformer.resblocks.", "image_encoder"),
                              ("clip.transformer.resblocks.", "text_encoder")):
             i = stacked_index(name, ours)
             if i is not None and name.endswith(f"{i}.prompts"):
-                return Source.key(f"{theirs}.transformer.resblocks.{i}.VPT_shallow")
+                return Source((f"{theirs}.transformer.resblocks.{i}.VPT_shallow",), _as_used)
         return super().source(name)
 
     def check_derived(self, model: Any, plan: BuildPlan) -> dict[str, Any]:

@@ -22,8 +22,8 @@ and the data root::
     <root>/datasets_splits/embedded_zs_splits/val{1,2,3}.txt
     <root>/description/2_{s,t}_description_embedded[_base|_novel|_zs].json   # ETL4Video format
 
-Reuse is keyed by `recipe_hash` (the recipe and GENERATOR_VERSION, not the encoded bytes, which
-may differ between encoder builds): `<cache>/<hash[:12]>/` is generated only if its
+Reuse is keyed by `recipe_hash` (the recipe and GENERATOR_VERSION; the encoded bytes repeat for a
+given libx264 build, see `X264_OPTIONS`, but another build of the encoder may write others): `<cache>/<hash[:12]>/` is generated only if its
 `recipe.json` is absent or names another hash. Generation writes into a temp folder and renames
 it into place, so a killed or concurrent run never leaves a half dataset that looks finished.
 Bump GENERATOR_VERSION whenever a change here changes what is drawn.
@@ -50,7 +50,7 @@ from harness.paths import CACHE_ENV, cache_root
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: deterministic H.264 (X264_OPTIONS, numpy RGB -> YUV)
 _STALE_TMP_SECONDS = 3600.0
 
 
@@ -420,9 +420,36 @@ def _has_libx264() -> bool:
     return "libx264" in av.codecs_available
 
 
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> the (H*3/2, W) uint8 planes of yuv420p (BT.601, limited range, 2x2
+    chroma means), in numpy: libswscale's SIMD paths are free to round differently per CPU, this is
+    the same everywhere. H must be a multiple of 4 and W even (PyAV's packed yuv420p layout)."""
+    f = frame.astype(np.float64)
+    y = 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
+    cb = 128.0 + (-37.797 * f[..., 0] - 74.203 * f[..., 1] + 112.0 * f[..., 2]) / 255.0
+    cr = 128.0 + (112.0 * f[..., 0] - 93.786 * f[..., 1] - 18.214 * f[..., 2]) / 255.0
+    h, w = y.shape
+
+    def quantise(a: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+    def chroma(c: np.ndarray) -> np.ndarray:
+        return quantise(c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))).reshape(h // 4, w)
+
+    return np.concatenate([quantise(y), chroma(cb), chroma(cr)])
+
+
+#: libx264 settings of the embedded videos. No B-frames, so every decoder agrees on the frame count.
+#: The macroblock tree and the rate-control lookahead are off: with them on, encoding the same frames
+#: twice in one process gave different bytes (and decoded pixels up to 22 levels apart) for about 40 %
+#: of the clips, even single-threaded; without them the bytes repeat (tests/test_embedded.py), and x264
+#: is bit-exact across its SIMD paths, so one recipe hash means one dataset on every machine.
+X264_OPTIONS = {"preset": "veryfast", "bframes": "0", "threads": "1", "x264-params": "mbtree=0:rc-lookahead=0"}
+
+
 def _encode_mp4(path: Path, frames: np.ndarray, fps: int, crf: int) -> str:
-    """Write frames as H.264 .mp4 (PyAV/libx264, no B-frames so every decoder agrees on frame
-    count); fall back to OpenCV's mp4v where PyAV lacks libx264. Returns the encoder used."""
+    """Write frames as H.264 .mp4 (PyAV/libx264, `X264_OPTIONS`, RGB -> yuv420p in numpy); fall back
+    to OpenCV's mp4v where PyAV lacks libx264. Returns the encoder used."""
     if _has_libx264():
         import av
 
@@ -430,9 +457,9 @@ def _encode_mp4(path: Path, frames: np.ndarray, fps: int, crf: int) -> str:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast", "bframes": "0", "threads": "1"}
+            stream.options = {"crf": str(crf), **X264_OPTIONS}
             for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)

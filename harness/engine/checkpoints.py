@@ -12,11 +12,19 @@ due), between two optimiser updates (an update never spans epochs: harness.engin
 holds the torch / numpy / python RNG states; the batches, augmentations and per-sample drop path
 of the next epochs follow from the job seed and the epoch (harness.engine.batches), so a resumed
 job trains exactly as an uninterrupted one.
+
+Safety: a checkpoint is written as tensors and plain data only (numpy arrays and mmengine's
+`HistoryBuffer`s of the message hub are stored as tagged dicts of tensors, `to_plain`), so every
+reader loads it with `torch.load(weights_only=True)` (`harness.safe_load`): resume goes through
+the `harness-safe://` loader registered with mmengine (`safe_uri`), never through mmengine's own
+unrestricted `torch.load`. A file whose pickle would run code is refused, never executed.
 """
 from __future__ import annotations
 
+import errno
 import random
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,7 @@ from mmengine.hooks import Hook
 from harness.atomic import atomic_write, atomic_write_text
 from harness.errors import HarnessError
 from harness.faults import fault_point
+from harness.safe_load import ForeignCode, load_weights_only
 
 POINTER = "last_checkpoint"
 BEST_FILE = "harness/best_file"
@@ -34,11 +43,88 @@ BEST_SCORE = "harness/best_score"
 _EPOCH = re.compile(r"^epoch_(\d+)\.pth$")
 
 
-def _load(path: Path) -> dict[str, Any]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+#: Key of the tagged dicts that stand for non-tensor objects in a stored checkpoint.
+TAG = "__harness_type__"
+#: mmengine checkpoint-loader scheme of `load_run_checkpoint` (`safe_uri`).
+SAFE_SCHEME = "harness-safe://"
+
+
+def to_plain(obj: Any, where: str = "checkpoint") -> Any:
+    """`obj` as tensors and plain data, which `torch.load(weights_only=True)` reads: numpy arrays
+    and mmengine `HistoryBuffer`s become tagged dicts (`from_plain` restores them), numpy
+    scalars Python numbers. Anything else that is not plain data is an error, found when saving."""
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(obj, np.generic):  # before the plain types: np.float64 is a float subclass
+        return obj.item()
+    if obj is None or isinstance(obj, (torch.Tensor, str, bytes, bool, int, float, torch.dtype, torch.device)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind not in "biuf" or obj.dtype.itemsize > 8:
+            raise HarnessError(f"{where}: a numpy array of dtype {obj.dtype} cannot be stored as a tensor")
+        data = obj.astype(np.int64) if obj.dtype.kind == "u" and obj.dtype.itemsize > 1 else obj
+        return {TAG: "ndarray", "dtype": obj.dtype.str, "data": torch.from_numpy(np.ascontiguousarray(data).copy())}
+    if isinstance(obj, HistoryBuffer):
+        return {TAG: "HistoryBuffer", "max_length": int(obj.max_length),
+                "log_history": to_plain(obj._log_history, where), "count_history": to_plain(obj._count_history, where)}
+    if isinstance(obj, dict):
+        out = {k: to_plain(v, f"{where}.{k}") for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, (list, tuple)):
+        items = [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return tuple(items) if isinstance(obj, tuple) else items
+    raise HarnessError(f"{where}: a {type(obj).__module__}.{type(obj).__name__} cannot be stored in a weights-only "
+                       "checkpoint (tensors and plain data only)")
+
+
+def from_plain(obj: Any) -> Any:
+    """Undo `to_plain`: tagged dicts back to numpy arrays and `HistoryBuffer`s."""
+    if isinstance(obj, dict):
+        kind = obj.get(TAG)
+        if kind == "ndarray":
+            return obj["data"].numpy().astype(np.dtype(obj["dtype"]))
+        if kind == "HistoryBuffer":
+            from mmengine.logging import HistoryBuffer
+
+            return HistoryBuffer(from_plain(obj["log_history"]), from_plain(obj["count_history"]), obj["max_length"])
+        out = {k: from_plain(v) for k, v in obj.items()}
+        return OrderedDict(out) if isinstance(obj, OrderedDict) else out
+    if isinstance(obj, (list, tuple)):
+        items = [from_plain(v) for v in obj]
+        return tuple(items) if isinstance(obj, tuple) else items
+    return obj
+
+
+def load_run_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint of a training job, read with `weights_only=True` (a pickle that names code is
+    refused: `harness.safe_load.ForeignCode`), its tagged entries restored. A missing file is a
+    FileNotFoundError (resume tells it from an unreadable one)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint", str(path))
+    checkpoint = load_weights_only(path, "a training checkpoint")
     if not isinstance(checkpoint, dict) or not {"meta", "state_dict"} <= checkpoint.keys():
-        raise ValueError("not a harness checkpoint")
+        raise HarnessError(f"{path}: not a training checkpoint of this project (no meta / state_dict)")
+    checkpoint = from_plain(checkpoint)
+    if map_location not in (None, "cpu", torch.device("cpu")):
+        checkpoint["state_dict"] = {k: v.to(map_location) for k, v in checkpoint["state_dict"].items()}
     return checkpoint
+
+
+def _safe_loader(filename: str, map_location: Any = None) -> dict[str, Any]:
+    return load_run_checkpoint(filename[len(SAFE_SCHEME):], map_location)
+
+
+def safe_uri(path: str | Path) -> str:
+    """`path` as a location mmengine's Runner loads (resume, `load_checkpoint`) with
+    `load_run_checkpoint` instead of its own unrestricted `torch.load`."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    CheckpointLoader.register_scheme(SAFE_SCHEME, _safe_loader, force=True)
+    return SAFE_SCHEME + str(path)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return load_run_checkpoint(path)
 
 
 def _best_file_of(checkpoint: dict[str, Any]) -> str | None:
@@ -75,6 +161,9 @@ def choose_resume_checkpoint(work_dir: Path, need_best: bool) -> tuple[Path | No
                 _load(work_dir / best)
         except FileNotFoundError as err:
             notes.append(f"{err.filename and Path(err.filename).name or path.name} is missing")
+            continue
+        except ForeignCode as err:  # never executed: the job restarts without it
+            notes.append(f"{path.name} refused: {str(err).split(': refused: ', 1)[-1].split(';')[0]}")
             continue
         except Exception as err:  # truncated / corrupt: anything torch.load can raise
             notes.append(f"{path.name} is unreadable ({type(err).__name__})")
@@ -189,6 +278,8 @@ class SafeCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault("meta", {})
         meta["harness_rng"] = _rng_state()
+        # last of the hooks (VERY_LOW, registered after TrainableCheckpointHook): weights-only from here
+        checkpoint.update(to_plain(dict(checkpoint)))
 
     # -- resuming -------------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -216,5 +307,5 @@ def load_best(runner, hook: SafeCheckpointHook) -> str:
         raise HarnessError(f"schedule.select=best: no best checkpoint in {hook.work_dir} "
                            f"({'none recorded' if path is None else path.name + ' is missing'}); "
                            "delete that work/ folder to retrain the job")
-    runner.load_checkpoint(str(path), map_location="cpu", strict=False)
+    runner.load_checkpoint(safe_uri(path), map_location="cpu", strict=False)
     return path.name

@@ -10,14 +10,17 @@ over processes), so micro-batch and process count change how a job runs, never w
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import os
+import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,8 +29,6 @@ from harness.backbone import count_truncated
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs import JobSpec, ListSpec
-
-os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # mmengine 0.10.7 resume vs torch>=2.6
 
 
 def _init_mm() -> None:
@@ -39,10 +40,6 @@ def _init_mm() -> None:
 
     init_default_scope("mmaction")
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
-    import warnings
-
-    # set on purpose above (mmengine's resume pickles more than tensors): not news at every resume
-    warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected")
 
 
 #: Numbers the Runners of this process: mmengine names its message hub, logger and visualizer by
@@ -85,23 +82,39 @@ def _amp_enabled(amp: str, device: torch.device) -> bool:
     return amp == "bf16"
 
 
-def build_net(job: JobSpec):
-    """Backbone + method for a job (the same seed gives every method the same random backbone);
-    for `harness eval`, the model its checkpoint describes."""
-    from harness.backbone import get_tokenizer
-    from harness.weights import create_backbone
-    from methods.registry import build_method
+class ModelSource(Protocol):
+    """What builds a job's network. The engine calls `build(job)` once, inside the job (after its
+    seed and thread settings are applied), and owns the result for that job only: no model
+    outlives its job, so a job's numbers never depend on what ran before it in the process."""
 
-    if job.checkpoint:
-        from harness.convert.evaluate import checkpoint_net
+    def build(self, job: JobSpec) -> tuple[Any, Any]:
+        """(VideoTextModel, BackboneSpec) for `job`."""
 
-        net, spec = checkpoint_net(job)
-    else:
+
+class FreshModel:
+    """The model of a training job: backbone + method from the job (the same seed gives every
+    method the same random backbone)."""
+
+    def build(self, job: JobSpec) -> tuple[Any, Any]:
+        from harness.backbone import get_tokenizer
+        from harness.weights import create_backbone
+        from methods.registry import build_method
+
+        if job.checkpoint:
+            raise HarnessError(f"job {job.job_id} evaluates checkpoint {job.checkpoint.get('path')}: run it with its "
+                               "model source (harness.api runs evaluation jobs with harness.convert.evaluate."
+                               "CheckpointModel)")
         clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
         backbone_params = sum(p.numel() for p in clip.parameters())
         classnames = job.train.classnames if job.train else None
         net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
         net.backbone_params = backbone_params
+        return net, spec
+
+
+def build_net(job: JobSpec, source: ModelSource | None = None):
+    """The job's network from `source` (default `FreshModel`), checked against its protocol."""
+    net, spec = (source or FreshModel()).build(job)
     check_protocol(net, job)
     net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
     set_token_mask(net, job, spec.token_layout)
@@ -116,6 +129,40 @@ def set_token_mask(net, job: JobSpec, layout: str) -> None:
         raise ConfigurationError(f"schedule.token_mask={mask}: needs a joint space-time backbone and a method that "
                                  f"allows it ({job.method} on {job.backbone} does not)")
     net.token_mask = mask
+
+
+@contextlib.contextmanager
+def job_process_state(schedule: dict[str, Any]) -> Iterator[int]:
+    """The process-wide settings a job's numbers depend on, set for the job and restored after it:
+    torch's intra-op threads (`configure_cpu_threads`; the reduction order of CPU kernels can
+    follow the thread count), OpenCV's threads (0, what mmengine's Runner sets for training, so a
+    job that only evaluates decodes and resizes as the evaluation after training does), and the
+    global torch / numpy / python RNGs (the job seeds them). Yields the torch thread count."""
+    threads, rng = torch.get_num_threads(), (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cv2 = _cv2()
+    cv2_threads = cv2.getNumThreads() if cv2 is not None else None
+    try:
+        if cv2 is not None:
+            cv2.setNumThreads(0)
+        yield configure_cpu_threads(schedule)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        if cv2 is not None:
+            cv2.setNumThreads(cv2_threads)
+
+
+def _cv2():
+    try:
+        import cv2
+    except ImportError:  # the decoders that need it are optional
+        return None
+    return cv2
 
 
 def check_protocol(net, job: JobSpec) -> None:
@@ -204,20 +251,22 @@ def _warn_truncation(job: JobSpec, spec, text: dict[str, Any], descriptions: dic
               "truncated (metrics.json: text, descriptions)", file=sys.stderr)
 
 
-def optimizer_groups(net, weight_decay: float) -> list[dict[str, Any]]:
+def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
-    weight-decay exemptions)."""
+    weight-decay exemptions and per-module learning rates, `lr_scale` x the method's lr; the
+    warm-up and cosine schedulers then scale each group from its own initial lr)."""
     groups = net.param_groups()
-    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "group": g.name}
-            for g in groups]
+    return [{"params": g.params, "weight_decay": weight_decay if g.weight_decay else 0.0, "lr": lr * g.lr_scale,
+             "group": g.name} for g in groups]
 
 
 def _optim_wrapper(net, job: JobSpec, amp: bool):
     from mmengine.optim import AmpOptimWrapper, OptimWrapper
 
     sched = job.schedule
-    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"])),
-                                  lr=float(job.method_options["lr"]), betas=tuple(sched["betas"]),
+    lr = float(job.method_options["lr"])
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"]), lr),
+                                  lr=lr, betas=tuple(sched["betas"]),
                                   eps=float(sched["eps"]))
     clip_grad = None
     if sched["grad_clip"] > 0:
@@ -267,7 +316,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     from mmengine.runner import Runner
 
     from harness.engine.batches import dataset_labels, train_loader
-    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best
+    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
     from harness.engine.hooks import (
         GlobalBatchEpochHook,
         NonFiniteLossHook,
@@ -325,7 +374,8 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         # Not DDP: the train step sums the gradients over processes itself (harness.engine.update).
         cfg=dict(model_wrapper_cfg=dict(type="SummedGradients")),
         randomness=dict(seed=job.seed),
-        resume=resume_from is not None, load_from=str(resume_from) if resume_from else None,  # an interrupted job continues
+        # an interrupted job continues, its checkpoint read weights-only (never mmengine's own torch.load)
+        resume=resume_from is not None, load_from=safe_uri(resume_from) if resume_from else None,
         default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
         visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
@@ -423,10 +473,16 @@ def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     return {k: out[k] for k in ("gflops", "gmacs", "text_gflops_per_class")}
 
 
-def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train (when the method has something to train) and evaluate one job; return its metrics."""
+def run_job(job: JobSpec, job_dir: Path, progress: bool = True, source: ModelSource | None = None) -> dict[str, Any]:
+    """Train (when the method has something to train) and evaluate one job; return its metrics.
+    `source` builds the network (default `FreshModel`; `harness eval` hands in its checkpoint's)."""
     _init_mm()
     init_distributed()
+    with job_process_state(job.schedule) as threads:
+        return _run_job(job, job_dir, progress, source, threads)
+
+
+def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | None, threads: int) -> dict[str, Any]:
     from mmengine.runner import set_random_seed
 
     from harness.engine.accounting import JobAccounting
@@ -435,8 +491,7 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True) -> dict[str, Any
 
     set_random_seed(job.seed)
     accounting = JobAccounting(_device(), world_size())
-    threads = configure_cpu_threads(job.schedule)
-    net, spec = build_net(job)
+    net, spec = build_net(job, source)
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
