@@ -28,6 +28,7 @@ from torch import nn
 from harness.errors import ConfigurationError, HarnessError
 from harness.state_dicts import load_strict
 
+
 def read_official_checkpoint(path: Path) -> tuple[Any, list[str]]:
     """The file's top-level object read without running its pickle (`harness.convert.release_io`:
     the EasyDict config as an inert stand-in turned into plain data, tensors kept), and one line
