@@ -19,13 +19,18 @@ from typing import Any
 
 from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
 from harness.errors import ConfigurationError, HarnessError
+from harness.validate import Problems, request_problems
 
 
 def _method_names(methods: str | Sequence[str]) -> list[str]:
-    """'msta,aim' / 'all' / a list -> validated names (unknown ones raise with suggestions)."""
-    from methods.registry import parse_method_list
+    """'msta,aim' / 'all' / a list -> validated names in the order given, a repeated name kept
+    (the plan reports it: dropping it silently would run fewer jobs than asked for); unknown
+    names raise with suggestions."""
+    from methods.registry import list_methods, parse_method_list
 
-    return parse_method_list(methods if isinstance(methods, str) else ",".join(methods))
+    text = methods if isinstance(methods, str) else ",".join(methods)
+    parse_method_list(text)  # every name known, at least one
+    return list_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -33,24 +38,62 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
             pretrained: str | None = None, sets: Sequence[str] = (), profile: str | None = None,
             seed: int = DEFAULT_SEED, **fields: Any) -> Any:
     """A `RunRequest` with `harness run`'s defaults: the embedded dataset runs the project's
-    pretrained tiny CLIP (`synthetic`) under the `embedded` profile, real datasets ViT-B/16;
-    `pretrained="random"` means no weights. `sets` are `--set` items; `fields` are the other
-    RunRequest fields (splits, shots, frames, schedule_kind, data_root, splits_root, cache_dir)."""
+    pretrained tiny CLIP (`synthetic`) under the `embedded` profile, real datasets ViT-B/16.
+    `pretrained="random"` asks for random weights; leaving it out where no default exists (a real
+    dataset's ViT-B/16) is refused, since a randomly initialised model is never what one means by
+    a benchmark row. `sets` are `--set` items; `fields` are the other RunRequest fields (splits,
+    shots, frames, schedule_kind, data_root, splits_root, cache_dir).
+
+    Problems that leave nothing to plan (an unknown method or dataset, a `--set` item that does
+    not parse, no weights) raise `InvalidInvocation` here, together with the request's other
+    problems; the rest (a value out of range, a bad file, bad data) are `plan`'s."""
     from harness.data.datasets import get_dataset
     from harness.jobs import RunRequest, default_profile
     from harness.settings import parse_set_args
 
-    names = _method_names(methods)
-    method_opts, schedule, data = parse_set_args(list(sets), names)
-    backbone = backbone or (EMBEDDED_BACKBONE if get_dataset(dataset).generated else REAL_BACKBONE)
+    problems = Problems()
+    names = problems.attempt(lambda: _method_names(methods)) or []
+    for item in sets:  # each item on its own: every typo is listed
+        problems.attempt(lambda item=item: parse_set_args([item], names))
+    spec = problems.attempt(lambda: get_dataset(dataset))
+    backbone = backbone or (EMBEDDED_BACKBONE if spec is None or spec.generated else REAL_BACKBONE)
     if pretrained is None and backbone in SYNTHETIC_BACKBONES:
         pretrained = "synthetic"
+    elif pretrained is None:
+        problems.lines.append(f"--pretrained not given: {backbone} would train from random weights on {dataset}; "
+                              "pass --pretrained openai (or a checkpoint file), or --pretrained random to train "
+                              "from scratch on purpose")
     if pretrained == "random":
         pretrained = None
+    if problems.lines:  # nothing to plan: list the request's other problems with these
+        given = methods.split(",") if isinstance(methods, str) else list(methods)
+        partial = RunRequest(methods=[n.strip() for n in given if n.strip()], protocol=protocol, dataset=dataset,
+                             backbone=backbone, pretrained=pretrained, seed=seed, method_options={},
+                             schedule_overrides={}, data_overrides={}, profile=profile,
+                             **{"splits": None, **fields})
+        problems.lines.extend(request_problems(partial))
+        problems.raise_if_any()
+    method_opts, schedule, data = parse_set_args(list(sets), names)
     return RunRequest(methods=names, protocol=protocol, dataset=dataset, backbone=backbone, pretrained=pretrained,
                       splits=fields.pop("splits", None), seed=seed, method_options=method_opts,
                       schedule_overrides=schedule, data_overrides=data,
                       profile=profile or default_profile(dataset), **fields)
+
+
+def sweep_grid(sweeps: Sequence[str]) -> list[list[str]]:
+    """`["a.b=1,2", "c.d=x,y"]` (`--sweep` items) -> [["a.b=1","c.d=x"], ["a.b=1","c.d=y"], ...]:
+    the grid's points as `--set` items."""
+    import itertools
+
+    axes = []
+    for item in sweeps:
+        if "=" not in item:
+            raise HarnessError(f"--sweep {item!r}: expected KEY=V1,V2,... e.g. msta.rank=64,128,256")
+        key, values = item.split("=", 1)
+        if values.startswith("[") or not values:
+            raise HarnessError(f"--sweep {item!r}: give comma-separated scalar values")
+        axes.append([f"{key}={v.strip()}" for v in values.split(",") if v.strip()])
+    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
 def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
@@ -67,6 +110,16 @@ def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
     return jobs
 
 
+def _with_point(req: Any, point: Sequence[str]) -> Any:
+    """`req` with one sweep point's `--set` items applied over its own overrides."""
+    from harness.settings import parse_set_args
+
+    m_opts, sched, dat = parse_set_args(list(point), req.methods)
+    options = {m: {**req.method_options.get(m, {}), **m_opts.get(m, {})} for m in {*req.method_options, *m_opts}}
+    return dataclasses.replace(req, method_options=options, schedule_overrides={**req.schedule_overrides, **sched},
+                               data_overrides={**req.data_overrides, **dat})
+
+
 def default_out(req: Any) -> Path:
     """results/<protocol>-<dataset>[-<profile>]"""
     from harness.store import default_run_dir
@@ -74,25 +127,106 @@ def default_out(req: Any) -> Path:
     return default_run_dir(Path("results"), req.protocol, req.dataset, req.profile)
 
 
-def run(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] | None = None,
-        progress: bool = True) -> Any:
-    """Run every unfinished job of `req` (or the given `jobs`: a sweep or a shard of it) into the
-    results folder `out` (a path or a RunStore; default `default_out(req)`), rewrite its tables,
-    and return its `RunStore`. A failing job is recorded in its error.json and the run goes on;
-    `failures(store, jobs)` lists them. A `ConfigurationError` (the request cannot run at all)
-    is raised."""
-    from harness.jobs import expand_jobs
-    from harness.store import RunStore
+@dataclasses.dataclass
+class Plan:
+    """A validated invocation: its request, every job it runs (a sweep's points, one shard),
+    the results folder, and the jobs whose data is unusable (job id -> one line): those are
+    recorded as failed and not started, the others run."""
 
+    request: Any
+    jobs: list
+    store: Any
+    bad_data: dict[str, str]
+    shard: tuple[int, int] = (0, 1)
+    expanded: int = 0  # jobs of the invocation before sharding
+
+    @property
+    def runnable(self) -> list:
+        return [job for job in self.jobs if job.job_id not in self.bad_data]
+
+    @property
+    def empty_shard(self) -> bool:
+        """A `--shard` that selects none of the invocation's jobs (more shards than jobs)."""
+        return not self.jobs and self.shard[1] > 1
+
+
+def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] | None = None,
+         sweeps: Sequence[str] = (), shard: tuple[int, int] = (0, 1), dry_run: bool = False) -> Plan:
+    """The one validation step of every front end (`harness run` / `eval`, the order-pair
+    benchmark, `run` and `evaluate` below): the request's own problems (a repeated method,
+    `--frames`, `--seed`, `--pretrained`, the backbone), every job of every sweep point and of the
+    shard (`harness.validate.job_option_problems`: ranges, the method's `max_frames`, class sets
+    that must be disjoint), the results folder, all listed together, one line each, in an
+    `InvalidInvocation` before anything runs. Then (not for a dry run) each job's data: lists,
+    class files, a container-header probe of every listed video, descriptions; a job with bad
+    data is in `bad_data` (not an invocation error: the other jobs still run). `jobs` given
+    (an evaluation's, a caller's subset) replaces the request's expansion."""
+    from harness.store import RunStore
+    from harness.validate import DataCheck, check_jobs, check_results_dir, check_shard
+
+    problems = Problems()
+    problems.lines.extend(request_problems(req))
+    expand_req = dataclasses.replace(req, methods=list(dict.fromkeys(req.methods)))
+    if req.frames is not None and req.frames < 1:  # reported once above, not again per job
+        expand_req = dataclasses.replace(expand_req, frames=None)
+    if jobs is None:
+        jobs = []
+        for point in problems.attempt(lambda: sweep_grid(sweeps)) or []:
+            jobs.extend(problems.attempt(lambda point=point: _expand(expand_req, point)) or [])
+    jobs = list(jobs)
+    expanded = len(jobs)
+    if problems.attempt(lambda: check_shard(shard) or True):
+        jobs = jobs[shard[0]::shard[1]]
+    check_jobs(jobs, problems)
     store = out if isinstance(out, RunStore) else RunStore(Path(out) if out is not None else default_out(req))
-    run_jobs(list(jobs) if jobs is not None else expand_jobs(req), store, req, progress)
-    return store
+    given = out is not None and not isinstance(out, RunStore)
+    problems.attempt(lambda: check_results_dir(store.root, "--out" if given else "results folder",
+                                               create=not dry_run))
+    problems.raise_if_any()
+    bad: dict[str, str] = {}
+    if not dry_run:
+        check = DataCheck(req.cache_dir)
+        for job in jobs:
+            if not store.is_finished(job) and (problem := check.problem(job)) is not None:
+                bad[job.job_id] = problem
+    return Plan(expand_req, jobs, store, bad, shard, expanded)
+
+
+def _expand(req: Any, point: Sequence[str]) -> list:
+    from harness.jobs import expand_jobs
+
+    return expand_jobs(_with_point(req, point) if point else req)
+
+
+def run(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] | None = None,
+        sweeps: Sequence[str] = (), shard: tuple[int, int] = (0, 1), progress: bool = True) -> Any:
+    """Plan (`plan`: everything checked first, an `InvalidInvocation` listing every problem) and
+    run every unfinished job of `req` (or the given `jobs`: a sweep or a shard of it) into the
+    results folder `out` (a path or a RunStore; default `default_out(req)`), rewrite its tables,
+    and return its `RunStore`. A failing job, and a job whose data is unusable (not started), is
+    recorded in its error.json and the run goes on; `failures(store, jobs)` lists them. A
+    `ConfigurationError` (the request cannot run at all) is raised."""
+    planned = plan(req, out, jobs=jobs, sweeps=sweeps, shard=shard)
+    execute(planned, progress)
+    return planned.store
+
+
+def execute(planned: Plan, progress: bool = True) -> tuple[list, list]:
+    """Run a plan: record the jobs with bad data as failed (error.json, one line each on stderr),
+    run the others. Returns (jobs not started for bad data, jobs that failed while running)."""
+    from harness.distributed import rank0
+    from harness.validate import record_bad_data
+
+    bad = [job for job in planned.jobs if job.job_id in planned.bad_data]
+    for job in bad:
+        record_bad_data(planned.store, job, planned.bad_data[job.job_id], write=rank0())
+    return bad, run_jobs(planned.runnable, planned.store, planned.request, progress)
 
 
 def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
-    """Run every unfinished job; a failing job (a crash, a bad file, a non-finite loss) is
-    recorded in its error.json and the run goes on with the next. Returns the jobs that failed
-    in this process."""
+    """Run every unfinished job (already planned: `plan`); a failing job (a crash, a bad file, a
+    non-finite loss) is recorded in its error.json and the run goes on with the next. Returns
+    the jobs that failed in this process."""
     from harness.distributed import rank0 as is_rank0
     from harness.locks import claim_jobs, folder_lock
     from harness.provenance import provenance
@@ -115,6 +249,22 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
         with folder_lock(store.root):
             _write_summary(store)
     return failed
+
+
+def run_claimed_job(job: Any, store: Any, progress: bool = False) -> bool:
+    """Run one job whose lock the caller holds (a launcher's task, harness/launch/task.py; every
+    torchrun process of it calls this), record its result or error, rewrite the run's tables
+    (rank 0). True if it finished. Preemption (`harness.preemption.Preempted`) passes through."""
+    from harness.distributed import rank0 as is_rank0
+    from harness.locks import folder_lock
+    from harness.provenance import provenance
+
+    rank0 = is_rank0()
+    finished = _run_one_job(job, store, provenance(), job.job_id, rank0, progress)
+    if rank0:
+        with folder_lock(store.root):
+            _write_summary(store)
+    return finished
 
 
 def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
@@ -190,25 +340,42 @@ def evaluation_jobs(ev: EvalRequest) -> tuple[list, Any, Path]:
     return jobs, req, run_dir
 
 
+def evaluation_plan(ev: EvalRequest, *, dry_run: bool = False) -> Plan:
+    """The evaluation's jobs planned like a run's (`plan`): the checkpoint loaded and checked,
+    every option, the results folder and each job's data."""
+    from harness.store import RunStore
+
+    jobs, req, run_dir = evaluation_jobs(ev)
+    return plan(req, run_dir if ev.out else RunStore(run_dir), jobs=jobs, dry_run=dry_run)
+
+
 def evaluate(ev: EvalRequest, *, progress: bool = True) -> Any:
     """Evaluate a checkpoint under a protocol with no training; its results are written exactly
     as a run's (same jobs, store and tables) into `ev.out`. Returns the RunStore; failed jobs
-    as in `run` (`failures(store, jobs)`)."""
-    jobs, req, run_dir = evaluation_jobs(ev)
-    return run(req, run_dir, jobs=jobs, progress=progress)
+    (and jobs whose data is unusable) as in `run` (`failures(store, jobs)`)."""
+    planned = evaluation_plan(ev)
+    execute(planned, progress)
+    return planned.store
 
 
 # -- params and bench --------------------------------------------------------------------------
 def params(methods: str | Sequence[str] = "all", backbone: str = REAL_BACKBONE, pretrained: str | None = None,
            frames: int = 8, classes: int = 400, sets: Sequence[str] = (), flops: bool = False) -> list[dict[str, Any]]:
     """`harness params`: one row per method (trainable / total parameters, options, and GFLOPs
-    per view with `flops`); `sets` are `<method>.<option>=value` items."""
+    per view with `flops`); `sets` are `<method>.<option>=value` items. Every bad input is
+    listed before any model is built (`InvalidInvocation`)."""
     from harness.measure.params import params_rows
     from harness.settings import parse_method_sets
+    from harness.validate import check_frames, check_positive
 
-    names = _method_names(methods)
-    overrides = parse_method_sets(list(sets), names)
-    return params_rows(names, backbone, pretrained, frames, classes, overrides, with_flops=flops)
+    problems = Problems()
+    names = problems.attempt(lambda: _method_names(methods)) or []
+    check_positive(problems, {"--frames": frames, "--classes": classes})
+    check_frames(problems, names, frames)
+    overrides = problems.attempt(lambda: parse_method_sets(list(sets), names))
+    problems.raise_if_any()
+    return params_rows(list(dict.fromkeys(names)), backbone, pretrained, frames, classes, overrides or {},
+                       with_flops=flops)
 
 
 def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
@@ -217,13 +384,24 @@ def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
     `<method>.<option>=value` items, checked against every registered method (one list of items
     serves every pass of a script); `on_start(method names)` is called once every input is
     valid, before the first measurement; `settings` are `harness.measure.bench.run_bench`'s
-    keywords (backbone, batch, frames, iters, device, modes, on_row, progress, ...)."""
+    keywords (backbone, batch, frames, iters, device, modes, on_row, progress, ...). Every bad
+    input is listed before any model is built (`InvalidInvocation`)."""
     from harness.measure.bench import run_bench
     from harness.settings import parse_method_sets
+    from harness.validate import check_frames, check_positive
     from methods.registry import list_methods
 
-    names = _method_names(methods)
-    overrides: Mapping[str, Mapping[str, Any]] = parse_method_sets(list(sets), list_methods())
+    problems = Problems()
+    names = problems.attempt(lambda: _method_names(methods)) or []
+    check_positive(problems, {"--batch": settings.get("batch"), "--frames": settings.get("frames"),
+                              "--iters": settings.get("iters"), "--image-size": settings.get("image_size"),
+                              "--num-classes": settings.get("num_classes")})
+    check_positive(problems, {"--warmup": settings.get("warmup")}, minimum=0)
+    check_frames(problems, names, settings.get("frames"))
+    overrides: Mapping[str, Mapping[str, Any]] | None = problems.attempt(
+        lambda: parse_method_sets(list(sets), list_methods()))
+    problems.raise_if_any()
+    names = list(dict.fromkeys(names))
     if on_start is not None:
         on_start(names)
-    return run_bench(names, overrides=overrides, **settings)
+    return run_bench(names, overrides=overrides or {}, **settings)

@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
 from harness.errors import HarnessError
+from harness.launch.options import add_launcher_arguments, launch, launcher_config
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -75,10 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, help="i/n: run only every n-th job starting at i (SLURM arrays)")
     run.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_launcher_arguments(run)
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "backbones"))
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "suites", "backbones"))
     ls.add_argument("--method", default=None, help="ls recipes: only this method")
     ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
@@ -92,32 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--flops", action="store_true", help="also count GFLOPs per view (slower)")
     params.add_argument("--format", default="table", choices=("table", "json"))
 
-    from harness.measure.bench_cli import add_bench_arguments
+    from harness.commands.bench import add_arguments as add_bench_arguments
 
-    bench = sub.add_parser("bench", help="training/inference throughput, MFU and memory (or --data: decoding)")
+    bench = sub.add_parser("bench", help="training/inference throughput, MFU and memory (or --data: decoding; "
+                           "--order-pairs: frame-order sensitivity)")
     add_bench_arguments(bench)
-    bench.add_argument("--data", action="store_true", help="measure the MMAction2 decode+augment pipeline instead")
-    bench.add_argument("--order-pairs", action="store_true", help="train briefly on the embedded dataset and report "
-                       "accuracy on its order-only class pairs (do methods see frame order?)")
-    bench.add_argument("--epochs", type=int, default=30,
-                       help="--order-pairs: training epochs (30: the embedded benchmark's order-pair budget; "
-                       "its lr search used 10)")
-    bench.add_argument("--out", default="results/order-pairs", help="--order-pairs: results directory")
-    bench.add_argument("--seeds", default=None, help="--order-pairs: comma-separated seeds, e.g. 1,2,3 (each method "
-                       "trained once per seed; mean ± SE over seeds and the temporal vs order-blind verdict; default: "
-                       "the run's default seed)")
-    bench.add_argument("--dataset", default="embedded", help="--data: the dataset whose training list is decoded")
-    bench.add_argument("--data-root", default=None, help="--data: folder holding <dataset>/videos/")
-    bench.add_argument("--synthetic", default=None, choices=("kinetics-like", "ssv2-like"),
-                       help="--data: every decode path on generated videos shaped like that dataset (cached), "
-                       "checked for exact frames, CPU time per clip")
-    bench.add_argument("--decoders", default=None, help="--synthetic: comma list of paths (default: all available)")
-    bench.add_argument("--samples", type=int, default=None, help="--data: clips per timed run")
-    bench.add_argument("--runs", type=int, default=5, help="--synthetic: timed runs (the median is reported)")
-    bench.add_argument("--subsampling", default="420", choices=("420", "444"),
-                       help="--synthetic: JPEG chroma subsampling of the prepared frames")
-    bench.add_argument("--gop", type=int, default=None, help="--synthetic: keyframe interval of the generated videos")
-    bench.add_argument("--cache", default=None, help="cache dir (default $HARNESS_CACHE or ~/.cache/harness)")
 
     data = sub.add_parser("data", help="check videos on disk / fetch the pinned upstream split files")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -172,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="each job of a results directory: done / running / failed / pending")
     status.add_argument("run_dir", metavar="RESULTS_DIR")
     add_checkpoint_commands(sub)
+    from harness.reproduce.command import add_reproduce_parser
+
+    add_reproduce_parser(sub)
     return parser
 
 
@@ -188,7 +172,8 @@ def add_checkpoint_commands(sub: Any) -> None:
     convert.add_argument("--backbone", default=REAL_BACKBONE, help=f"open_clip model name (default {REAL_BACKBONE})")
     convert.add_argument("--frames", type=int, default=None, help="frames the model is built for (default: the release's)")
     convert.add_argument("--classes", default=None, help="training classes in order: 'a,b,c', an id,name CSV or a "
-                         ".txt with one name per line (default for 400-row heads: Kinetics-400)")
+                         ".txt with one name per line (default: the release's DATA.LABEL_LIST for ViFi-CLIP / "
+                         "X-CLIP; Kinetics-400 for 400-row heads)")
     convert.add_argument("--set", dest="sets", action="append", default=[], metavar="METHOD.OPTION=VALUE")
     convert.add_argument("--activation", default="quickgelu", choices=("quickgelu", "gelu"),
                          help="MLP activation of the release's CLIP (default quickgelu: the official code bases run "
@@ -218,6 +203,7 @@ def add_checkpoint_commands(sub: Any) -> None:
     add_data_locations(ev)
     ev.add_argument("--dry-run", action="store_true", help="print the jobs and their resolved configs, then exit")
     ev.add_argument("--no-progress", action="store_true")
+    add_launcher_arguments(ev)
 
     predict = sub.add_parser("predict", help="top-k classes with scores for video files")
     predict.add_argument("videos", nargs="+", help="video files")
@@ -236,100 +222,61 @@ def add_checkpoint_commands(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Validate everything (all problems listed together), then run; see harness.validate."""
-    from harness.jobs import RunRequest, default_profile
-    from harness.settings import parse_set_args
-    from harness.validate import (
-        Problems,
-        check_method_names,
-        check_positive,
-        check_pretrained_file,
-        check_results_dir,
-    )
-    from methods.registry import parse_method_list
+    """Plan (harness.api.plan: every problem of the invocation listed together), then run."""
+    from harness import api
 
-    problems = Problems()
-    check_method_names(problems, args.methods)
-    check_positive(problems, {"--frames": args.frames})
-    methods = problems.attempt(lambda: parse_method_list(args.methods)) or []
-    for item in args.sets:  # each --set on its own, so every typo is listed
-        problems.attempt(lambda item=item: parse_set_args([item], methods))
-    problems.attempt(lambda: check_pretrained_file(args.pretrained))
-    if problems.lines:  # list the other option problems found without expanding jobs too
-        problems.attempt(lambda: sweep_grid(args.sweeps))
-        if args.out:
-            problems.attempt(lambda: check_results_dir(Path(args.out), create=False))
-    problems.raise_if_any()
-    method_opts, schedule, data = parse_set_args(args.sets, methods)
-    from harness.data.datasets import get_dataset
-
-    spec = get_dataset(args.dataset)
-    backbone = args.backbone or (EMBEDDED_BACKBONE if spec.generated else REAL_BACKBONE)
-    pretrained = args.pretrained
-    if pretrained is None and backbone in SYNTHETIC_BACKBONES:
-        pretrained = "synthetic"
-    if pretrained == "random":
-        pretrained = None
-    profile = args.profile or default_profile(args.dataset)
-    from harness.validate import check_backbone_name
-
-    problems.attempt(lambda: check_backbone_name(backbone, pretrained))
-    if not problems.lines:  # the first line of the output: which activation local weights run with
+    launcher = launcher_config(args)  # --launcher slurm: its options, and submitit, checked first
+    planned = _planned(args, lambda a: api.plan(_run_request(a), a.out, sweeps=a.sweeps, shard=_shard(a.shard),
+                                                dry_run=a.dry_run))
+    if _rank() == 0:  # the first line of the output: which activation local weights run with
         from harness.backbone import local_weights_note
 
-        note = local_weights_note(backbone, pretrained)
+        note = local_weights_note(planned.request.backbone, planned.request.pretrained)
         if note:
             print(f"harness: note: {note}", file=sys.stderr)
-    req = RunRequest(methods=methods, protocol=args.protocol, dataset=args.dataset, backbone=backbone,
-                     pretrained=pretrained, splits=_int_list(args.splits, "--splits") if args.splits else None,
-                     seed=args.seed, method_options=method_opts, schedule_overrides=schedule, data_overrides=data,
-                     profile=profile, schedule_kind=args.schedule, data_root=args.data_root,
-                     splits_root=args.splits_root, cache_dir=args.cache, frames=args.frames,
-                     shots=_int_list(args.shots, "--shots") if args.shots else None)
-    from harness.store import RunStore, default_run_dir
-
-    run_dir = Path(args.out) if args.out else default_run_dir(Path("results"), args.protocol, args.dataset, profile)
-    jobs = _expand_all(req, args, methods, problems, run_dir)
+    if planned.empty_shard:
+        index, count = planned.shard
+        print(f"harness: shard {index}/{count} is empty: the invocation has {planned.expanded} job(s), so only "
+              f"shards 0..{planned.expanded - 1} of {count} run any; nothing to do", file=sys.stderr)
+        return 0
     if args.dry_run:
-        return _print_dry_run(jobs)
-    store = RunStore(run_dir)
-    from harness.validate import fail_jobs_with_bad_data
-
-    bad = fail_jobs_with_bad_data(jobs, store, args.cache, write=_rank() == 0)
-    code = run_jobs([j for j in jobs if j not in bad], store, req, progress=not args.no_progress)
-    return 2 if bad and code in (0, 1) else code
+        return _print_dry_run(planned.jobs)
+    if launcher is not None:
+        return launch(planned, launcher, args.wait)
+    return _execute(planned, progress=not args.no_progress)
 
 
-def _expand_all(req: Any, args: argparse.Namespace, methods: list[str], problems: Any, run_dir: Path) -> list:
-    """Every job of every sweep value, checked; every problem of the invocation raised together."""
+def _run_request(args: argparse.Namespace) -> Any:
     from harness import api
-    from harness.validate import check_jobs, check_results_dir
 
-    jobs: list = []
-    for extra in problems.attempt(lambda: sweep_grid(args.sweeps)) or []:  # each grid point: its own problems
-        jobs.extend(problems.attempt(lambda extra=extra: api.sweep_jobs(req, [args.sets + extra])) or [])
-    index, count = problems.attempt(lambda: _shard(args.shard)) or (0, 1)
-    jobs = jobs[index::count]
-    check_jobs(jobs, problems)
-    problems.attempt(lambda: check_results_dir(run_dir, "--out" if args.out else "results folder",
-                                               create=not args.dry_run))
-    problems.raise_if_any()
-    return jobs
+    return api.request(args.methods, args.protocol, dataset=args.dataset, backbone=args.backbone,
+                       pretrained=args.pretrained, sets=args.sets, profile=args.profile, seed=args.seed,
+                       splits=_int_list(args.splits, "--splits") if args.splits else None,
+                       shots=_int_list(args.shots, "--shots") if args.shots else None, frames=args.frames,
+                       schedule_kind=args.schedule, data_root=args.data_root, splits_root=args.splits_root,
+                       cache_dir=args.cache)
 
 
-def sweep_grid(sweeps: list[str]) -> list[list[str]]:
-    """`--sweep a.b=1,2 --sweep c.d=x,y` -> [["a.b=1","c.d=x"], ["a.b=1","c.d=y"], ...] (as --set items)."""
-    import itertools
+def _planned(args: argparse.Namespace, make_plan: Any) -> Any:
+    """`make_plan(args)`, with the problems of options only the command line has (`--splits one`,
+    `--shard x`) listed beside the plan's own (InvalidInvocation: one line each)."""
+    from harness.validate import InvalidInvocation, Problems
 
-    axes = []
-    for item in sweeps:
-        if "=" not in item:
-            raise HarnessError(f"--sweep {item!r}: expected KEY=V1,V2,... e.g. msta.rank=64,128,256")
-        key, values = item.split("=", 1)
-        if values.startswith("[") or not values:
-            raise HarnessError(f"--sweep {item!r}: give comma-separated scalar values")
-        axes.append([f"{key}={v.strip()}" for v in values.split(",") if v.strip()])
-    return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
+    cli = Problems()
+    for option in ("splits", "shots"):
+        text = getattr(args, option, None)
+        if text:
+            cli.attempt(lambda text=text, option=option: _int_list(text, f"--{option}"))
+    if getattr(args, "shard", None):
+        cli.attempt(lambda: _shard(args.shard))
+    if cli.lines:  # the plan with those options left out, for its other problems
+        args = argparse.Namespace(**{**vars(args), "splits": None, "shots": None, "shard": None})
+    try:
+        planned = make_plan(args)
+    except InvalidInvocation as err:
+        raise InvalidInvocation(cli.lines + err.problems) from None
+    cli.raise_if_any()
+    return planned
 
 
 def _print_dry_run(jobs: list) -> int:
@@ -342,16 +289,17 @@ def _print_dry_run(jobs: list) -> int:
     return 0
 
 
-def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> int:
-    """Run the jobs (harness.api.run_jobs) and print the run's summary table; exit status 1 if
-    any job failed (each failure is in its error.json), 0 otherwise."""
+def _execute(planned: Any, progress: bool = True) -> int:
+    """Run the plan (harness.api.execute) and print the run's summary table; exit status 2 if a
+    job's data was unusable, 1 if a job failed (each failure is in its error.json), else 0."""
     from harness import api
 
-    failed = api.run_jobs(jobs, store, req, progress)
+    bad, failed = api.execute(planned, progress)
+    store = planned.store
     if _rank() == 0:
         print((store.root / "summary.md").read_text())
         print(f"results: {store.root} (table: {store.root / 'summary.md'})")
-    return 1 if failed else 0
+    return 2 if bad else 1 if failed else 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -395,6 +343,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
         _ls_backbones()
     if what == "recipes":
         _ls_recipes(args.method, args.protocol)
+    if what in ("all", "suites"):
+        from harness.reproduce.command import format_suites
+
+        print(format_suites())
     return 0
 
 
@@ -426,74 +378,15 @@ def cmd_params(args: argparse.Namespace) -> int:
     from harness import api
     from harness.measure.params import format_params_table
 
-    _check_counts({"--frames": args.frames, "--classes": args.classes})
     rows = api.params(args.methods, args.backbone, args.pretrained, args.frames, args.classes, args.sets, flops=args.flops)
     print(format_params_table(rows, args.format))
     return 0
 
 
-def _check_counts(values: dict[str, Any], at_least_zero: dict[str, Any] | None = None) -> None:
-    """Counts given on the command line: every bad one listed (one line each), before any work."""
-    from harness.validate import Problems, check_positive
-
-    problems = Problems()
-    check_positive(problems, values)
-    check_positive(problems, at_least_zero or {}, minimum=0)
-    problems.raise_if_any()
-
-
-def _parse_seeds(text: str | None) -> list[int] | None:
-    """`--seeds 1,2,3` as distinct integers in order; a bad list is one line naming the option."""
-    if text is None:
-        return None
-    seeds = _int_list(text, "--seeds")
-    if not seeds:
-        raise HarnessError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3")
-    return list(dict.fromkeys(seeds))
-
-
-def _bench_order_pairs(args: argparse.Namespace) -> int:
-    """`harness bench --order-pairs`: per-run rows, mean ± SE over seeds, the verdicts (stdout,
-    --md; --json also keeps the numbers)."""
-    from harness.atomic import atomic_write_json, atomic_write_text
-    from harness.measure.order_pairs import order_pairs_report, run_order_pairs
-
-    seeds = _parse_seeds(args.seeds)
-    rows = run_order_pairs(args.methods, Path(args.out), epochs=args.epochs, extra_sets=args.sets, progress=True,
-                           seeds=seeds)
-    report = order_pairs_report(rows)
-    print(report["markdown"])
-    if args.md_path:
-        atomic_write_text(args.md_path, report["markdown"])
-    if args.json_path:
-        import json
-
-        numbers = {k: v for k, v in report.items() if k != "markdown"}
-        # strict JSON: an SE that is not defined (one seed) is null, not NaN
-        atomic_write_json(args.json_path, json.loads(json.dumps(numbers), parse_constant=lambda _: None),
-                          sort_keys=False)
-    return 0
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    _check_counts({"--batch": args.batch, "--frames": args.frames, "--iters": args.iters, "--epochs": args.epochs,
-                   "--samples": args.samples, "--runs": args.runs, "--gop": args.gop, "--image-size": args.image_size,
-                   "--num-classes": args.num_classes}, {"--warmup": args.warmup})
-    if args.seeds is not None and not args.order_pairs:
-        raise HarnessError("--seeds: only with --order-pairs (the other benches train nothing)")
-    if args.data and args.synthetic:
-        from harness.measure.decode_bench import bench_synthetic_command
+    from harness.commands.bench import bench_command
 
-        return bench_synthetic_command(args)
-    if args.data:
-        from harness.measure.data_bench import bench_data_command
-
-        return bench_data_command(args)
-    if args.order_pairs:
-        return _bench_order_pairs(args)
-    from harness.measure.bench_cli import run_bench_command
-
-    return run_bench_command(args)
+    return bench_command(args)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -502,7 +395,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         return fetch_command(args.splits_root, args.cache, args.only)
     if args.data_command == "prepare":
-        from harness.data.check import prepare_command
+        from harness.commands.data import prepare_command
 
         return prepare_command(args.dataset, args.data_root, args.splits_root, args.cache, args.quality,
                                args.short_side, args.workers, args.subsampling)
@@ -517,7 +410,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         for path in (written or {}).values():
             print(path)
         return 0
-    from harness.data.check import check_command
+    from harness.commands.data import check_command
 
     return check_command(args.dataset, args.data_root, args.splits_root, args.role, args.sample, args.gpu_rate,
                          args.decode_all)
@@ -577,19 +470,32 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Plan the checkpoint's evaluation jobs (harness.api.evaluation_plan: the checkpoint, every
+    option and each job's data checked first), then run them like a run's."""
     from harness import api
-    from harness.store import RunStore
 
-    ev = api.EvalRequest(checkpoint=args.checkpoint, protocol=args.protocol, dataset=args.dataset, method=args.method,
-                         backbone=args.backbone, pretrained=args.pretrained,
-                         splits=_int_list(args.splits, "--splits") if args.splits else None,
-                         shots=_int_list(args.shots, "--shots") if args.shots else None, seed=args.seed,
-                         sets=args.sets, profile=args.profile, out=args.out, data_root=args.data_root,
-                         splits_root=args.splits_root, cache=args.cache)
-    jobs, req, run_dir = api.evaluation_jobs(ev)
+    def make_plan(a: argparse.Namespace) -> Any:
+        ev = api.EvalRequest(checkpoint=a.checkpoint, protocol=a.protocol, dataset=a.dataset, method=a.method,
+                             backbone=a.backbone, pretrained=a.pretrained,
+                             splits=_int_list(a.splits, "--splits") if a.splits else None,
+                             shots=_int_list(a.shots, "--shots") if a.shots else None, seed=a.seed,
+                             sets=a.sets, profile=a.profile, out=a.out, data_root=a.data_root,
+                             splits_root=a.splits_root, cache=a.cache)
+        return api.evaluation_plan(ev, dry_run=a.dry_run)
+
+    launcher = launcher_config(args)
+    planned = _planned(args, make_plan)
     if args.dry_run:
-        return _print_dry_run(jobs)
-    return run_jobs(jobs, RunStore(run_dir), req, progress=not args.no_progress)
+        return _print_dry_run(planned.jobs)
+    if launcher is not None:
+        return launch(planned, launcher, args.wait)
+    return _execute(planned, progress=not args.no_progress)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from harness.reproduce.command import cmd_reproduce as reproduce
+
+    return reproduce(args)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -600,7 +506,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "ls": cmd_ls, "params": cmd_params, "bench": cmd_bench, "data": cmd_data,
             "report": cmd_report, "status": cmd_status, "convert": cmd_convert, "predict": cmd_predict,
-            "eval": cmd_eval}
+            "eval": cmd_eval, "reproduce": cmd_reproduce}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ showing a traceback from deep inside a library.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -27,3 +28,14 @@ class ConfigurationError(HarnessError):
     open-set protocol), found only once the method is built. Unlike a job's other failures,
     which are recorded and let the run go on, it stops the invocation: every job with that
     configuration would fail the same way."""
+
+
+#: What to do about the OS errors a user can fix (the rest: check the folder named).
+_OS_ERROR_HINTS = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "over the disk quota: free space",
+                   errno.EROFS: "the file system is read-only: use another --out",
+                   errno.EACCES: "permission denied: use another --out or fix its permissions"}
+
+
+def os_error_hint(err: OSError, default: str = "check the results folder") -> str:
+    """`cannot write X (No space left on device): <this>`: what the user can do about `err`."""
+    return _OS_ERROR_HINTS.get(err.errno, default)

@@ -386,6 +386,7 @@ def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver,
     train, evals = _protocol_lists(protocol, resolver, req, split, shots, schedule.views)
     descriptions = _descriptions_ref(resolver, protocol, data, train)
     _record_description_files(resolver, descriptions, options)
+    _record_rephrased_files(resolver, method, options, [train, *evals], req)
     return JobSpec(
         method=method, method_options=options, protocol=protocol["name"],
         protocol_version=int(protocol["version"]), protocol_hash=phash, dataset=req.dataset,
@@ -413,6 +414,21 @@ def _record_description_files(resolver: FileResolver, ref: dict[str, Any] | None
     for path in rel.values():
         if path in resolver.store.entries:
             resolver.provenance[path] = resolver.store.provenance(path)
+
+
+def _record_rephrased_files(resolver: FileResolver, method: str, options: dict[str, Any], lists: list,
+                            req: RunRequest) -> None:
+    """Fingerprint the rephrased class names of every dataset the job scores, when its method
+    needs them (`run_needs` has "rephrased_classnames": FROSTER): pinned files or the sha256 of
+    the embedded dataset's generated table (harness.data.rephrased)."""
+    from methods.registry import get_method, make_config
+
+    if "rephrased_classnames" not in get_method(method).model_cls.run_needs(make_config(method, options)):
+        return
+    from harness.data import rephrased
+
+    for dataset in dict.fromkeys(lst.dataset for lst in lists if lst is not None):
+        resolver.provenance[f"rephrased:{dataset}"] = rephrased.provenance(dataset, req.cache_dir, req.splits_root)
 
 
 def protocol_files(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest) -> dict[str, Any]:

@@ -1,16 +1,27 @@
-"""One writer per job: lock files created atomically with O_EXCL (no flock: it is unreliable on
-network filesystems, where results folders of cluster runs usually live).
+"""One writer per job: lock files that appear complete or not at all (a record written to a temp
+file, then hard-linked into place: `link` fails if the lock exists, atomically, on local and
+network filesystems alike; no flock: it is unreliable on network filesystems, where results
+folders of cluster runs usually live).
 
 A lock file is JSON {pid, host, started, token, heartbeat_s, stale_after_s}; its modification time
 is the heartbeat, refreshed every `heartbeat_s` by a daemon thread of the holder. Another process
-treats the lock as stale, and takes it over with a note, when the holder is a dead pid on this host
-or the heartbeat is older than `stale_after_s` (default 600 s, env HARNESS_LOCK_STALE_S); otherwise
-the job is held by a live run and is left alone. Under torchrun only rank 0 touches lock files and
-broadcasts its decisions, so every rank runs the same jobs.
+treats the lock as stale, and takes it over with a note, when the holder is a dead pid on this host,
+the heartbeat is older than `stale_after_s` (default 600 s, env HARNESS_LOCK_STALE_S), or the file
+is empty or unreadable (no holder ever leaves it so: a crash or a full disk while an older version
+wrote it); otherwise the job is held by a live run and is left alone. A lock that cannot be
+created (a full disk, a read-only folder) is one line naming the file and what to do. Under
+torchrun only rank 0 touches lock files and broadcasts its decisions, so every rank runs the same
+jobs.
+
+A launcher task (harness/launch/task.py) sets `HARNESS_LAUNCHER_JOB` to its scheduler job id; the
+lock records it, and a later attempt of the same scheduler job (a requeue: the scheduler never
+runs two attempts of one job at once) takes over the earlier attempt's lock at once instead of
+waiting for its heartbeat to go stale on another node.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -23,9 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError, os_error_hint
+from harness.faults import fault_point
+
+#: errno values of `link` on a file system without hard links (then O_EXCL creation is used).
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+
 HEARTBEAT_S = 20.0
 STALE_AFTER_S = float(os.environ.get("HARNESS_LOCK_STALE_S", "600"))
 JOB_LOCK = "job.lock"
+LAUNCHER_JOB_ENV = "HARNESS_LAUNCHER_JOB"
 FOLDER_LOCK = ".folder.lock"
 
 
@@ -59,18 +77,53 @@ class FileLock:
     _thread: threading.Thread | None = None
 
     def _record(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "token": self._token,
-                "heartbeat_s": self.heartbeat_s, "stale_after_s": self.stale_after_s}
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "token": self._token,
+                  "heartbeat_s": self.heartbeat_s, "stale_after_s": self.stale_after_s}
+        if os.environ.get(LAUNCHER_JOB_ENV):
+            record["launcher_job"] = os.environ[LAUNCHER_JOB_ENV]
+        return record
 
     def _create(self, path: Path) -> bool:
+        """Create `path` holding this lock's record, complete from the moment it exists; False if
+        it exists already. A file system error (full, read-only) is one line (HarnessError)."""
+        tmp = path.with_name(f".{path.name}.{self._token}.tmp")
+        try:
+            with open(tmp, "w") as handle:
+                fault_point("lock.create")
+                handle.write(json.dumps(self._record()) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as err:
+                if err.errno not in _NO_HARD_LINKS:
+                    raise
+                return self._create_exclusive(path)
+            return True
+        except OSError as err:
+            raise HarnessError(f"cannot create the lock file {path} ({err.strerror or err}): "
+                               f"{os_error_hint(err, 'check the folder')}, then rerun the same command "
+                               "(finished jobs are kept)") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create_exclusive(self, path: Path) -> bool:
+        """`_create` on a file system without hard links: O_EXCL, then the record (a reader may
+        see the file empty for the instant between the two)."""
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(self._record()) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(self._record()) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)  # never leave an empty lock behind
+            raise
         return True
 
     def read(self) -> tuple[dict[str, Any] | None, float]:
@@ -82,12 +135,18 @@ class FileLock:
         except FileNotFoundError:
             return None, -1.0
         try:
-            return json.loads(text), age
+            info = json.loads(text)
         except ValueError:
             return None, age
+        return (info if isinstance(info, dict) else None), age
 
     def _stale_reason(self, info: dict[str, Any] | None, age: float) -> str | None:
-        if info is not None and info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
+        if info is None:  # a holder's lock is complete from the moment it exists (`_create`)
+            return "the lock file is empty or unreadable: no live run holds it (left by a crash or a full disk)"
+        mine = os.environ.get(LAUNCHER_JOB_ENV)
+        if mine and info.get("launcher_job") == mine and info.get("token") != self._token:
+            return f"its holder was an earlier attempt of scheduler job {mine} (requeued)"
+        if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
             return f"its holder ({describe_holder(info)}) is dead"
         if age > self.stale_after_s:
             who = describe_holder(info) if info else "unreadable lock"

@@ -36,9 +36,19 @@ def harmonic_mean(base: float, novel: float) -> float:
     return 2.0 * base * novel / (base + novel)
 
 
+def spread(values: Sequence[float]) -> float:
+    """The standard deviation of runs (splits x seeds) that every table reports: the sample std
+    (ddof = 1, the one the standard error over runs, std / sqrt(k), builds on), NaN values
+    dropped, and NaN (shown as `-`) with fewer than two runs, where no spread is defined (a single
+    run is not a spread of 0)."""
+    vals = [float(v) for v in values if not math.isnan(float(v))]
+    return float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+
+
 def base2novel_summary(per_split: Sequence[tuple[float, float]]) -> dict[str, float]:
     """Across splits, as the papers do: HM of the mean base and mean novel accuracy; plus the
-    (population) std of the per-split HM, reported separately and labelled."""
+    spread (`spread`: sample std, NaN for one run) of the per-run base, novel and HM, reported
+    separately and labelled."""
     if not per_split:
         raise ValueError("no splits")
     bases = [b for b, _ in per_split]
@@ -50,18 +60,19 @@ def base2novel_summary(per_split: Sequence[tuple[float, float]]) -> dict[str, fl
         "base": mean_b,
         "novel": mean_n,
         "hm": harmonic_mean(mean_b, mean_n),
-        "hm_split_std": float(np.std(hms)) if len(hms) > 1 else 0.0,
-        "base_std": float(np.std(bases)) if len(bases) > 1 else 0.0,
-        "novel_std": float(np.std(novels)) if len(novels) > 1 else 0.0,
+        "hm_split_std": spread(hms),
+        "base_std": spread(bases),
+        "novel_std": spread(novels),
         "n_splits": len(per_split),
     }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, `spread`) of runs, NaN values dropped."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return float("nan"), float("nan")
-    return float(np.mean(vals)), float(np.std(vals)) if len(vals) > 1 else 0.0
+    return float(np.mean(vals)), spread(vals)
 
 
 def accuracy_standard_error(accuracy_pct: float, n: int) -> float:
@@ -75,15 +86,13 @@ def accuracy_standard_error(accuracy_pct: float, n: int) -> float:
 
 
 def mean_standard_error(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, standard error of the mean) over runs (splits / seeds): sample std (ddof=1) / sqrt(k).
+    """(mean, standard error of the mean) over runs (splits / seeds): `spread` / sqrt(k).
     NaN values are dropped; the standard error is NaN with fewer than two runs (a single run says
     nothing about its spread; the per-eval-set binomial error is `accuracy_standard_error`)."""
     vals = [v for v in values if not math.isnan(v)]
     if not vals:
         return float("nan"), float("nan")
-    if len(vals) < 2:
-        return float(vals[0]), float("nan")
-    return float(np.mean(vals)), float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+    return float(np.mean(vals)), spread(vals) / math.sqrt(len(vals))
 
 
 def within_noise(a: float, se_a: float, b: float, se_b: float, z: float = 2.0) -> bool:

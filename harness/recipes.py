@@ -12,7 +12,7 @@ and the result is split by what it sets:
 - method options (`lr`, `weight_decay`, `options: {...}`): applied under both schedules, so that
   each method trains with its own optimiser settings even on the identical (shared) protocol;
 - schedule values (epochs, warm-up, batch, frames, views, selection, betas, eps, final lr, label
-  smoothing): applied only with `--schedule paper` (the shared schedule keeps them identical);
+  smoothing, gradient clipping): applied only with `--schedule paper` (the shared schedule keeps them identical);
 - `not_applied`: ingredients of the published recipe the engine does not implement (mixup,
   RandAugment, ...), recorded in every result that runs the published recipe.
 
@@ -36,7 +36,7 @@ RECIPES_DIR = Path(__file__).resolve().parents[1] / "protocols" / "recipes"
 METHOD_KEYS = ("lr", "weight_decay")
 #: Keys that become `schedule.*` values under `--schedule paper`.
 SCHEDULE_KEYS = ("epochs", "warmup_epochs", "batch_size", "frames", "views", "select", "betas", "eps",
-                 "lr_min_ratio", "label_smoothing")
+                 "lr_min_ratio", "label_smoothing", "grad_clip")
 META_KEYS = ("source", "options", "not_applied")
 ENTRY_KEYS = frozenset(METHOD_KEYS + SCHEDULE_KEYS + META_KEYS)
 FILE_KEYS = frozenset(("method", "repo", "commit", "common", "protocols"))

@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from harness.metrics import harmonic_mean_standard_error, mean_std
 from harness.reports import noise
 
 # Identity and per-job rows live in harness.reports.rows (shared with the cross-run reports);
@@ -33,6 +32,7 @@ from harness.reports.rows import (  # noqa: F401
     vocabulary_cells,
     vocabulary_note,
 )
+from harness.reports.tables import base2novel_numbers, mean_cells
 
 
 def recipe_lines(df: pd.DataFrame) -> list[str]:
@@ -83,20 +83,18 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
     columns = _columns(df)
     out = []
     for _config, g in df.groupby("config", sort=False):
-        cells = noise.base2novel_cells(g)
-        if cells is None:
+        built = base2novel_numbers(g)
+        if built is None:
             continue
-        summ, se_b, se_n, _ = cells
+        numbers = built[0]
         first = g.iloc[0]
         out.append({
             "Method": first["method"], **_setting_columns(g, columns),
             "Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
-            "Base": round(summ["base"], 2), "Base std": round(summ["base_std"], 2),
-            "Novel": round(summ["novel"], 2), "Novel std": round(summ["novel_std"], 2), "HM": round(summ["hm"], 2),
-            "HM std (splits)": round(summ["hm_split_std"], 2),
-            "Base se": round(se_b, 2), "Novel se": round(se_n, 2),
-            "HM se": round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n), 2),
-            **vocabulary_cells(g), "n": summ["n_splits"],
+            **{name: numbers[name] for name in ("Base", "Base std", "Novel", "Novel std", "HM")},
+            "HM std (splits)": numbers["HM std"],
+            **{name: numbers[name] for name in ("Base se", "Novel se", "HM se")},
+            **vocabulary_cells(g), "n": numbers["n"],
             "Splits": ",".join(map(str, sorted(set(g["split"])))), "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
             "Select": ",".join(sorted(set(map(str, g["select"])))),
             "GMACs/view": first.get("gmacs_per_view"),
@@ -104,6 +102,8 @@ def base2novel_table(df: pd.DataFrame) -> pd.DataFrame:
     return noise.mark_table(pd.DataFrame(out), SUMMARY_METRICS)[0]
 
 
+#: How a std column shows a row of one run (no spread is defined: `metrics.spread`).
+STD_UNDEFINED = "-"
 #: The accuracy columns of the run summary that carry a standard error (`<metric> se`).
 SUMMARY_METRICS = ("Base", "Novel", "HM", "Top-1", "Top-5")
 
@@ -114,15 +114,13 @@ def generic_table(df: pd.DataFrame, by: tuple[str, ...]) -> pd.DataFrame:
     out = []
     for key, g in df.groupby(["config", *by], sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        t1, s1 = mean_std(list(g["top1"]))
-        t5, _ = mean_std(list(g["top5"]))
+        top1, top5 = mean_cells(g, "Top-1"), mean_cells(g, "Top-5", "top5")
         first = g.iloc[0]
         row = {"Method": first["method"], **_setting_columns(g, columns)}
         row.update({b: v for b, v in zip(by, key[1:])})
         row.update({"Trainable": int(first["trainable"]), "% of backbone": round(float(first["pct_of_backbone"] or 0.0), 2),
-                    "Top-1": round(t1, 2), "Top-1 std": round(s1, 2), "Top-5": round(t5, 2),
-                    "Top-1 se": round(noise.cell_standard_error(g), 2),
-                    "Top-5 se": round(noise.cell_standard_error(g, "top5"), 2), **vocabulary_cells(g),
+                    "Top-1": top1["Top-1"], "Top-1 std": top1["Top-1 std"], "Top-5": top5["Top-5"],
+                    "Top-1 se": top1["Top-1 se"], "Top-5 se": top5["Top-5 se"], **vocabulary_cells(g),
                     "n": len(g),
                     "Seeds": ",".join(map(str, sorted(set(g["seed"])))),
                     "Views": first["views"], "GMACs/view": first.get("gmacs_per_view")})
@@ -160,7 +158,8 @@ def header_lines(df: pd.DataFrame) -> list[str]:
     if columns:
         lines.append("Rows differ in: " + ", ".join(f"`{c}`" for c in columns) + " (columns); method options "
                      "that differ from the defaults are in the method label.")
-    lines.append("Each row is one configuration; `n` = runs (splits x seeds) averaged, std over them. "
+    lines.append("Each row is one configuration; `n` = runs (splits x seeds) averaged, std = their sample std "
+                 f"(ddof 1; `{STD_UNDEFINED}` for one run). "
                  + noise.SE_LEGEND + f" `{noise.MARK}`: within noise of the reference row (`zeroshot` when "
                  "present, else the first row of its eval set): |difference| <= 2 sqrt(SE_a^2 + SE_b^2).")
     profiles = sorted(set(df["profile"]) - {"-"})
@@ -204,6 +203,8 @@ def markdown_cells(table: pd.DataFrame) -> pd.DataFrame:
                              zip(shown[metric], shown[metric + noise.SE_SUFFIX],
                                  shown.get(metric + noise.NOISE_SUFFIX, [None] * len(shown)))]
     shown = shown.drop(columns=[c for c in shown.columns if c.endswith((noise.SE_SUFFIX, noise.NOISE_SUFFIX))])
+    for column in [c for c in shown.columns if c.endswith(" std") or c == "HM std (splits)"]:
+        shown[column] = [STD_UNDEFINED if v != v else v for v in shown[column]]  # one run: no spread
     if "Trainable" in shown:
         shown["Trainable"] = shown["Trainable"].map(fmt_params)
     if "% of backbone" in shown:

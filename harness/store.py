@@ -10,7 +10,6 @@ older results format are rerun but stay readable by `harness report`.
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import traceback
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_write_json, remove_stale_temps
-from harness.errors import HarnessError
+from harness.errors import HarnessError, os_error_hint
 from harness.jobs import RESULTS_FORMAT, JobSpec
 from harness.locks import JOB_LOCK
 
@@ -93,9 +92,12 @@ class RunStore:
             if (path.parent / "metrics.json").is_file():
                 continue
             try:
-                out.append(json.loads(path.read_text()))
+                record = json.loads(path.read_text())
             except (OSError, ValueError):
-                out.append({"job_id": path.parent.name, "type": "unreadable", "message": str(path)})
+                record = None
+            if not isinstance(record, dict):  # damaged, or someone else's JSON
+                record = {"job_id": path.parent.name, "type": "unreadable", "message": str(path)}
+            out.append(record)
         return out
 
     def finished_records(self) -> list[dict[str, Any]]:
@@ -112,7 +114,30 @@ def read_result(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise HarnessError(f"{path}: not a result record (a JSON {type(record).__name__}); delete its folder "
                            "and rerun the same `harness run`")
+    missing = _missing_fields(record)
+    if missing:
+        raise HarnessError(f"{path}: not a harness result (it lacks {', '.join(missing)}); is this a results folder "
+                           "of `harness run`? Move the file away, or delete its job folder and rerun the run")
     return record
+
+
+#: What every result record holds (tables and reports read these): top-level, in `job`, in `metrics`.
+RESULT_FIELDS = {"": ("job_id", "job", "metrics"),
+                 "job": ("method", "protocol", "dataset", "split", "seed", "schedule"),
+                 "metrics": ("evals", "params", "train")}
+
+
+def _missing_fields(record: dict[str, Any]) -> list[str]:
+    """`RESULT_FIELDS` absent from a parsed metrics.json (dotted names), so that a foreign JSON
+    file is named as such instead of failing later as a KeyError inside a table."""
+    missing = [key for key in RESULT_FIELDS[""] if key not in record]
+    for part in ("job", "metrics"):
+        inner = record.get(part)
+        if isinstance(inner, dict):
+            missing += [f"{part}.{key}" for key in RESULT_FIELDS[part] if key not in inner]
+        elif part in record:
+            missing.append(f"{part} (not an object)")
+    return missing
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
@@ -121,12 +146,8 @@ def _write(path: Path, record: dict[str, Any]) -> None:
     try:
         atomic_write_json(path, record)
     except OSError as err:
-        hint = {errno.ENOSPC: "the disk is full: free space", errno.EDQUOT: "over the disk quota: free space",
-                errno.EROFS: "the file system is read-only: use another --out",
-                errno.EACCES: "permission denied: use another --out or fix its permissions"}.get(
-            err.errno, "check the results folder")
-        raise HarnessError(f"cannot write {path} ({err.strerror or err}): {hint}, then rerun the same command "
-                           "(finished jobs are kept)") from None
+        raise HarnessError(f"cannot write {path} ({err.strerror or err}): {os_error_hint(err)}, then rerun the same "
+                           "command (finished jobs are kept)") from None
 
 
 def record_format(record: dict[str, Any]) -> int:

@@ -28,6 +28,11 @@ T = TypeVar("T")
 
 #: File suffixes that make a `--pretrained` value a path rather than an open_clip tag.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+#: The largest `--seed`: every RNG seeded from it (numpy's legacy seeding in the data workers
+#: and k-shot sampling) takes 0 .. 2**32 - 1; beyond that a job would fail only once started.
+SEED_MAX = 2**32 - 1
+#: Class-CSV roles whose classes must not overlap (base-to-novel: novel classes are unseen).
+DISJOINT_CLASS_ROLES = (("base_classes", "novel_classes"),)
 
 
 class InvalidInvocation(ConfigurationError):
@@ -75,6 +80,32 @@ def check_method_names(problems: Problems, text: str) -> None:
     names = [n.strip() for n in text.split(",") if n.strip()]
     repeated = sorted({n for n in names if names.count(n) > 1})
     problems.need(not repeated, f"--methods {text}: {', '.join(repr(n) for n in repeated)} listed more than once")
+
+
+def request_problems(req: Any) -> list[str]:
+    """What is wrong with a `RunRequest` itself (not with its jobs): a method listed twice,
+    `--frames` < 1, a seed outside numpy's range, a `--pretrained` file that is no checkpoint, an
+    unknown backbone. One line each; an evaluation's weights were checked when its checkpoint
+    was loaded."""
+    p = Problems()
+    repeated = sorted({m for m in req.methods if req.methods.count(m) > 1})
+    p.need(not repeated, f"--methods {','.join(req.methods)}: {', '.join(repr(n) for n in repeated)} "
+                         "listed more than once")
+    check_positive(p, {"--frames": req.frames})
+    seed = req.seed
+    p.need(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= SEED_MAX,
+           f"--seed {seed}: must be an integer in [0, {SEED_MAX}] (2**32 - 1: the range numpy's RNGs accept)")
+    if not req.checkpoint:
+        p.attempt(lambda: check_pretrained_file(req.pretrained))
+        p.attempt(lambda: check_backbone_name(req.backbone, req.pretrained))
+    return p.lines
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+    """`--shard i/n` as (i, n): 0 <= i < n."""
+    index, count = shard
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise HarnessError(f"--shard {index}/{count}: need 0 <= i < n")
 
 
 def check_results_dir(path: Path, option: str = "--out", create: bool = True) -> None:
@@ -156,8 +187,12 @@ def job_option_problems(job: Any) -> list[str]:
     s, opts, data = job.schedule, job.method_options, job.data
     p = Problems()
     p.need(s["frames"] >= 1, f"schedule.frames={s['frames']}: must be >= 1 (frames per clip)")
-    p.need(s["epochs"] >= 1, f"schedule.epochs={s['epochs']}: must be >= 1 (a result needs training; "
-                             "--methods zeroshot evaluates without any)")
+    limit = _max_frames(job.method)
+    p.need(s["frames"] <= limit, f"schedule.frames={s['frames']} (--frames): {job.method} runs at most {limit} "
+                                 "frames per clip (its `max_frames`); use fewer frames")
+    if not job.checkpoint:  # `harness eval` trains nothing by design (epochs 0)
+        p.need(s["epochs"] >= 1, f"schedule.epochs={s['epochs']}: must be >= 1 (a result needs training; "
+                                 "--methods zeroshot evaluates without any)")
     p.need(s["warmup_epochs"] >= 0, f"schedule.warmup_epochs={s['warmup_epochs']}: must be >= 0")
     if s["epochs"] >= 1:
         p.need(s["warmup_epochs"] <= s["epochs"], f"schedule.warmup_epochs={s['warmup_epochs']} exceeds "
@@ -182,6 +217,13 @@ def job_option_problems(job: Any) -> list[str]:
                f"{job.method}.lr={opts['lr']}: must be > 0")
     if "weight_decay" in opts:
         p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    averaged = None if job.checkpoint else _averaged_epochs(job)  # `harness eval` averages nothing
+    if averaged is not None:
+        p.need(s["select"] != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
+                                      "schedule.select=best contradicts it; use schedule.select=last")
+        p.need(bool(averaged.epochs(s["epochs"])) or s["epochs"] < 1,
+               f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s['epochs']} "
+               "trained: train longer or change its averaged epochs (`harness ls methods` shows the option)")
     return p.lines
 
 
@@ -204,17 +246,77 @@ def backbone_problems(job: Any) -> list[str]:
     return p.lines
 
 
+def _averaged_epochs(job: Any) -> Any:
+    """The epochs whose weights the job's method averages (its `averaged_epochs` declaration)."""
+    from methods.registry import get_method, make_config
+
+    return get_method(job.method).model_cls.averaged_epochs(make_config(job.method, job.method_options))
+
+
 def _default_option(method: str, name: str) -> Any:
     from methods.registry import make_config
 
     return getattr(make_config(method, {}), name, None)
 
 
+def _max_frames(method: str) -> int:
+    """The method contract's `max_frames` (methods/base.py), read from its class: no model built."""
+    from methods.registry import get_method
+
+    return int(get_method(method).model_cls.max_frames)
+
+
+def check_frames(problems: Problems, methods: list[str], frames: int | None, option: str = "--frames") -> None:
+    """`frames` within every method's `max_frames` (commands that build models without jobs:
+    params, bench)."""
+    if frames is None or frames < 1:
+        return
+    for method in methods:
+        limit = _max_frames(method)
+        problems.need(frames <= limit, f"{option} {frames}: {method} runs at most {limit} frames per clip "
+                                       "(its `max_frames`); use fewer frames")
+
+
+def _normalised(name: str) -> str:
+    """A class name as its prompt reads: case, underscores and repeated spaces do not matter."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+def unseen_eval_lists(job: Any) -> list[Any]:
+    """The job's evaluation lists whose classes its training must not have seen: those indexing
+    the partner of the training classes' role in `DISJOINT_CLASS_ROLES` (base-to-novel: novel)."""
+    from protocols import load_protocol
+
+    if job.train is None:
+        return []
+    protocol = load_protocol(job.protocol)
+    partner = dict(DISJOINT_CLASS_ROLES).get(protocol["train"]["classes"])
+    roles = {ev["name"]: ev["classes"] for ev in protocol.get("evaluate", [])}
+    return [lst for lst in job.evals if partner and roles.get(lst.name.split("@")[0]) == partner]
+
+
+def class_set_problems(job: Any) -> list[str]:
+    """A class of an unseen (novel) class file that is also a training (base) class, one line per
+    shared class naming both files: the novel accuracy would measure seen classes."""
+    lines = []
+    for lst in unseen_eval_lists(job):
+        base = {_normalised(name): (i, name) for i, name in enumerate(job.train.classnames)}
+        for j, name in enumerate(lst.classnames):
+            if _normalised(name) in base:
+                i, base_name = base[_normalised(name)]
+                lines.append(f"{lst.class_file}: class {name!r} (id {j}) is also a base class ({job.train.class_file}, "
+                             f"id {i}: {base_name!r}); base and novel classes must be disjoint: remove it from one "
+                             "of the files")
+    return lines
+
+
 def check_jobs(jobs: list[Any], problems: Problems) -> None:
-    """Option problems of every job, and jobs that repeat (a value given twice in a sweep)."""
+    """Option problems of every job, class sets that overlap, and jobs that repeat (a value
+    given twice in a sweep)."""
     seen: dict[str, Any] = {}
     for job in jobs:
         problems.lines.extend(job_option_problems(job))
+        problems.lines.extend(class_set_problems(job))
         problems.lines.extend(backbone_problems(job))
         if job.job_id in seen:
             problems.lines.append(f"job {job.job_id} appears twice: a value repeats in --methods or --sweep")
@@ -241,7 +343,30 @@ class DataCheck:
                 self.lists[key] = self._list_problem(lst, job.data)
             if self.lists[key]:
                 return self.lists[key]
-        return self._descriptions_problem(job)
+        return self._unseen_problem(job) or self._descriptions_problem(job) or self._rephrased_problem(job)
+
+    def _unseen_problem(self, job: Any) -> str | None:
+        """A training video listed again in an unseen-class (novel) list: its class was trained on."""
+        from harness.data.annotations import read_annotation_list
+
+        for lst in unseen_eval_lists(job):
+            key = ("unseen", job.train.ann_file, lst.ann_file)
+            if key not in self.lists:
+                train = {e.path: e for e in read_annotation_list(job.train.ann_file, len(job.train.classnames),
+                                                                 job.train.modality)}
+                self.lists[key] = None
+                for entry in read_annotation_list(lst.ann_file, len(lst.classnames), lst.modality):
+                    seen = train.get(entry.path)
+                    if seen is not None:
+                        self.lists[key] = (
+                            f"{lst.ann_file}:{entry.line}: video {entry.path} of novel class "
+                            f"{lst.classnames[entry.label]!r} is also in the training list {job.train.ann_file}:"
+                            f"{seen.line} (as {job.train.classnames[seen.label]!r}); novel classes must be unseen "
+                            "in training: remove it from one of the lists")
+                        break
+            if self.lists[key]:
+                return self.lists[key]
+        return None
 
     def _list_problem(self, lst: Any, data: dict[str, Any]) -> str | None:
         import logging
@@ -290,20 +415,30 @@ class DataCheck:
         return None
 
 
-def fail_jobs_with_bad_data(jobs: list[Any], store: Any, cache_dir: str | None, write: bool = True) -> list[Any]:
-    """Record (error.json) and return the unfinished jobs whose data is unusable; print one line each."""
-    check = DataCheck(cache_dir)
-    failed = []
-    for job in jobs:
-        if store.is_finished(job):
-            continue
-        problem = check.problem(job)
-        if problem is None:
-            continue
-        where = _record_failure(store, job, HarnessError(problem)) if write else store.job_dir(job) / "error.json"
-        print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
-        failed.append(job)
-    return failed
+    @staticmethod
+    def _rephrased_problem(job: Any) -> str | None:
+        """The rephrased class names of every list the job scores, when its method needs them
+        (FROSTER): fetched, verified and matched to the class names before any training."""
+        from methods.registry import get_method, make_config
+
+        if "rephrased_classnames" not in get_method(job.method).model_cls.run_needs(make_config(job.method,
+                                                                                               job.method_options)):
+            return None
+        from harness.data.rephrased import load_rephrased
+
+        try:
+            for lst in [job.train, *job.evals]:
+                if lst is not None:
+                    load_rephrased(lst.dataset, lst.classnames, job.cache_dir, job.splits_root)
+        except HarnessError as err:
+            return str(err)
+        return None
+
+
+def record_bad_data(store: Any, job: Any, problem: str, write: bool = True) -> None:
+    """Record (error.json) a job whose data is unusable, as failed and not started; one line on stderr."""
+    where = _record_failure(store, job, HarnessError(problem)) if write else store.job_dir(job) / "error.json"
+    print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
 
 
 def _record_failure(store: Any, job: Any, err: HarnessError) -> Path | str:

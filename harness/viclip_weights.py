@@ -6,9 +6,9 @@ Why a module of its own: the released files (`ViCLIP-B_InternVid-FLT-10M.pth`, .
 ``{"model": state_dict, "optimizer", "scheduler", "scaler", "config" (an EasyDict), "epoch",
 "global_step"}``; the released inference code reads ``torch.load(path)["model"]``. Unpickling the
 EasyDict would mean importing and running code named by the file, so the file is read with the
-project's release reader (`harness.convert.release_io.load_release`: a restricted unpickler in
-which `easydict.EasyDict` is an inert stand-in; a file naming anything else is refused in one
-line), and the lines saying what it read so become the backbone's notes.
+project's restricted unpickler (`harness.safe_load.load_restricted`, the layer every loader may
+use) in which `easydict.EasyDict` is an inert dict stand-in; a file naming anything else is
+refused in one line, and what was read so goes into the backbone's notes.
 
 Key mapping (`official_key` / `from_official`): `vision_encoder.X` -> `visual.X`,
 `text_encoder.X` -> `X` (open_clip keeps the text tower at the top level), `temp` ->
@@ -29,17 +29,30 @@ from harness.errors import ConfigurationError, HarnessError
 from harness.state_dicts import load_strict
 
 
+class _EasyDictStandIn(dict):
+    """An inert stand-in for `easydict.EasyDict` (a dict whose items are mirrored as attributes):
+    the unpickler fills it with `__setitem__` and its pickled attributes land in `__dict__`;
+    nothing of easydict is imported or run."""
+
+
+#: The only globals of a ViCLIP training checkpoint beyond tensors and containers.
+STAND_INS = {"easydict.EasyDict": _EasyDictStandIn}
+
+
 def read_official_checkpoint(path: Path) -> tuple[Any, list[str]]:
-    """The file's top-level object read without running its pickle (`harness.convert.release_io`:
-    the EasyDict config as an inert stand-in turned into plain data, tensors kept), and one line
-    per configuration object read so (for the backbone's notes). A file naming code is one line."""
-    from harness.convert.release_io import load_release
+    """The file's top-level object read without running its pickle (`harness.safe_load`: a
+    restricted unpickler in which the EasyDict config is an inert dict), and one line per kind of
+    object read so (for the backbone's notes). A file naming anything else is one line."""
+    from harness.safe_load import load_restricted
 
     try:
-        release = load_release(path)
+        content = load_restricted(path, STAND_INS, what="a ViCLIP checkpoint")
     except HarnessError as err:  # every job shares the backbone: stop the invocation
         raise ConfigurationError(f"--pretrained {path}: {err}") from None
-    return release.content, release.read
+    read = [f"{key}: EasyDict read as a plain dict (stand-in class; easydict not imported, nothing of it run)"
+            for key, value in (content.items() if isinstance(content, dict) else ())
+            if isinstance(value, _EasyDictStandIn)]
+    return content, read
 
 
 def model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:

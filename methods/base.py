@@ -14,12 +14,17 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 
 * what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
   configuration by `run_needs(config)`; the engine then calls the matching hook
-  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind);
+  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind;
+  `set_rephrased_classnames` once per class list the job scores);
+* which epochs' weights the evaluated model averages: `averaged_epochs(config)` (FROSTER's
+  evaluation of epoch-averaged weights);
+* a frozen teacher it keeps for training only: `frozen_teacher()` (counted in `parameter_counts`);
 * its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
 * gradient-clipping compatibility: `allows_grad_clip`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
-  `text_is_frozen`; whether it can run under a protocol: `check_protocol()`;
+  `text_is_frozen`; whether it can run under a protocol: `check_protocol()`; the longest clip
+  it runs on: `max_frames`;
 * the backbones it runs on: `token_layouts` (refused otherwise, with `layout_notes`'s reason,
   by `check_token_layout`), and whether it trains with ViCLIP-style token masking:
   `allows_token_mask`.
@@ -40,7 +45,7 @@ from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 from methods.layout import LAYOUT_TITLES, PerFrameLayout, layout_of, layout_refusal
 
-__all__ = ["MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
+__all__ = ["EpochRange", "MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
 
 
 @dataclass
@@ -75,6 +80,41 @@ class ParamGroup:
     lr_scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class EpochRange:
+    """Training epochs `first`..`last`, 1-based and inclusive, as checkpoints are numbered after
+    each epoch; `first=0` also takes the weights training starts from (FROSTER's averaging tool
+    can include the pre-trained CLIP as "epoch 0"); `last=None` means the last trained epoch."""
+
+    first: int
+    last: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, option_name: str) -> EpochRange | None:
+        """'2-' (epoch 2 to the end), '2-22', '7' (epoch 7 alone) or 'none' (no averaging)."""
+        spec = str(text).strip().lower()
+        if spec in ("none", "off", ""):
+            return None
+        first, sep, last = spec.partition("-")
+        try:
+            start = int(first)
+            end = (int(last) if last.strip() else None) if sep else start
+        except ValueError:
+            start, end = -1, None
+        if start < 0 or (end is not None and end < max(start, 1)):
+            raise HarnessError(f"{option_name}={text!r}: expected 'A-B' (epochs A to B, 1-based, inclusive; A=0 adds "
+                               "the initial weights), 'A-' (A to the last epoch), 'A', or 'none'")
+        return cls(start, end)
+
+    def epochs(self, trained: int) -> list[int]:
+        """The epoch numbers this range takes from a training of `trained` epochs."""
+        last = trained if self.last is None else min(self.last, trained)
+        return list(range(self.first, last + 1))
+
+    def __str__(self) -> str:
+        return f"{self.first}-{'' if self.last is None else self.last}"
+
+
 class VideoTextModel(nn.Module):
     """CLIP as an open-vocabulary video classifier; methods specialise the hooks.
 
@@ -107,8 +147,15 @@ class VideoTextModel(nn.Module):
     #: Whether the method can train with ViCLIP's random patch-token masking (`schedule.token_mask`,
     #: joint backbones only): False when one of its modules needs the full space-time grid.
     allows_token_mask: ClassVar[bool] = False
+    #: The most frames per clip this method runs on: `--frames` / `schedule.frames` above it are
+    #: refused before any job starts (harness/validate.py), instead of exhausting memory inside
+    #: the first job. 64 covers every published recipe (8-32 frames); a method whose temporal
+    #: modules are meant for longer clips declares more.
+    max_frames: ClassVar[int] = 64
     #: What the method needs from the run besides videos and class names. Known needs and the
-    #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`.
+    #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`;
+    #: "rephrased_classnames" -> `set_rephrased_classnames` (one call per class list of the job:
+    #: the training classes and every evaluated list).
     #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
     requires: ClassVar[frozenset[str]] = frozenset()
     #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
@@ -202,6 +249,28 @@ class VideoTextModel(nn.Module):
         raise HarnessError(f"method {self.method_name!r} does not use class descriptions "
                            "(it does not declare 'descriptions' in its `requires`)")
 
+    def set_rephrased_classnames(self, classnames: Sequence[str], rephrased: Sequence[str]) -> None:
+        """Hook for methods that declare "rephrased_classnames" in `requires`: the LLM-rephrased
+        form of each class name of one class list (FROSTER's "Name: what the action looks like"
+        strings), aligned with `classnames`. A method without that need has nothing to store."""
+        raise HarnessError(f"method {self.method_name!r} does not use rephrased class names "
+                           "(it does not declare 'rephrased_classnames' in its `requires`)")
+
+    @classmethod
+    def averaged_epochs(cls, config: MethodConfig) -> EpochRange | None:
+        """The epochs whose trainable weights the engine averages into the model it evaluates
+        (FROSTER reports the mean of its epoch checkpoints), or None to evaluate the weights as
+        training leaves them. Default: None. A class method of the configuration, so a job can be
+        checked before any model is built."""
+        return None
+
+    def frozen_teacher(self) -> nn.Module | None:
+        """The frozen copy of the pre-trained backbone the method distils from during training,
+        or None. It is a submodule, so `parameter_counts()['total']` includes it (and reports it
+        as 'teacher'); it runs inside `training_losses`, so training-step FLOPs and memory
+        (`count_step_flops`, `harness bench`) include it, while inference FLOPs do not."""
+        return None
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in the backward pass of both towers (saves memory, same
         outputs). Methods whose blocks live outside the towers' `resblocks` override this."""
@@ -252,10 +321,14 @@ class VideoTextModel(nn.Module):
         return self.clip.transformer.resblocks
 
     def parameter_counts(self) -> dict[str, Any]:
+        """Trainable and total parameters; `total` includes a frozen teacher, also given alone as
+        `teacher` (0 for methods without one)."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
+        teacher = self.frozen_teacher()
         return {"trainable": trainable, "total": total,
-                "trainable_pct": round(100.0 * trainable / total, 4) if total else 0.0}
+                "trainable_pct": round(100.0 * trainable / total, 4) if total else 0.0,
+                "teacher": sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0}
 
     # -- video tower -------------------------------------------------------------------------
     def patch_embed(self, frames: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,12 @@ class BatchLabelToy(nn.Module):
     the batch (as MSTA's description-consistency loss)."""
 
     allows_grad_clip = True
+    config = None
+
+    @classmethod
+    def averaged_epochs(cls, config) -> None:
+        """No epoch averaging (the default of methods.base.VideoTextModel)."""
+        return None
 
     def __init__(self) -> None:
         super().__init__()

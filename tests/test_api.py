@@ -20,7 +20,7 @@ def test_request_defaults_follow_the_dataset(harness_cache):
 
 def test_run_keeps_each_failure_for_the_caller(tmp_path, harness_cache, monkeypatch):
     """A failing job does not stop the run and its own message reaches the caller (not an exit code)."""
-    def fail(job, job_dir, progress=True):
+    def fail(job, job_dir, progress=True, **kwargs):
         raise HarnessError(f"cannot read {job.method}'s video")
 
     monkeypatch.setattr(runner_mod, "run_job", fail)

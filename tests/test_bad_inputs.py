@@ -5,9 +5,13 @@ Table-driven: argv (with {cache}, {out}, {tmp}, {root} placeholders), the expect
 fragment, the exit code, how many `harness: error:` lines, and an optional setup that breaks a
 private copy of the embedded dataset or simulates the environment (a full disk, a read-only or
 unreadable folder: the tests may run as root, for whom permissions do not apply). Every case
-runs the CLI in-process; `run` cases write into one shared finished result whose files are
-checksummed before and after each case. Data cases use `--methods aim` (the finished job is
-zeroshot's) and assert that no job was started for the jobs whose data is bad.
+runs through both front ends: the CLI in-process, and (every case with an API form: `run`,
+`params`, `bench`) the Python API (`harness.api.request` / `plan` / `run` / `params` / `bench`
+with the same options as keywords), with the same outcome: the same problems, one line each,
+before any job starts, or the same job recorded as failed. `run` cases write into one shared
+finished result whose files are checksummed before and after each case. Data cases use
+`--methods aim` (the finished job is zeroshot's) and assert that no job was started for the
+jobs whose data is bad.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
+from harness import api
+from harness.cli import build_parser, main
+from harness.errors import HarnessError
 
 B2N = "datasets_splits/base2novel_splits/embedded_splits"
 
@@ -155,6 +161,11 @@ class Case:
     data: bool = False  # needs a private (breakable) copy of the embedded dataset
     job_level: bool = True  # a data problem: only its job fails (error.json), no invocation error
     no_job_started: bool = False  # the problem must be found before any job (any training) starts
+    api: bool = True  # the case has a Python API form (`run`, `params` and `bench` cases)
+
+    @property
+    def front_ends(self) -> tuple[str, ...]:
+        return ("cli", "api") if self.api and self.argv[0] in ("run", "params", "bench") else ("cli",)
 
 
 CASES = [
@@ -174,7 +185,7 @@ CASES = [
     Case("set-bool", DRY("--set", "data.color_jitter=maybe"), "data.color_jitter='maybe': expected bool"),
     Case("set-list", DRY("--set", "schedule.views=3"), "schedule.views=3: expected list"),
     Case("splits-undefined", DRY("--splits", "7"), "--splits: [7] not defined"),
-    Case("splits-not-int", DRY("--splits", "one"), "expected comma-separated integers"),
+    Case("splits-not-int", DRY("--splits", "one"), "expected comma-separated integers", api=False),
     Case("shard-range", DRY("--shard", "3/2"), "need 0 <= i < n"),
     # -- silently accepted before issue 12 --
     Case("frames-0", RUN("--frames", "0", methods="st_adapter"), "--frames 0: must be >= 1"),
@@ -196,6 +207,24 @@ CASES = [
     Case("sweep-repeated-value", DRY("--sweep", "schedule.frames=4,4"), "appears twice"),
     Case("all-problems-together", RUN("--frames", "0", "--set", "schedule.epoch=1", "--set", "msta.rank=4",
                                       methods="aim,aim"), "listed more than once", lines=4),
+    # -- found late or never before issue 22 --
+    Case("seed-negative", RUN("--seed", "-1"), "--seed -1: must be an integer in [0, 4294967295]",
+         no_job_started=True),
+    Case("seed-beyond-numpy", RUN("--seed", str(2**32)), f"--seed {2**32}: must be an integer in [0, 4294967295]",
+         no_job_started=True),
+    Case("frames-beyond-max", RUN("--frames", "10000", methods="st_adapter"),
+         "schedule.frames=10000 (--frames): st_adapter runs at most 64 frames per clip", no_job_started=True),
+    Case("frames-0-hides-nothing", RUN("--frames", "0", "--set", "schedule.epochs=0", "--set", "schedule.batch_size=0",
+                                       methods="st_adapter"), "schedule.batch_size=0: must be >= 1", lines=3,
+         no_job_started=True),
+    Case("sweep-frames-beyond-max", DRY("--sweep", "schedule.frames=8,65"), "schedule.frames=65 (--frames): aim runs "
+         "at most 64"),
+    Case("real-dataset-random-weights", ["run", "--methods", "aim", "--protocol", "fully_supervised", "--dataset",
+                                         "folder:{tmp}", "--profile", "tiny", "--no-progress", "--out", "{out}"],
+         "--pretrained not given: ViT-B-16 would train from random weights on folder:", no_job_started=True),
+    Case("params-frames-beyond-max", ["params", "--methods", "aim", "--frames", "65"], "--frames 65: aim runs at most 64"),
+    Case("bench-frames-beyond-max", ["bench", "--methods", "aim", "--frames", "100", "--smoke"],
+         "--frames 100: aim runs at most 64"),
     Case("params-frames-classes-0", ["params", "--methods", "aim", "--frames", "0", "--classes", "0"],
          "--classes 0: must be >= 1", lines=2),
     Case("bench-batch-0", ["bench", "--batch", "0"], "--batch 0: must be >= 1"),
@@ -209,6 +238,8 @@ CASES = [
     Case("report-not-results", ["report", "{tmp}"], "not a results directory"),
     Case("report-truncated-metrics", ["report", "{tmp}/copy"], "metrics.json: unreadable result (JSONDecodeError",
          setup=_truncate_result),
+    Case("report-foreign-json", ["report", "{tmp}/foreign"], "metrics.json: not a harness result (it lacks job_id, "
+         "job, metrics)", setup=_file("foreign/jobs/a/metrics.json", '{"accuracy": 0.9}')),
     Case("pretrained-missing", RUN("--pretrained", "/nonexistent.pt"), "--pretrained /nonexistent.pt: no such file"),
     Case("pretrained-folder", RUN("--pretrained", "{tmp}"), "is a folder; pass a checkpoint file"),
     Case("pretrained-text-file", RUN("--pretrained", "{tmp}/notes.txt", methods="st_adapter"),
@@ -247,6 +278,16 @@ CASES = [
          data=True, no_job_started=True, setup=_short_description),
     Case("descriptions-missing-class", RUN(methods="msta"), "no descriptions for class id 3", data=True,
          no_job_started=True, setup=_drop_description),
+    # -- base-to-novel class sets checked against each other (issue 22) --
+    Case("novel-class-is-a-base-class", RUN(), "embedded_novel_labels.csv: class 'a shape moving left' (id 5) is also "
+         "a base class", data=True, job_level=False, no_job_started=True,
+         setup=_replace_line("labels/embedded_novel_labels.csv", 6, "5,a shape moving left")),
+    Case("novel-class-differs-in-case-only", RUN(), "class 'A Shape Moving_Left' (id 5) is also a base class",
+         data=True, job_level=False, no_job_started=True,
+         setup=_replace_line("labels/embedded_novel_labels.csv", 6, "5,A Shape Moving_Left")),
+    Case("novel-list-has-a-training-video", RUN(), "of novel class 'a shape disappearing' is also in the training "
+         "list", data=True, no_job_started=True,
+         setup=_edit(f"{B2N}/novel_val.txt", lambda t: t + "train_move_left_000.mp4 3\n")),
 ]
 
 
@@ -273,8 +314,32 @@ def _private_cache(harness_cache: Path, tmp: Path) -> tuple[Path, Path]:
     return cache, cache / "embedded" / source.name
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input(case, finished, harness_cache, tmp_path, capsys, monkeypatch, skip_training):
+def _api(argv: list[str]) -> None:
+    """The case through the Python API: the command's options as keyword arguments of
+    `harness.api` (what a script would write); raises what the API raises."""
+    args = build_parser().parse_args(argv)
+    ints = lambda text: [int(x) for x in text.split(",")] if text else None  # noqa: E731
+    if args.command == "params":
+        api.params(args.methods, args.backbone, args.pretrained, args.frames, args.classes, args.sets)
+    elif args.command == "bench":
+        api.bench(args.methods or "zeroshot", args.sets, batch=args.batch, frames=args.frames, iters=args.iters,
+                  warmup=args.warmup, image_size=args.image_size, num_classes=args.num_classes,
+                  backbone="harness-tiny", device="cpu", progress=None)
+    else:
+        req = api.request(args.methods, args.protocol, dataset=args.dataset, backbone=args.backbone,
+                          pretrained=args.pretrained, sets=args.sets, profile=args.profile, seed=args.seed,
+                          frames=args.frames, splits=ints(args.splits), shots=ints(args.shots),
+                          cache_dir=args.cache)
+        shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else (0, 1)
+        if args.dry_run:
+            api.plan(req, args.out, sweeps=args.sweeps, shard=shard, dry_run=True)
+        else:
+            api.run(req, args.out, sweeps=args.sweeps, shard=shard, progress=False)
+
+
+@pytest.mark.parametrize("case, front", [(c, f) for c in CASES for f in c.front_ends],
+                         ids=[f"{c.id}-{f}" for c in CASES for f in c.front_ends])
+def test_bad_input(case, front, finished, harness_cache, tmp_path, capsys, monkeypatch, skip_training):
     out, job = finished
     ctx = {"cache": harness_cache, "out": out, "tmp": tmp_path, "root": None}
     if case.data:
@@ -288,13 +353,22 @@ def test_bad_input(case, finished, harness_cache, tmp_path, capsys, monkeypatch,
     monkeypatch.setattr(runner_mod, "run_job", lambda j, *a, **k: started.append(j.job_id) or real_run_job(j, *a, **k))
     before = _checksums(job)
     argv = [a.format(**ctx) for a in case.argv]
-    code = main(argv)
-    err = capsys.readouterr().err
     fragment = case.fragment.format(**ctx)
+    if front == "cli":
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == case.code, err
+        assert "Traceback" not in err
+        errors = [line.removeprefix("harness: error: ") for line in err.splitlines()
+                  if line.startswith("harness: error:")]
+    else:  # the API raises the invocation's problems (one per line) or records the job's failure
+        try:
+            _api(argv)
+            errors = []
+        except HarnessError as raised:
+            errors = str(raised).splitlines()
+        err = capsys.readouterr().err + "\n".join(errors)
     assert fragment in err, err
-    assert code == case.code, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("harness: error:")]
     if case.data and case.job_level:  # only the job reading the bad data fails, recorded with its reason
         assert len(errors) == 0 and "not run:" in err and err.count(fragment) == 1, err
         (record,) = out.glob("jobs/*/error.json")
@@ -302,6 +376,7 @@ def test_bad_input(case, finished, harness_cache, tmp_path, capsys, monkeypatch,
         record.unlink()
     else:
         assert len(errors) == case.lines, err
+        assert any(fragment in line for line in errors), errors
     if case.no_job_started:
         assert started == [], "the bad input was found only after a job started"
     assert _checksums(job) == before, "a finished result changed"
@@ -309,6 +384,7 @@ def test_bad_input(case, finished, harness_cache, tmp_path, capsys, monkeypatch,
 
 def test_corpus_is_large_enough():
     assert len(CASES) >= 40
+    assert sum("api" in c.front_ends for c in CASES) >= 50  # every case with an API form runs through it
 
 
 def test_corrupt_novel_list_found_before_any_training(finished, harness_cache, tmp_path, capsys, monkeypatch):
@@ -355,7 +431,7 @@ def test_truncated_result_is_never_counted_as_finished(finished, tmp_path, harne
     code = main(["run", "--methods", "zeroshot", "--protocol", "base2novel", "--profile", "tiny", "--pretrained",
                  "random", "--no-progress", "--cache", str(harness_cache), "--out", str(copy)])
     err = capsys.readouterr().err
-    assert code == 0 and "finished earlier" not in err
+    assert code == 0 and "finished earlier" not in err, err
     assert json.loads(metrics.read_text())["job_id"] == job.name  # recomputed, complete again
 
 
@@ -412,3 +488,67 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     assert code == 2 and "Traceback" in err and err.rstrip().endswith("harness: error: --frames 0: must be >= 1")
     monkeypatch.setenv("HARNESS_DEBUG", "1")
     assert main(["params", "--methods", "aim", "--frames", "0"]) == 2 and "Traceback" in capsys.readouterr().err
+
+
+def test_a_shard_that_selects_no_job_says_so(finished, harness_cache, tmp_path, capsys, skip_training):
+    """More shards than jobs (a SLURM array larger than the grid): the shard is empty, said so,
+    exit 0, nothing written; a shard with a job still runs."""
+    out = tmp_path / "out"
+    argv = [a.format(cache=harness_cache, out=out) for a in RUN("--shard", "1/2")]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "shard 1/2 is empty: the invocation has 1 job(s), so only shards 0..0 of 2 run any" in captured.err
+    assert "no finished jobs" not in captured.out and not (out / "invocations").exists()
+    argv[argv.index("1/2")] = "0/2"
+    assert main(argv) == 0 and len(list(out.glob("jobs/*/metrics.json"))) == 1
+
+
+@pytest.fixture(scope="module")
+def run_checkpoint(harness_cache, tmp_path_factory):
+    """A run checkpoint of st_adapter (tiny profile, random weights): what `harness eval` reads."""
+    out = tmp_path_factory.mktemp("ckpt-run")
+    assert main(["run", "--methods", "st_adapter", "--protocol", "base2novel", "--profile", "tiny", "--pretrained",
+                 "random", "--no-progress", "--cache", str(harness_cache), "--out", str(out)]) == 0
+    (ckpt,) = out.glob("jobs/*/work/epoch_*.pth")
+    return ckpt
+
+
+@pytest.mark.parametrize("front", ["cli", "api"])
+def test_eval_checks_the_data_of_its_jobs(front, run_checkpoint, harness_cache, tmp_path, capsys, monkeypatch):
+    """`harness eval` plans its jobs like a run: a corrupt list fails its job before it starts."""
+    import harness.engine.runner as runner_mod
+
+    cache, root = _private_cache(harness_cache, tmp_path)
+    _replace_line(f"{B2N}/novel_val.txt", 2, "no_label_here.mp4")({"root": root}, monkeypatch)
+    started = []
+    monkeypatch.setattr(runner_mod, "run_job", lambda job, *a, **k: started.append(job.job_id))
+    out = tmp_path / "eval"
+    if front == "cli":
+        code = main(["eval", "--checkpoint", str(run_checkpoint), "--protocol", "base2novel", "--profile", "tiny",
+                     "--cache", str(cache), "--out", str(out), "--no-progress"])
+        assert code == 2
+    else:
+        store = api.evaluate(api.EvalRequest(checkpoint=str(run_checkpoint), protocol="base2novel", profile="tiny",
+                                             cache=str(cache), out=str(out)), progress=False)
+        assert [f["message"] for f in store.failed_records()][0].endswith("malformed line 'no_label_here.mp4'; "
+                                                                          "expected 'relative/path.ext label' "
+                                                                          "(fields separated by whitespace).")
+    err = capsys.readouterr().err
+    assert "novel_val.txt:3: malformed line 'no_label_here.mp4'" in err and "not run:" in err
+    assert started == [] and len(list(out.glob("jobs/*/error.json"))) == 1
+
+
+def test_order_pairs_check_the_data_of_their_jobs(harness_cache, tmp_path, monkeypatch):
+    """`harness bench --order-pairs` plans through harness.api too: a truncated video of the list
+    it evaluates stops it, naming the video, before any training."""
+    import harness.engine.runner as runner_mod
+    from harness.commands.order_pairs import run_order_pairs
+
+    cache, root = _private_cache(harness_cache, tmp_path)
+    _video("datasets_splits/embedded_splits/val.txt", 3, lambda b: b[: len(b) // 2])({"root": root}, monkeypatch)
+    started = []
+    monkeypatch.setattr(runner_mod, "run_job", lambda job, *a, **k: started.append(job.job_id))
+    with pytest.raises(HarnessError, match="order-pair training of zeroshot failed: HarnessError: 1 of .* videos "
+                                           "listed in .*val.txt are not readable videos: .*truncated"):
+        run_order_pairs(["zeroshot"], tmp_path / "out", epochs=1, cache_dir=str(cache))
+    assert started == []

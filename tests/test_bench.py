@@ -145,7 +145,7 @@ def test_plain_baseline_trains_through_the_whole_tower():
 def _bench_args(argv):
     import argparse
 
-    from harness.measure.bench_cli import add_bench_arguments
+    from harness.commands.bench import add_bench_arguments
 
     parser = argparse.ArgumentParser()
     add_bench_arguments(parser)
@@ -153,7 +153,7 @@ def _bench_args(argv):
 
 
 def test_cpu_gets_small_defaults_and_explicit_options_win():
-    from harness.measure.bench_cli import resolve_defaults
+    from harness.commands.bench import resolve_defaults
 
     cpu = resolve_defaults(_bench_args(["--device", "cpu"])[1])
     assert cpu == {"backbone": "harness-tiny", "batch": 4, "frames": 8, "iters": 5, "warmup": 2, "num_classes": 16,
@@ -165,7 +165,8 @@ def test_cpu_gets_small_defaults_and_explicit_options_win():
 
 
 def test_one_set_of_bench_options_with_help_text():
-    """`harness bench` offers every option of `python -m harness.measure.bench`, and each has help."""
+    """`harness bench` offers every option of `python -m harness.measure.bench` (= `python -m
+    harness.commands.bench`), and each has help."""
     from harness.cli import build_parser
 
     module_parser, _ = _bench_args([])

@@ -242,7 +242,7 @@ def test_cli_prepare_and_check_embedded(tmp_path, monkeypatch, capsys):
 
 
 def test_workers_report_arithmetic():
-    from harness.data.check import workers_report
+    from harness.commands.data import workers_report
 
     # 80 ms per clip = 12.5 clips/s per worker; 300 clips/s needs ceil(24.0) = 24, 301 needs 25
     assert "needs 24 DataLoader workers" in workers_report(300, 0.08)

@@ -101,3 +101,56 @@ def test_predict_easy_case(video_folder, harness_cache, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [row["top"][0][0] for row in rows] == ["a red circle", "a yellow star", "a blue square"]
     assert all(abs(sum(score for _, score in row["top"]) - 1.0) < 1e-3 for row in rows)  # softmax over 3 classes
+
+
+def _two_classes(root, embedded_root, names=("left", "right")):
+    for name, stem in zip(names, ("move_left", "move_right")):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            shutil.copy(embedded_root / "videos" / f"train_{stem}_{i:03d}.mp4", root / name / f"clip {i}.mp4")
+    return root
+
+
+def test_a_class_folder_starting_with_a_space_has_all_its_videos(embedded_root, tmp_path):
+    """` left/` (leading space): its videos are listed so that they are found again, none missing."""
+    from harness.data.datasets import get_dataset
+    from harness.data.folder import prepare_folder
+    from harness.data.pipeline import usable_entries
+
+    root = _two_classes(tmp_path / "videos", embedded_root, names=(" left", "right"))
+    lists, _ = prepare_folder(get_dataset(f"folder:{root}"), str(tmp_path / "cache"))
+    for name in ("train", "val"):
+        present, info = usable_entries(str(lists / "splits" / f"{name}.txt"), root, 2, "video", "error", 0.0)
+        assert info["missing"] == 0 and len(present) == info["listed"] > 0
+    assert scan_folder(root).classnames == ["left", "right"]
+
+
+def test_class_folder_symlinks_that_loop_or_alias_are_refused(embedded_root, tmp_path):
+    root = _two_classes(tmp_path / "videos", embedded_root)
+    (root / "loop").symlink_to(root)  # the dataset folder inside itself
+    with pytest.raises(HarnessError, match="loop: a symlink to .* contains the dataset folder itself"):
+        scan_folder(root)
+    (root / "loop").unlink()
+    (root / "self").symlink_to(root / "self")  # ELOOP
+    with pytest.raises(HarnessError, match="self: a symlink that does not resolve \\(a symlink loop\\)"):
+        scan_folder(root)
+    (root / "self").unlink()
+    (root / "again").symlink_to(root / "left")  # the same videos under two classes
+    with pytest.raises(HarnessError, match="again: a symlink to .* inside the dataset folder"):
+        scan_folder(root)
+    (root / "again").unlink()
+    elsewhere = _two_classes(tmp_path / "other", embedded_root, names=("up", "down"))
+    (root / "up").symlink_to(elsewhere / "up")  # a folder of its own elsewhere: a class like any
+    assert scan_folder(root).classnames == ["left", "right", "up"]
+
+
+def test_generated_lists_go_to_the_cache_root(embedded_root, tmp_path, monkeypatch):
+    from harness.data.datasets import get_dataset
+    from harness.data.folder import prepare_folder
+
+    root = _two_classes(tmp_path / "videos", embedded_root)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "env-cache"))
+    lists, _ = prepare_folder(get_dataset(f"folder:{root}"), None)
+    assert lists.parent == tmp_path / "env-cache" / "folders" and (lists / "splits" / "train.txt").is_file()
+    lists, _ = prepare_folder(get_dataset(f"folder:{root}"), str(tmp_path / "given"))  # --cache wins
+    assert lists.parent == tmp_path / "given" / "folders"

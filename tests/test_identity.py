@@ -123,12 +123,17 @@ def test_finished_job_of_an_older_results_format_is_rerun(harness_cache, tmp_pat
     store = RunStore(tmp_path)
     store.job_dir(job).mkdir(parents=True)
     path = store.job_dir(job) / "metrics.json"
-    path.write_text(json.dumps({"job_id": job.job_id, "job": job.to_dict(), "metrics": {}}))
+    metrics = {"evals": {}, "params": {}, "train": {}}
+    path.write_text(json.dumps({"job_id": job.job_id, "job": job.to_dict(), "metrics": metrics}))
     assert not store.is_finished(job)  # format 1: rerun
-    path.write_text(json.dumps({"results_format": RESULTS_FORMAT - 1, "job_id": job.job_id}))
+    path.write_text(json.dumps({"results_format": RESULTS_FORMAT - 1, "job_id": job.job_id, "job": job.to_dict(),
+                                "metrics": metrics}))
     assert not store.is_finished(job)  # the previous format (micro-batch-dependent training): rerun
-    path.write_text(json.dumps({"results_format": RESULTS_FORMAT, "job_id": job.job_id}))
+    path.write_text(json.dumps({"results_format": RESULTS_FORMAT, "job_id": job.job_id, "job": job.to_dict(),
+                                "metrics": metrics}))
     assert store.is_finished(job)
+    path.write_text(json.dumps({"results_format": RESULTS_FORMAT, "job_id": job.job_id}))
+    assert not store.is_finished(job)  # no job / metrics records: not a result of this job
 
 
 # ---- splits and shots ----------------------------------------------------------------------------

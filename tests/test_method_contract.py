@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = list_methods()
 CLASSES = ["a", "b", "c"]
 #: Needs the engine knows how to provide, and the hook that receives each.
-KNOWN_NEEDS = {"descriptions": "set_descriptions"}
+KNOWN_NEEDS = {"descriptions": "set_descriptions", "rephrased_classnames": "set_rephrased_classnames"}
 TINY_OPTIONS = {"vificlip_prompt": {"depth": 4}}
 
 
@@ -40,6 +40,32 @@ def test_a_method_without_the_need_refuses_descriptions():
     assert net.run_needs(net.config) == frozenset()
     with pytest.raises(HarnessError, match="does not use class descriptions"):
         net.set_descriptions(CLASSES, [["x"]] * 3, [["y"]] * 3)
+
+
+def test_a_method_without_the_need_refuses_rephrased_names_and_declares_no_averaging():
+    clip, spec = create_clip("harness-tiny", seed=0)
+    net = build_method("vificlip", clip, get_tokenizer(spec), 2, {}, classnames=CLASSES)
+    with pytest.raises(HarnessError, match="does not use rephrased class names"):
+        net.set_rephrased_classnames(CLASSES, ["A: x", "B: y", "C: z"])
+    assert net.averaged_epochs(net.config) is None and net.frozen_teacher() is None
+    assert net.parameter_counts()["teacher"] == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_averaged_epochs_and_teacher_declarations_are_well_formed(method):
+    """`averaged_epochs` is a class method of the configuration (checked before any model exists)
+    returning an EpochRange or None; a declared teacher is frozen and counted in `total`."""
+    from methods.base import EpochRange
+
+    cls = get_method(method).model_cls
+    averaged = cls.averaged_epochs(make_config(method, TINY_OPTIONS.get(method, {})))
+    assert averaged is None or isinstance(averaged, EpochRange)
+    clip, spec = create_clip("harness-tiny", seed=0)
+    net = build_method(method, clip, get_tokenizer(spec), 2, TINY_OPTIONS.get(method, {}), classnames=CLASSES)
+    teacher = net.frozen_teacher()
+    if teacher is not None:
+        assert not any(p.requires_grad for p in teacher.parameters())
+        assert net.parameter_counts()["teacher"] == sum(p.numel() for p in teacher.parameters()) > 0
 
 
 def test_msta_needs_descriptions_only_for_its_consistency_loss():

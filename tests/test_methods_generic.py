@@ -22,6 +22,7 @@ EXPECTED_DEFAULT_COUNTS = {
     "aim": 10_659_072,                # "AIM": text-matching
     "vitaclip": 28_524_545,           # "Vita-CLIP": this project's default
     "msta": 8_712_192,                # "MSTA": d=256, layers 1-12
+    "froster": 150_669_313,           # "Being added": FROSTER @ 230ae88, the official model built at its default
     "xclip": 131_501_056,             # "Being added": X-CLIP, VideoX @ 1744b21 (the official model built at the
                                       # pinned commit, default config, trainable after its fix_text)
 }
@@ -51,14 +52,16 @@ TINY_OPTIONS = {"vificlip_prompt": {"depth": 4}}
 
 
 def test_registry_is_complete():
-    """The seven methods of METHODS.md are all discovered (a file that fails to register shows here)."""
+    """The methods of METHODS.md (reference and being added) are all discovered (a file that fails
+    to register shows here)."""
     assert set(EXPECTED_DEFAULT_COUNTS) <= set(METHODS)
 
 
 def test_frame_order_contract_of_the_reference_methods():
-    """What each method's class claims (`models_frame_order`) for the seven reference methods, as
-    METHODS.md describes them (temporal modules vs mean-pooled frames); the claim itself is
-    checked against the model by `test_frame_order_sensitivity`."""
+    """What each method's class claims (`models_frame_order`) for the methods above, as METHODS.md
+    describes them (temporal modules vs mean-pooled frames; FROSTER's symmetric neighbour-frame
+    attention cannot tell a clip from its reversal); the claim itself is checked against the model
+    by `test_frame_order_sensitivity`."""
     temporal = {"st_adapter", "aim", "vitaclip", "msta", "xclip"}
     claims = {m: get_method(m).model_cls.models_frame_order for m in EXPECTED_DEFAULT_COUNTS}
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}

@@ -1,4 +1,6 @@
 """Metrics against hand-computed values."""
+import math
+
 import numpy as np
 import pytest
 
@@ -36,8 +38,11 @@ def test_base2novel_summary_uses_hm_of_means():
     assert s["novel"] == pytest.approx(50.0)
     assert s["hm"] == pytest.approx(2 * 70 * 50 / 120)  # 58.33, not the mean of per-split HMs
     per_hm = [2 * 80 * 40 / 120, 60.0]
-    assert s["hm_split_std"] == pytest.approx(np.std(per_hm))
+    assert s["hm_split_std"] == pytest.approx(np.std(per_hm, ddof=1))  # sample std: |53.33 - 60| / sqrt 2 = 4.71
+    assert s["base_std"] == pytest.approx(14.1421, abs=1e-4)  # |80 - 60| / sqrt 2
     assert s["n_splits"] == 2
+    one = base2novel_summary([(80.0, 40.0)])  # one run: no spread is defined (NaN, shown as '-'), not 0
+    assert all(math.isnan(one[k]) for k in ("base_std", "novel_std", "hm_split_std"))
 
 
 def test_accuracy_standard_error_hand_computed():

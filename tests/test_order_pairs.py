@@ -62,17 +62,17 @@ def test_bad_seeds_option_is_one_line(capsys):
     assert main(["bench", "--order-pairs", "--seeds", "1,x"]) == 2
     assert "--seeds '1,x': expected comma-separated integers" in capsys.readouterr().err
     assert main(["bench", "--seeds", "1,2"]) == 2
-    assert "--seeds: only with --order-pairs" in capsys.readouterr().err
+    assert "--seeds: does not apply to `harness bench`" in capsys.readouterr().err
 
 
 def test_a_failed_training_job_reaches_the_caller_with_its_message(tmp_path, harness_cache, monkeypatch):
     """The benchmark runs through harness.api, so the job's own error is raised (it used to be an
     exit code from re-entering the CLI)."""
     import harness.engine.runner as runner_mod
+    from harness.commands.order_pairs import run_order_pairs
     from harness.errors import HarnessError
-    from harness.measure.order_pairs import run_order_pairs
 
-    def fail(job, job_dir, progress=True):
+    def fail(job, job_dir, progress=True, **kwargs):
         raise HarnessError(f"{job.method}: out of memory at epoch 1")
 
     monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
@@ -88,7 +88,7 @@ def test_st_adapter_separates_order_only_pairs(tmp_path, harness_cache, monkeypa
     (mean-pooled frames) cannot, and the temporal method beats it by >= 15 points (the issue's
     margin). Measured when written: ST-Adapter 76.6% overall and 100% on left/right, zero-shot
     near chance (64 pair videos); thresholds leave a wide margin."""
-    from harness.measure.order_pairs import run_order_pairs
+    from harness.commands.order_pairs import run_order_pairs
 
     monkeypatch.setenv("HARNESS_CACHE", str(harness_cache))
     rows = run_order_pairs(["zeroshot", "st_adapter"], tmp_path, epochs=15,
@@ -103,13 +103,18 @@ def test_st_adapter_separates_order_only_pairs(tmp_path, harness_cache, monkeypa
 def test_every_seed_is_a_run_of_its_own_and_only_this_call_is_scored(tmp_path, monkeypatch):
     """--seeds 1,2,3: one request per seed into the same folder (the store keys jobs by seed, so a
     rerun skips what is done); only the jobs of this call are scored."""
+    from types import SimpleNamespace
+
     import harness.api as api
     import harness.measure.order_pairs as op
+    from harness.commands.order_pairs import run_order_pairs
 
     seeds, scored = [], []
-    monkeypatch.setattr(api, "run", lambda req, out, jobs, progress: seeds.append(req.seed) or object())
+    monkeypatch.setattr(api, "plan", lambda req, out: seeds.append(req.seed) or api.Plan(
+        req, [SimpleNamespace(job_id=f"zeroshot-seed{req.seed}")], None, {}))
+    monkeypatch.setattr(api, "execute", lambda planned, progress: ([], []))
     monkeypatch.setattr(api, "failures", lambda store, jobs: [])
     monkeypatch.setattr(op, "score_run", lambda out, job_ids: scored.extend(job_ids) or [])
-    op.run_order_pairs(["zeroshot"], tmp_path, epochs=1, seeds=[1, 2, 3])
+    run_order_pairs(["zeroshot"], tmp_path, epochs=1, seeds=[1, 2, 3])
     assert seeds == [1, 2, 3]
     assert len(scored) == 3 and len(set(scored)) == 3  # one job per seed, three distinct job ids

@@ -36,3 +36,39 @@ def test_riff_that_is_not_avi_is_reported(tmp_path):
     path = tmp_path / "a.mp4"
     path.write_bytes(b"RIFF" + struct.pack("<I", 4) + b"WAVE")
     assert "not an AVI file" in probe_video(path)
+
+
+KILLED_WRITER = """
+import sys
+from pathlib import Path
+from harness.data.probe import ProbeCache
+cache = ProbeCache(sys.argv[1])
+cache.check(Path(sys.argv[2]))
+cache.save()  # HARNESS_FAULT_POINTS kills it with the temp file complete, not yet renamed
+"""
+
+
+def test_a_probe_cache_write_killed_midway_leaves_nothing_behind_for_long(tmp_path):
+    """A kill during the first probe's save left `.video-probe.json.*.part` in the cache forever;
+    the next save (under the cache's lock, whose dead holder is stale at once) removes it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness.data.probe import ProbeCache
+
+    root = Path(__file__).resolve().parents[1]
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(_mp4_bytes())
+    env = {**os.environ, "PYTHONPATH": str(root), "HARNESS_FAULT_POINTS": "atomic.before_rename:1"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tmp_path), str(video)], env=env, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".video-probe.json.*.part"))) == 1 and not (tmp_path / "video-probe.json").exists()
+    cache = ProbeCache(tmp_path)
+    assert cache.check(video) is None
+    cache.save()
+    assert list(tmp_path.glob(".video-probe.json.*.part")) == [] and not (tmp_path / ".video-probe.lock").exists()
+    assert len(json.loads((tmp_path / "video-probe.json").read_text())["verdicts"]) == 1

@@ -1,4 +1,4 @@
-"""Report aggregation from hand-written metrics files: split means, population stds, the
+"""Report aggregation from hand-written metrics files: split means, sample stds (ddof 1), the
 base-to-novel HM of the split averages, and the labelling of per-method-recipe rows."""
 from __future__ import annotations
 
@@ -42,8 +42,34 @@ def test_base2novel_hm_of_split_means(tmp_path):
     (row,), _ = _summary(tmp_path)
     # base mean 80, novel mean 50, HM = 2*80*50/130 = 61.538 (not the mean of per-split HMs, 61.48)
     assert (float(row["Base"]), float(row["Novel"]), float(row["HM"])) == (80.0, 50.0, 61.54)
-    # per-split HM 50.909, 61.538, 72.0 -> population std 8.610
-    assert float(row["HM std (splits)"]) == 8.61 and row["n"] == "3" and row["Splits"] == "1,2,3"
+    # per-split HM 50.909, 61.538, 72.0 -> sample std sqrt((10.573^2 + 0.056^2 + 10.518^2) / 2) = 10.546
+    assert float(row["HM std (splits)"]) == 10.55 and row["n"] == "3" and row["Splits"] == "1,2,3"
+
+
+def test_summary_and_report_build_one_row_alike_and_a_single_run_has_no_std(tmp_path):
+    """The run summary (harness/report.py) and the papers' tables (harness/reports/tables.py) take
+    a base-to-novel row's numbers from one builder: the same means, sample stds (ddof 1) and SEs;
+    a row of one run has no std (NaN, `-` in the summary), in both."""
+    from harness.reports.build import write_report
+
+    many, one = tmp_path / "many", tmp_path / "one"
+    for split, (b, n) in enumerate([(70, 40), (80, 50), (90, 60)], start=1):
+        _write(many, f"j{split}", "base2novel", split, {"base": (b, 99), "novel": (n, 99)})
+    _write(one, "j1", "base2novel", 1, {"base": (70, 99), "novel": (40, 99)})
+    for root, stds in ((many, (10.0, 10.0, 10.55)), (one, (None, None, None))):
+        (summary,), text = _summary(root)
+        (table,) = write_report([root], root / "report", formats=("csv",), draw=False).tables
+        report = table.frame.iloc[0]
+        for metric, std in zip(("Base", "Novel", "HM"), stds):
+            summary_std = summary["HM std (splits)" if metric == "HM" else f"{metric} std"]
+            assert float(summary[metric]) == report[metric]
+            assert float(summary[f"{metric} se"]) == report[f"{metric} se"]
+            if std is None:
+                assert summary_std == "" and report[f"{metric} std"] != report[f"{metric} std"]  # NaN in both
+            else:
+                assert float(summary_std) == report[f"{metric} std"] == std
+        if root == one:
+            assert "| 70.0 (SE 14.49) | - | 40.0 (SE 15.49) | - |" in text  # '-': no spread of one run
 
 
 def test_few_shot_mean_std_over_seeds_and_recipe_rows_apart(tmp_path):
@@ -53,9 +79,9 @@ def test_few_shot_mean_std_over_seeds_and_recipe_rows_apart(tmp_path):
     rows, text = _summary(tmp_path)
     by_method = {r["Method"]: r for r in rows}
     shared, paper = by_method["msta"], by_method["msta (per-method recipe)"]
-    # top-1 50/60/70 -> mean 60, population std sqrt(200/3) = 8.165; top-5 mean 90
+    # top-1 50/60/70 -> mean 60, sample std sqrt(200/2) = 10; top-5 mean 90
     assert shared["n"] == "3" and paper["n"] == "1"
-    assert (float(shared["Top-1"]), float(shared["Top-1 std"]), float(shared["Top-5"])) == (60.0, 8.16, 90.0)
+    assert (float(shared["Top-1"]), float(shared["Top-1 std"]), float(shared["Top-5"])) == (60.0, 10.0, 90.0)
     assert float(paper["Top-1"]) == 20.0
     assert "per-method recipe" in text and "not applied by the engine: mixup=0.8" in text
 
@@ -66,6 +92,6 @@ def test_zero_shot_mean_over_eval_splits(tmp_path):
     _write(tmp_path, "zs", "zero_shot", 1, evals)
     rows, _ = _summary(tmp_path)
     by_target = {r["target"]: r for r in rows}
-    # ucf: mean 45, std sqrt((25 + 25 + 0) / 3) = 4.082; k600: mean 31, std sqrt((1 + 1 + 4) / 3) = 1.414
-    assert (float(by_target["ucf101"]["Top-1"]), float(by_target["ucf101"]["Top-1 std"])) == (45.0, 4.08)
-    assert (float(by_target["k600"]["Top-1"]), float(by_target["k600"]["Top-1 std"])) == pytest.approx((31.0, 1.41))
+    # ucf: mean 45, std sqrt((25 + 25 + 0) / 2) = 5; k600: mean 31, std sqrt((1 + 1 + 4) / 2) = 1.732
+    assert (float(by_target["ucf101"]["Top-1"]), float(by_target["ucf101"]["Top-1 std"])) == (45.0, 5.0)
+    assert (float(by_target["k600"]["Top-1"]), float(by_target["k600"]["Top-1 std"])) == pytest.approx((31.0, 1.73))

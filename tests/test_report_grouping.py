@@ -74,12 +74,12 @@ def test_two_seeds_and_two_frame_counts_give_one_row_per_configuration(jobs, tmp
     table = pd.read_csv(tmp_path / "summary.csv")
     b = table[table["Protocol"] == "base2novel"].set_index("schedule.frames")
     assert sorted(b.index) == [4, 8] and list(b["n"]) == [2, 2]
-    assert b.loc[4, "Base"] == 50.0 and b.loc[4, "Base std"] == 10.0
+    assert b.loc[4, "Base"] == 50.0 and b.loc[4, "Base std"] == 14.14  # sample std of 40, 60: 20 / sqrt 2
     assert b.loc[4, "Novel"] == 30.0 and b.loc[4, "HM"] == 37.5  # 2*50*30/80
-    assert b.loc[8, "Base"] == 70.0 and b.loc[8, "Novel"] == 40.0 and b.loc[8, "Novel std"] == 10.0
+    assert b.loc[8, "Base"] == 70.0 and b.loc[8, "Novel"] == 40.0 and b.loc[8, "Novel std"] == 14.14
     assert b.loc[8, "HM"] == 50.91  # 2*70*40/110
     f = table[table["Protocol"] == "few_shot"]
-    assert len(f) == 1 and f["Top-1"].iloc[0] == 40.0 and f["Top-1 std"].iloc[0] == 10.0 and f["n"].iloc[0] == 2
+    assert len(f) == 1 and f["Top-1"].iloc[0] == 40.0 and f["Top-1 std"].iloc[0] == 14.14 and f["n"].iloc[0] == 2
     assert "Rows differ in: `schedule.frames`" in out and "## few_shot / embedded" in out
 
 

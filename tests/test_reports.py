@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import harness.reports
 from harness.cli import main
 from harness.jobs import RESULTS_FORMAT
 from harness.reports import latex, plots
@@ -62,14 +63,15 @@ def b2n(tmp_path):
 def test_base2novel_blocks_bold_quoted_rows_and_delta(b2n, tmp_path):
     report = write_report([b2n], tmp_path / "out", with_published=True, draw=False)
     text = (tmp_path / "out" / "report.md").read_text()
-    # HMDB: msta base 75 ± 5, novel 45 ± 5, HM 2*75*45/120 = 56.25, per-split HM 50.91 / 61.54 -> std 5.31;
+    # HMDB: msta base 75 ± 7.07, novel 45 ± 7.07 (sample std of two runs 10 apart: 10 / sqrt 2), HM 2*75*45/120
+    # = 56.25, per-split HM 50.91 / 61.54 -> std 10.63 / sqrt 2 = 7.52;
     # vificlip HM 2*74*54/128 = 62.44, published 61.9 -> Δ +0.54 (same method, backbone, weights, 32 frames)
     hmdb = text.split("## Base-to-novel: hmdb51")[1].split("##")[0]
     assert "| Method | schedule.frames | Trainable | % of backbone | Base | Novel | HM | Δ Base | Δ Novel | Δ HM | n | Source |" in hmdb
     # SE (10 videos per eval set): base sqrt(14.49^2 + 12.65^2) / 2 = 9.62 (binomial 70% and 80% of 10);
     # vificlip is within noise of msta (the first row: no zeroshot here) everywhere: `≈`
-    assert ("| msta | 8 | 1,000 | 1.00 | **75.00 ± 5.00 (SE 9.62)** | 45.00 ± 5.00 (SE 11.07) | "
-            "56.25 ± 5.31 (SE 9.06) |  |  |  | 2 |  |") in hmdb
+    assert ("| msta | 8 | 1,000 | 1.00 | **75.00 ± 7.07 (SE 9.62)** | 45.00 ± 7.07 (SE 11.07) | "
+            "56.25 ± 7.52 (SE 9.06) |  |  |  | 2 |  |") in hmdb
     assert ("| vificlip | 32 | 0 | 0.00 | 74.00 (SE 13.87) ≈ | **54.00 (SE 15.76) ≈** | **62.44 (SE 11.63) ≈** | "
             "+0.20 | +0.70 | +0.54 | 1 |  |") in hmdb
     # quoted rows: below, never bold, with source; MSTA's published row is ViCLIP and so never a Δ
@@ -109,9 +111,14 @@ def test_csv_round_trips_with_numeric_dtypes(b2n, tmp_path):
     table = pd.read_csv(tmp_path / "out" / "tables" / "base2novel-hmdb51.csv")
     for col in ("Trainable", "% of backbone", "Base", "Base std", "Novel", "HM", "Δ HM"):
         assert pd.api.types.is_numeric_dtype(table[col]), col
-    assert table["Quoted"].dtype == bool and table["Quoted"].sum() == 4  # vificlip, aim, st_adapter, msta
+    # one quoted row per method with a published HMDB51 base-to-novel number (vificlip, aim, st_adapter,
+    # msta, and the methods added since), read from the quoted-rows file itself
+    published = pd.read_csv(Path(harness.reports.__file__).with_name("published.csv"), comment="#")
+    quoted = set(published.query("protocol == 'base2novel' and dataset == 'hmdb51'")["method"])
+    assert {"vificlip", "aim", "st_adapter", "msta"} <= quoted
+    assert table["Quoted"].dtype == bool and table["Quoted"].sum() == len(quoted)
     measured = table[~table["Quoted"]].set_index("Method")
-    assert measured.loc["msta", "Trainable"] == 1000 and measured.loc["msta", "HM std"] == pytest.approx(5.31)
+    assert measured.loc["msta", "Trainable"] == 1000 and measured.loc["msta", "HM std"] == pytest.approx(7.52)
     per_job = pd.read_csv(tmp_path / "out" / "per_job.csv")
     assert len(per_job) == 5 and per_job["job_id"].is_unique  # one row per job
     assert {"dataset", "backbone", "pretrained", "schedule.frames", "method_options.rank", "split", "seed"} <= set(per_job)
@@ -139,7 +146,7 @@ def test_duplicates_counted_once_and_conflicts_flagged(b2n, tmp_path):
     report = write_report([b2n, copy, other], tmp_path / "out", draw=False)
     assert "**Conflict**: m-h1" in report.markdown
     # the kept copy is the first one: HMDB msta still averages 70/80 and 40/50
-    assert "**75.00 ± 5.00 (SE 9.62)**" in report.markdown
+    assert "**75.00 ± 7.07 (SE 9.62)**" in report.markdown
 
 
 def test_few_shot_zero_shot_and_fully_supervised_layouts(tmp_path):
@@ -157,13 +164,13 @@ def test_few_shot_zero_shot_and_fully_supervised_layouts(tmp_path):
     report = write_report([run], tmp_path / "out", draw=False)
     by_slug = {t.slug: t for t in report.tables}
     few = by_slug["few_shot"].frame.iloc[0]
-    # HMDB K=2: seeds 50 / 60 -> 55 ± 5; K=4: 70 ± 0; UCF K=2: one run -> no std
-    assert (few["hmdb51 K=2"], few["hmdb51 K=2 std"], few["hmdb51 K=4"], few["hmdb51 K=4 std"]) == (55, 5, 70, 0)
+    # HMDB K=2: seeds 50 / 60 -> 55 ± 7.07 (sample std); K=4: 70 ± 0; UCF K=2: one run -> no std
+    assert (few["hmdb51 K=2"], few["hmdb51 K=2 std"], few["hmdb51 K=4"], few["hmdb51 K=4 std"]) == (55, 7.07, 70, 0)
     assert few["ucf101 K=2"] == 80 and few["ucf101 K=2 std"] != few["ucf101 K=2 std"]
     assert by_slug["few_shot"].metrics == ["hmdb51 K=2", "hmdb51 K=4", "ucf101 K=2"]
     zero = by_slug["zero_shot"].frame.iloc[0]
-    # ucf mean 45, population std sqrt(50/3) = 4.08
-    assert (zero["ucf101"], zero["ucf101 std"], zero["hmdb51"]) == (45, 4.08, 3)
+    # ucf mean 45, sample std sqrt(50/2) = 5
+    assert (zero["ucf101"], zero["ucf101 std"], zero["hmdb51"]) == (45, 5, 3)
     assert "near chance" in zero["Flags"]
     sup = by_slug["fully_supervised-k400"].frame.set_index("Eval")
     assert sup.loc["val", "Top-1"] == 80 and sup.loc["val", "Top-5"] == 95 and sup.loc["val", "Frames x views"] == "8x1x1"
@@ -185,8 +192,9 @@ def test_latex_is_balanced_escaped_and_compiles(b2n, tmp_path):
     header = text.split("\\toprule")[1].split("\\\\")[0]
     assert header.count("&") == len(columns) - 1 and "\\% of backbone" in header and "$\\Delta$ HM" in header
     rows = _tabular_rows(text)
-    assert len(rows) == 6 and all(r.count("&") == len(columns) - 1 for r in rows)
-    assert "\\textbf{75.00$\\pm$5.00 (SE 9.62)}" in text and "\\textbf{61.90}" not in text
+    # one tabular row per table row (measured + one quoted row per published method), none ragged
+    assert len(rows) == len(hmdb.frame) >= 6 and all(r.count("&") == len(columns) - 1 for r in rows)
+    assert "\\textbf{75.00$\\pm$7.07 (SE 9.62)}" in text and "\\textbf{61.90}" not in text
     assert "62.44 (SE 11.63) $\\approx$" in text
     assert latex.escape("st_adapter 5% {x}") == "st\\_adapter 5\\% \\{x\\}"
     document = (tmp_path / "out" / "report.tex").read_text()

@@ -466,11 +466,37 @@ def _cfg(tree: dict) -> _StandInCfgNode:
     return node
 
 
-def save_official_release(path, model, frames: int, config_as_text: bool = False) -> None:
+def official_config(**changes) -> dict:
+    """The config `main.py` trains with, as `utils/config.py get_config` makes it: the defaults of
+    `_C` in their order, merged with a config file (`configs/hmdb51/16_32.yaml`, at FRAMES frames),
+    then `--output exp` and `LOCAL_RANK` (torch.distributed.launch) set; a frozen `_cfg` of it pickles
+    to the same bytes as that real CfgNode (compared outside the repository). `changes`:
+    `"DATA.NUM_FRAMES": 8`, ..."""
+    tree = {
+        "BASE": [""],
+        "DATA": {"ROOT": "/PATH/TO/videos", "TRAIN_FILE": "/PATH/TO/train.txt", "VAL_FILE": "/PATH/TO/val.txt",
+                 "DATASET": "hmdb51", "INPUT_SIZE": 224, "NUM_FRAMES": FRAMES, "NUM_CLASSES": 51,
+                 "LABEL_LIST": "labels/hmdb_51_labels.csv"},
+        "MODEL": {"ARCH": "ViT-B/16", "DROP_PATH_RATE": 0.0, "PRETRAINED": None, "RESUME": None, "FIX_TEXT": True},
+        "TRAIN": {"EPOCHS": 50, "WARMUP_EPOCHS": 5, "WEIGHT_DECAY": 0.001, "LR": 2e-6, "BATCH_SIZE": 4,
+                  "ACCUMULATION_STEPS": 2, "LR_SCHEDULER": "cosine", "OPTIMIZER": "adamw", "OPT_LEVEL": "O1",
+                  "AUTO_RESUME": False, "USE_CHECKPOINT": False},
+        "AUG": {"LABEL_SMOOTH": 0.1, "COLOR_JITTER": 0.8, "GRAY_SCALE": 0.2, "MIXUP": 0.8, "CUTMIX": 1.0,
+                "MIXUP_SWITCH_PROB": 0.5},
+        "TEST": {"NUM_CLIP": 1, "NUM_CROP": 1, "ONLY_TEST": False},
+        "OUTPUT": "exp", "SAVE_FREQ": 1, "PRINT_FREQ": 50, "SEED": 1024, "LOCAL_RANK": 0,
+    }
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        tree[section][key] = value
+    return tree
+
+
+def save_official_release(path, model, config: dict | str | None) -> None:
     """utils/tools.py epoch_saving: {'model': state_dict() without prefix (it is given
     model.module), 'optimizer', 'lr_scheduler', 'max_accuracy', 'epoch', 'config'}; the optimizer
     is AdamW with the official 8 groups (clip / mit / prompts / message_ x decay / no decay) after
-    one step, the config a yacs CfgNode."""
+    one step, the config a yacs CfgNode (`config` a dict tree), or text, or absent (None)."""
     import sys
     import types
 
@@ -489,14 +515,14 @@ def save_official_release(path, model, frames: int, config_as_text: bool = False
     package, module = types.ModuleType("yacs"), types.ModuleType("yacs.config")
     _StandInCfgNode.__module__, _StandInCfgNode.__qualname__ = "yacs.config", "CfgNode"
     module.CfgNode, package.config = _StandInCfgNode, module
-    config = _cfg({"DATA": {"NUM_FRAMES": frames, "NUM_CLASSES": 3}, "MODEL": {"ARCH": "ViT-B/16", "FIX_TEXT": True},
-                   "TRAIN": {"LR": 8e-6, "WEIGHT_DECAY": 0.001}})
     saved = {name: sys.modules.get(name) for name in ("yacs", "yacs.config")}
     sys.modules.update({"yacs": package, "yacs.config": module})
     try:
         obj = {"model": state, "optimizer": optimizer.state_dict(),
                "lr_scheduler": {"t_initial": 300, "lr_min": 8e-8, "warmup_t": 50, "base_values": [8e-6] * 2 + [8e-5] * 6},
-               "max_accuracy": 12.5, "epoch": 0, "config": "DATA:\n  NUM_FRAMES: 4\n" if config_as_text else config}
+               "max_accuracy": 12.5, "epoch": 0, "config": _cfg(config) if isinstance(config, dict) else config}
+        if config is None:
+            del obj["config"]
         torch.save(obj, path)  # torch's default pickle protocol, as epoch_saving
     finally:
         for name, previous in saved.items():
@@ -539,12 +565,36 @@ def _convert(folder, path, **request):
     return convert("xclip", ConvertRequest(str(path), backbone="harness-tiny", base=str(folder / "base.pt"), **request))
 
 
-def test_converter_reads_the_exact_official_file(xclip_release, tmp_path):
+def relative(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return float((ours - theirs).abs().max() / theirs.abs().max())
+
+
+def test_converter_reads_the_exact_official_file(xclip_release, tmp_path, upstream_root):
+    """The file exactly as epoch_saving writes it (the whole CfgNode of a few-shot HMDB run),
+    converted with the options a user types (offline: --splits-root): the model computes what the
+    official forward computes on the saved weights, and the CfgNode's settings are used."""
+    from harness.data.annotations import read_class_csv
+
     folder, source = xclip_release
     path = tmp_path / "ckpt_epoch_0.pth"
-    save_official_release(path, copy_of(source), FRAMES)
-    conversion = _convert(folder, path)
-    assert conversion.report["filled_from_release"] == len(dict(source.named_parameters()))
+    save_official_release(path, copy_of(source), official_config())
+    conversion = _convert(folder, path, splits_root=str(upstream_root))
+    report, options = conversion.report, conversion.meta["method_options"]
+    assert report["release"]["config_kind"] == "yacs CfgNode"
+    assert report["filled_from_release"] == len(dict(source.named_parameters())) and report["ignored"] == {}
+    assert report["from_config"] == {"DATA.NUM_FRAMES": FRAMES, "DATA.NUM_CLASSES": 51,
+                                     "DATA.LABEL_LIST": "labels/hmdb_51_labels.csv", "MODEL.ARCH": "ViT-B/16",
+                                     "MODEL.FIX_TEXT": True, "MODEL.DROP_PATH_RATE": 0.0, "TRAIN.LR": 2e-6,
+                                     "TRAIN.WEIGHT_DECAY": 0.001}
+    assert report["assumed"] == {} and (options["lr"], options["train_text"], options["mit_layers"]) == (2e-6, False, 2)
+    hmdb = read_class_csv(upstream_root / "vifi-clip" / "labels" / "hmdb_51_labels.csv")
+    assert conversion.meta["classnames"] == hmdb and len(hmdb) == 51
+    clip_video, classes = video(batch=2, seed=8), hmdb[:6]
+    with torch.no_grad():
+        logits, features, _ = official_logits(source.eval(), clip_video, classes)
+        model = conversion.model.eval()
+        assert relative(model.encode_video(clip_video, normalize=False), features) <= 1e-5
+        assert relative(model(clip_video, classes), logits) <= 1e-5
 
 
 def test_converter_accounts_for_every_key_and_reproduces_the_model(xclip_release, tmp_path):
@@ -552,7 +602,7 @@ def test_converter_accounts_for_every_key_and_reproduces_the_model(xclip_release
 
     folder, source = xclip_release
     path = tmp_path / "ckpt_epoch_0.pth"
-    save_official_release(path, copy_of(source), FRAMES, config_as_text=True)
+    save_official_release(path, copy_of(source), "DATA:\n  NUM_FRAMES: 4\n")
     conversion = _convert(folder, path)
     report = conversion.report
     assert report["filled_from_release"] == len(dict(source.named_parameters())) and report["filled_from_base"] == 0
@@ -568,7 +618,7 @@ def test_converter_accounts_for_every_key_and_reproduces_the_model(xclip_release
 def test_converter_frames_and_frozen_weight_checks(xclip_release, tmp_path):
     folder, source = xclip_release
     path = tmp_path / "ckpt_epoch_0.pth"
-    save_official_release(path, copy_of(source), FRAMES, config_as_text=True)
+    save_official_release(path, copy_of(source), "DATA:\n  NUM_FRAMES: 4\n")
     with pytest.raises(HarnessError, match="mit.positional_embedding was trained for T=4.*frames_mismatch=interpolate"):
         _convert(folder, path, frames=8)
     conversion = _convert(folder, path, frames=8, options={"frames_mismatch": "interpolate"})
@@ -576,6 +626,43 @@ def test_converter_frames_and_frozen_weight_checks(xclip_release, tmp_path):
     drifted = copy_of(source)
     with torch.no_grad():
         drifted.clip.ln_final.weight.add_(0.25)  # a frozen (text) weight that is not the base's
-    save_official_release(path, drifted, FRAMES, config_as_text=True)
-    frozen = _convert(folder, path).report["frozen_vs_base"]
-    assert frozen["max_abs_diff"] == pytest.approx(0.25) and frozen["official_key"] == "ln_final.weight"
+    save_official_release(path, drifted, "DATA:\n  NUM_FRAMES: 4\n")
+    with pytest.raises(HarnessError, match=r"beyond fp16 rounding: largest \|diff\| 0\.25 at ln_final\.weight "
+                                           r".*--allow-base-mismatch"):
+        _convert(folder, path)
+    allowed = _convert(folder, path, allow_base_mismatch=True).report
+    assert allowed["base_mismatch_allowed"] and allowed["frozen_vs_base"]["official_key"] == "ln_final.weight"
+    assert allowed["frozen_vs_base"]["max_abs_diff"] == pytest.approx(0.25)
+    # a release trained with MODEL.FIX_TEXT=False: its text tower is trained, not compared with --base
+    save_official_release(path, drifted, official_config(**{"MODEL.FIX_TEXT": False}))
+    trained_text = _convert(folder, path, classes=[f"class {i}" for i in range(51)])
+    assert trained_text.meta["method_options"]["train_text"] is True and trained_text.report["frozen_in_release"] == 0
+    assert trained_text.meta["classnames"] == [f"class {i}" for i in range(51)]
+
+
+def test_converter_config_disagreements_and_assumptions(xclip_release, tmp_path):
+    """A config that contradicts the tensors or --classes is one line; a --set over a configured
+    option is a note; without a config TRAIN.LR is "assumed" with the few-shot alternative."""
+    from harness.convert import ConvertRequest
+    from harness.convert.cfgnode import check_arch
+
+    folder, source = xclip_release
+    path = tmp_path / "ckpt_epoch_0.pth"
+    save_official_release(path, copy_of(source), official_config(**{"DATA.NUM_FRAMES": 8}))
+    with pytest.raises(HarnessError, match=r"DATA.NUM_FRAMES=8\) disagrees with its mit.positional_embedding of T=4"):
+        _convert(folder, path)
+    save_official_release(path, copy_of(source), official_config())
+    with pytest.raises(HarnessError, match=r"--classes names 3 classes, but the release was trained on "
+                                           r"DATA.NUM_CLASSES=51"):
+        _convert(folder, path, classes=TINY_CLASSES)
+    report = _convert(folder, path, options={"lr": 1e-5}, classes=[f"c{i}" for i in range(51)]).report
+    assert "--set xclip.lr=1e-05 overrides the release's config TRAIN.LR=2e-06 (xclip.lr=2e-06)" in report["notes"]
+    with pytest.raises(HarnessError, match=r"MODEL.ARCH=ViT-L/14\) was trained on another CLIP than --backbone "
+                                           r"ViT-B-16-quickgelu; pass --backbone ViT-L-14"):
+        check_arch(ConvertRequest("x.pth", backbone="ViT-B-16-quickgelu"), "ViT-L/14", "x.pth (its config")
+    save_official_release(path, copy_of(source), None)
+    bare = _convert(folder, path)
+    assert bare.meta["method_options"]["lr"] == 8e-6 and bare.meta["classnames"] is None
+    assert bare.report["assumed"]["lr"]["value"] == 8e-6 and "configs/hmdb51/16_32.yaml" in \
+        bare.report["assumed"]["lr"]["alternatives"]["2e-06"]
+    assert any("no MODEL.FIX_TEXT" in note for note in bare.report["notes"])

@@ -29,6 +29,9 @@ from harness.convert.base import CONVERTED_FORMAT, Conversion
 from harness.errors import HarnessError
 from harness.safe_load import load_weights_only
 
+#: Where a run checkpoint of a method that evaluates epoch-averaged weights (FROSTER) keeps the
+#: running sum of the averaged epochs (harness.engine.hooks.EpochAverageHook.META_KEY).
+EPOCH_AVERAGE_META = "harness_epoch_average"
 #: Fields of a backbone's identity: equal fields = the same weights.
 IDENTITY = ("resolved_name", "pretrained", "weights_sha256")
 
@@ -178,4 +181,9 @@ def _run_recipe(path: Path, obj: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     recipe = {"method": job["method"], "method_options": job["method_options"], "frames": job["schedule"]["frames"],
               "classnames": (job.get("train") or {}).get("classnames"), "cache_dir": job.get("cache_dir")}
     state = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    averaged = (obj.get("meta") or {}).get(EPOCH_AVERAGE_META)
+    if averaged and averaged.get("epochs"):  # the weights the job evaluates: the mean of the epochs so far
+        count = len(averaged["epochs"])
+        state = {k.removeprefix("net."): (v / count).to(state[k.removeprefix("net.")].dtype)
+                 for k, v in averaged["sum"].items()}
     return recipe, {**recorded, "name": job["backbone"]}, job["pretrained"], job["seed"], state

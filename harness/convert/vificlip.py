@@ -16,12 +16,12 @@ class rows), `DATA.LABEL_LIST` (the training classes, from the upstream ViFi-CLI
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from harness.convert.base import BuildPlan, Converter, k400_classes, require_rows, stacked_index
+from harness.convert.cfgnode import SHARED_SETTINGS, check_arch, label_list_classes, record_settings
 from harness.convert.mapping import Source
 from harness.convert.text import check_context_buffers, compare_class_rows, prompt_embeddings, unchecked
 from harness.errors import HarnessError
@@ -62,21 +62,14 @@ class ViFiCLIPConverter(Converter):
         """What the release's CfgNode (`config`) says, used and recorded; disagreements with the
         tensors or the request are errors."""
         where = f"{self.request.checkpoint} (its config"
-        for key in ("DATA.NUM_FRAMES", "DATA.NUM_CLASSES", "DATA.LABEL_LIST", "MODEL.ARCH", "TRAINER.ViFi_CLIP.USE"):
-            value = release.setting(key)
-            if value is not None:
-                plan.from_config[key] = value
+        record_settings(release, plan, (*SHARED_SETTINGS, "TRAINER.ViFi_CLIP.USE"))
         frames = plan.from_config.get("DATA.NUM_FRAMES")
         if frames is not None and not self.request.frames:
             plan.frames = int(frames)
         rows, classes = self.class_rows(release.state), plan.from_config.get("DATA.NUM_CLASSES")
         if rows is not None and classes is not None and int(classes) != rows:
             raise HarnessError(f"{where} DATA.NUM_CLASSES={classes}) disagrees with its {rows} class rows")
-        arch = plan.from_config.get("MODEL.ARCH")
-        backbone = self.request.backbone.removesuffix("-quickgelu")
-        if isinstance(arch, str) and "/" in arch and backbone.startswith("ViT-") and arch.replace("/", "-") != backbone:
-            raise HarnessError(f"{where} MODEL.ARCH={arch}) was trained on another CLIP than --backbone "
-                               f"{self.request.backbone}; pass --backbone {arch.replace('/', '-')}")
+        check_arch(self.request, plan.from_config.get("MODEL.ARCH"), where)
         ctx_init = release.setting("TRAINER.ViFi_CLIP.CTX_INIT")
         if isinstance(ctx_init, str) and self.method == "vificlip":  # the fixed prompt: "<CTX_INIT> <class>."
             plan.from_config["TRAINER.ViFi_CLIP.CTX_INIT"] = ctx_init
@@ -94,28 +87,12 @@ class ViFiCLIPConverter(Converter):
             return self.request.classes
         label_list = plan.from_config.get("DATA.LABEL_LIST")
         if isinstance(label_list, str) and label_list:
-            found = self.upstream_classes(label_list, plan)
+            found = label_list_classes(label_list, self.request, plan)
             if found is not None:
                 return found
         if rows != 400:
             return None
         return k400_classes(self.request.splits_root, self.request.cache_dir)
-
-    def upstream_classes(self, label_list: str, plan: BuildPlan) -> list[str] | None:
-        """The upstream copy of ViFi-CLIP's `labels/<file>` named by DATA.LABEL_LIST, if pinned."""
-        from harness.data.annotations import read_class_csv
-        from harness.data.upstream import UpstreamStore
-
-        rel = "vifi-clip/" + label_list.lstrip("./")
-        store = UpstreamStore(cache_dir=None if self.request.cache_dir is None else
-                              Path(self.request.cache_dir) / "upstream", splits_root=self.request.splits_root)
-        try:
-            names = read_class_csv(store.path(rel))
-        except (HarnessError, KeyError) as err:
-            plan.notes.append(f"DATA.LABEL_LIST={label_list}: not used ({str(err).splitlines()[0][:160]})")
-            return None
-        plan.notes.append(f"training classes from DATA.LABEL_LIST: upstream {rel}")
-        return names
 
     def source(self, name: str) -> Source | None:
         if name == "clip.token_embedding.weight":

@@ -10,7 +10,8 @@ Formats, as found in the upstream files:
   may contain commas, in which case they are quoted (`5,"Removing something, revealing ..."`,
   SSv2). Some upstream files use CRLF line ends.
 * video list (`modality='video'`): `relative/path.ext label`, one per line. The label is split off
-  at the LAST whitespace, so paths with spaces work.
+  at the LAST whitespace, so paths with spaces work; a path that starts with a space (a folder
+  named ` clips`) is written as `./ clips/...`, since readers strip each line.
 * rawframe list (`modality='rawframes'`): `relative/frame_dir total_frames label`.
 
 Blank lines are ignored in both list formats. Writers are atomic (temp file in the same folder +
@@ -160,6 +161,8 @@ def format_annotation_line(entry: AnnotationEntry | Sequence) -> str:
         parts = [str(x) for x in entry]
     if "\n" in parts[0] or not parts[0].strip():
         raise HarnessError(f"cannot write list entry with path {parts[0]!r}: paths must be non-empty, one line.")
+    if parts[0][:1].isspace():  # a reader strips the line: keep the space as part of the path
+        parts[0] = "./" + parts[0]
     return " ".join(parts)
 
 

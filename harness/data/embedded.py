@@ -234,6 +234,33 @@ ZS_CLASSES: tuple[ClassDef, ...] = (
 
 MAIN_CLASSES: tuple[ClassDef, ...] = BASE_CLASSES + NOVEL_CLASSES
 
+#: FROSTER-style rephrased class names ("<Name>: <what the video shows>", the format of FROSTER's
+#: LLM-rephrased label files), written for the embedded classes as their ETL4Video-style
+#: descriptions are: by hand, from how each class is drawn. Short enough for harness-tiny's
+#: 32-token context with FROSTER's longest template in front. Not part of the generated files:
+#: `harness.data.rephrased` reads them from here and records their sha256 in each job.
+REPHRASED: dict[str, str] = {
+    "a shape moving left": "A shape moving left: one shape slides from the right edge to the left",
+    "a shape moving right": "A shape moving right: one shape slides from the left edge to the right",
+    "a shape growing": "A shape growing: a small shape swells steadily until it is large",
+    "a shape shrinking": "A shape shrinking: a large shape contracts steadily until it is tiny",
+    "a red circle bouncing": "A red circle bouncing: a red ball drops, hits the floor and springs up",
+    "a blue square shaking": "A blue square shaking: a blue box trembles and jitters around one spot",
+    "a shape rotating clockwise": "A shape rotating clockwise: a pointed shape turns the way clock hands go",
+    "a shape rotating counter-clockwise":
+        "A shape rotating counter-clockwise: a pointed shape turns against the way clock hands go",
+    "a shape appearing": "A shape appearing: an empty backdrop where a shape slowly fades into view",
+    "a shape disappearing": "A shape disappearing: a visible shape fades until only the backdrop is left",
+    "a yellow star pulsing": "A yellow star pulsing: a yellow star swells and shrinks again like a heartbeat",
+    "a purple diamond drifting": "A purple diamond drifting: a purple diamond glides slowly and gently",
+    "a shape moving up": "A shape moving up: one shape rises from the bottom edge to the top",
+    "a shape moving down": "A shape moving down: one shape sinks from the top edge to the bottom",
+    "a shape getting brighter": "A shape getting brighter: a dim shape glows more strongly over time",
+    "a shape getting darker": "A shape getting darker: a bright shape fades towards black over time",
+    "a green triangle spinning": "A green triangle spinning: a green triangle turns round about its centre",
+    "an orange circle blinking": "An orange circle blinking: an orange disc flashes on and off repeatedly",
+}
+
 #: Class-name pairs that differ only in temporal order (second = time reversal of the first).
 ORDER_PAIRS: list[tuple[str, str]] = [
     (a.name, b.name)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.paths import cache_root
 
 PREFIX = "folder:"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
@@ -57,9 +58,36 @@ class FolderSplit:
                 "split_rule": SPLIT_RULE}
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The class sub-folders of `root` (resolved itself), in sorted order; hidden ones skipped. A
+    symlink is followed when it names a folder of its own elsewhere; one that does not resolve
+    (a loop, a missing target) or that points at the dataset folder, a folder above it or a
+    folder inside it (the same videos under two classes) is refused, naming it."""
+    folders = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink():
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError) as err:  # ELOOP / a missing target
+                why = "a symlink loop" if "loop" in str(err).lower() else "its target does not exist"
+                raise HarnessError(f"{entry}: a symlink that does not resolve ({why}); remove it or point it at "
+                                   "a folder of videos") from None
+            if target == root or target in root.parents:
+                raise HarnessError(f"{entry}: a symlink to {target}, which contains the dataset folder itself (a "
+                                   "loop); remove it: class folders hold videos")
+            if root in target.parents:
+                raise HarnessError(f"{entry}: a symlink to {target}, inside the dataset folder: its videos would "
+                                   "belong to two classes; remove it")
+        if entry.is_dir():
+            folders.append(entry)
+    return folders
+
+
 def scan_folder(root: Path) -> FolderSplit:
     """Classes and the deterministic train/val split of the videos under `root`."""
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    class_dirs = class_folders(root)
     if len(class_dirs) < 2:
         raise HarnessError(f"{root}: found {len(class_dirs)} class sub-folder(s); a dataset folder needs one "
                            "sub-folder of videos per class, at least two")
@@ -90,8 +118,7 @@ def prepare_folder(spec: Any, cache_dir: str | None) -> tuple[Path, dict[str, An
 
     root = Path(spec.folder)
     split = scan_folder(root)
-    base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "harness"
-    out = base / "folders" / hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    out = cache_root(cache_dir) / "folders" / hashlib.sha256(str(root).encode()).hexdigest()[:12]
     write_class_csv(out / FILES["classes"], split.classnames)
     write_annotation_list(out / FILES["train"], split.train)
     write_annotation_list(out / FILES["val"], split.val)

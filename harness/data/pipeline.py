@@ -180,10 +180,43 @@ def _color_jitter_class() -> type:
 _REGISTERED = False
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time (a handler keeps its stream object, and a
+    test's or a caller's replacement of stderr may be closed by the next write)."""
+
+    def write(self, text: str) -> int:
+        import sys
+
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        import sys
+
+        sys.stderr.flush()
+
+
+_STDERR = _CurrentStderr()
+
+
+def mm_console_to_stderr() -> None:
+    """Point mmengine's console loggers at stderr. Why: MMLogger's console handler writes to
+    stdout, so its notices (`"FileClient" will be deprecated`, printed when a decode transform
+    is built) would come before a command's result there and break `--format json`; stdout
+    carries results only. Idempotent and cheap: run before anything that may log through it."""
+    from mmengine.logging import MMLogger
+
+    MMLogger.get_current_instance()  # the logger `print_log(logger="current")` uses, created now if none
+    for logger in list(MMLogger._instance_dict.values()):
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is not _STDERR:
+                handler.stream = _STDERR  # not setStream: it flushes the old stream, which may be closed
+
+
 def register_transforms() -> None:
     """Set mmengine's default scope to mmaction and register this project's transforms and
     datasets there (idempotent). Call before building anything from the pipeline configs."""
     global _REGISTERED
+    mm_console_to_stderr()
     if _REGISTERED:
         return
     from mmengine.registry import init_default_scope
@@ -405,6 +438,7 @@ def build_video_dataset(
     ann_file = str(ann_file)
     root = Path(data_root)
     present, info = usable_entries(ann_file, root, num_classes, modality, on_missing, max_missing, classes_file)
+    register_transforms()  # before the probes: their decoders may log through mmengine
     if probe > 0 and present:  # spread over the list: one bad folder/codec is caught early
         for i in sorted(set(np.linspace(0, len(present) - 1, probe).round().astype(int).tolist())):
             _probe(root / present[i].path, present[i], ann_file, modality)

@@ -11,7 +11,8 @@ reported. Formats without a known layout only need to exist and be non-empty. Fu
 stays in `harness data check`.
 
 Stdlib only; the verdicts are remembered in `<cache>/video-probe.json` under the file's
-absolute path, size and mtime, so a replaced file is probed again and an unchanged one never.
+absolute path, size and mtime, so a replaced file is probed again and an unchanged one never;
+saved under a lock (`.video-probe.lock`), which also lets a save clear what a killed writer left.
 """
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ import struct
 from pathlib import Path
 
 from harness.atomic import atomic_write_json
+from harness.errors import HarnessError
+from harness.locks import FileLock
 
 _CACHE_NAME = "video-probe.json"
+_LOCK_NAME = ".video-probe.lock"
 #: Bumped when the probe's rules change, so older cached verdicts are not trusted.
 PROBE_VERSION = 2
 _MP4_EXTS = {".mp4", ".m4v", ".mov", ".3gp"}
@@ -102,11 +106,7 @@ class ProbeCache:
         from harness.paths import cache_root
 
         self.path = cache_root(cache_dir) / _CACHE_NAME
-        try:
-            data = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        except (OSError, ValueError):
-            data = {}
-        self.known: dict[str, str | None] = data.get("verdicts", {}) if data.get("version") == PROBE_VERSION else {}
+        self.known: dict[str, str | None] = self._saved()
         self.dirty = False
 
     def check(self, path: Path) -> str | None:
@@ -120,10 +120,33 @@ class ProbeCache:
         return self.known[key]
 
     def save(self) -> None:
+        """Write the verdicts, merged with those another run saved meanwhile, under the cache's
+        lock; temp files of a writer killed mid-write (`.video-probe.json.*.part`) are removed
+        then (no live writer exists while the lock is held). Another run saving at the same
+        moment: skipped (only a cache; the verdicts are found again next time)."""
         if not self.dirty:
             return
+        lock = FileLock(self.path.with_name(_LOCK_NAME))
         try:
-            atomic_write_json(self.path, {"version": PROBE_VERSION, "verdicts": self.known}, indent=None)
+            if not lock.acquire():
+                return
+        except HarnessError:  # a full disk or a read-only cache: only a cache
+            return
+        try:
+            for stale in self.path.parent.glob(f".{_CACHE_NAME}.*.part"):
+                stale.unlink(missing_ok=True)
+            merged = {**self._saved(), **self.known}
+            atomic_write_json(self.path, {"version": PROBE_VERSION, "verdicts": merged}, indent=None)
+            self.dirty = False
         except OSError:  # only a cache
             pass
-        self.dirty = False
+        finally:
+            lock.release()
+
+    def _saved(self) -> dict[str, str | None]:
+        """The verdicts on disk now (another run may have added some since this one started)."""
+        try:
+            data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+        return data.get("verdicts", {}) if isinstance(data, dict) and data.get("version") == PROBE_VERSION else {}

@@ -94,12 +94,30 @@ class GlobalBatchSampler:
         self.seed = int(seed)
         self.rank, self.world = rank, world
         self.epoch = 0
+        self.resume_point: tuple[int, int] | None = None  # (epoch, updates already done in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    def resume_within(self, epoch: int, done: int) -> None:
+        """A job resumed from a checkpoint taken after update `done` of `epoch` (a preemption
+        stop, harness/preemption.py): that epoch yields its remaining updates only. The order and
+        the per-sample seeds are those of the whole epoch, so the resumed updates are the same."""
+        if not 0 <= done <= self.updates_per_epoch:
+            raise ValueError(f"resume point: update {done} of an epoch of {self.updates_per_epoch}")
+        self.resume_point = (int(epoch), int(done))
+
+    @property
+    def updates_per_epoch(self) -> int:
         return updates_per_epoch(len(self.labels), self.batch_size)
+
+    def _first_update(self) -> int:
+        point = self.resume_point
+        return point[1] if point is not None and point[0] == self.epoch else 0
+
+    def __len__(self) -> int:
+        """Updates this epoch still yields (all of them but in a resumed epoch)."""
+        return self.updates_per_epoch - self._first_update()
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         """The dataset indices of every global batch of `epoch`, in update order."""
@@ -107,8 +125,10 @@ class GlobalBatchSampler:
         return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
 
     def __iter__(self) -> Iterator[UpdateShare]:
-        epoch = self.epoch
+        epoch, skip = self.epoch, self._first_update()
         for update, batch in enumerate(self.global_batches(epoch)):
+            if update < skip:
+                continue
             block = process_block(len(batch), self.rank, self.world)
             first = update * self.batch_size
             positions = range(first + block.start, first + block.stop)

@@ -13,6 +13,14 @@ holds the torch / numpy / python RNG states; the batches, augmentations and per-
 of the next epochs follow from the job seed and the epoch (harness.engine.batches), so a resumed
 job trains exactly as an uninterrupted one.
 
+Preemption (harness/preemption.py): when a launcher task is told its allocation ends, the job
+stops after the current optimiser update with a checkpoint of that boundary, `update_<n>.pth` (n
+= updates done, meta `update_in_epoch`: how many of the epoch's updates are done). It holds what
+an epoch checkpoint holds (weights, optimiser, scheduler, message hub, RNG states, hook states)
+and the resumed job's sampler skips the epoch's finished updates (`GlobalBatchSampler
+.resume_within`): the global batches and per-sample seeds are pure functions of (seed, epoch,
+position), so the remaining updates are exactly those of an uninterrupted run.
+
 Safety: a checkpoint is written as tensors and plain data only (numpy arrays and mmengine's
 `HistoryBuffer`s of the message hub are stored as tagged dicts of tensors, `to_plain`), so every
 reader loads it with `torch.load(weights_only=True)` (`harness.safe_load`): resume goes through
@@ -32,6 +40,7 @@ import numpy as np
 import torch
 from mmengine.hooks import Hook
 
+from harness import preemption
 from harness.atomic import atomic_write, atomic_write_text
 from harness.errors import HarnessError
 from harness.faults import fault_point
@@ -41,6 +50,7 @@ POINTER = "last_checkpoint"
 BEST_FILE = "harness/best_file"
 BEST_SCORE = "harness/best_score"
 _EPOCH = re.compile(r"^epoch_(\d+)\.pth$")
+_UPDATE = re.compile(r"^update_(\d+)\.pth$")
 
 
 #: Key of the tagged dicts that stand for non-tensor objects in a stored checkpoint.
@@ -132,9 +142,12 @@ def _best_file_of(checkpoint: dict[str, Any]) -> str | None:
 
 
 def _epoch_files(work_dir: Path) -> list[Path]:
-    """epoch_<n>.pth files, newest first."""
-    files = [p for p in work_dir.glob("epoch_*.pth") if _EPOCH.match(p.name)]
-    return sorted(files, key=lambda p: int(_EPOCH.match(p.name).group(1)), reverse=True)
+    """update_<n>.pth (preemption stops) then epoch_<n>.pth files, each newest first."""
+    def numbered(pattern: re.Pattern[str], glob: str) -> list[Path]:
+        files = [p for p in work_dir.glob(glob) if pattern.match(p.name)]
+        return sorted(files, key=lambda p: int(pattern.match(p.name).group(1)), reverse=True)
+
+    return numbered(_UPDATE, "update_*.pth") + numbered(_EPOCH, "epoch_*.pth")
 
 
 def choose_resume_checkpoint(work_dir: Path, need_best: bool) -> tuple[Path | None, list[str]]:
@@ -180,7 +193,7 @@ def choose_resume_checkpoint(work_dir: Path, need_best: bool) -> tuple[Path | No
 
 
 def _remove_spares(work_dir: Path, keep: set[str | None]) -> None:
-    for path in [*work_dir.glob("epoch_*.pth"), *work_dir.glob("best_*.pth")]:
+    for path in [*work_dir.glob("epoch_*.pth"), *work_dir.glob("update_*.pth"), *work_dir.glob("best_*.pth")]:
         if path.name not in keep:
             path.unlink(missing_ok=True)
 
@@ -228,6 +241,9 @@ class SafeCheckpointHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         fault_point("train.iter")
+        # Last hook of the update (VERY_LOW): the scheduler has stepped, the logs are written.
+        if preemption.enabled() and preemption.stop_agreed(runner.world_size):
+            self._stop_at_update(runner)
 
     def after_train_epoch(self, runner) -> None:
         if not self._val_due(runner):
@@ -249,20 +265,31 @@ class SafeCheckpointHook(Hook):
         return runner.val_loop is not None and done >= loop.val_begin and (
             done % loop.val_interval == 0 or done == loop.max_epochs)
 
-    def _write(self, runner, name: str, epoch: int, full: bool) -> None:
-        meta = dict(epoch=epoch, iter=runner.iter)
+    def _write(self, runner, name: str, epoch: int, full: bool, **meta: Any) -> None:
+        meta = {"epoch": epoch, "iter": runner.iter, **meta}
         atomic_write(self.work_dir / name, lambda tmp: runner.save_checkpoint(
             str(tmp.parent), tmp.name, save_optimizer=full, save_param_scheduler=full, meta=meta, by_epoch=False))
 
-    def _save_last(self, runner, epoch: int) -> None:
+    def _save_last(self, runner, epoch: int, name: str | None = None, **meta: Any) -> None:
         if runner.rank != 0:
             return
-        name = f"epoch_{epoch}.pth"
-        self._write(runner, name, epoch, full=True)
+        name = name or f"epoch_{epoch}.pth"
+        self._write(runner, name, epoch, full=True, **meta)
         fault_point("ckpt.before_pointer")
         atomic_write_text(self.work_dir / POINTER, name)
         fault_point("ckpt.before_remove")
         _remove_spares(self.work_dir, keep={name, runner.message_hub.get_info(BEST_FILE)})
+
+    def _stop_at_update(self, runner) -> None:
+        """Preemption: checkpoint this update boundary (the epoch in progress, its finished
+        updates), then stop the job; every process gets here after the same update."""
+        done = runner.iter + 1  # the loop counts this update after the hooks
+        per_epoch = runner.train_loop.dataloader.batch_sampler.updates_per_epoch
+        in_epoch = done - runner.epoch * per_epoch
+        self._save_last(runner, runner.epoch, name=f"update_{done}.pth", iter=done, update_in_epoch=in_epoch)
+        where = f"after update {in_epoch} of {per_epoch} of epoch {runner.epoch + 1} (update {done})"
+        preemption.note_boundary(where)
+        raise preemption.Preempted(f"stopped {where}; checkpoint update_{done}.pth")
 
     def _maybe_save_best(self, runner, epoch: int, score: float) -> None:
         hub = runner.message_hub
@@ -289,10 +316,14 @@ class SafeCheckpointHook(Hook):
         self._pending = meta
         self.resumed = {"epoch": meta.get("epoch"), "iter": meta.get("iter"),
                         "exact": "harness_rng" in meta}
+        if "update_in_epoch" in meta:  # a preemption stop inside an epoch
+            self.resumed["update_in_epoch"] = meta["update_in_epoch"]
 
     def _restore(self, runner, meta: dict[str, Any]) -> None:
         if "harness_rng" in meta:
             _set_rng_state(meta["harness_rng"])
+        if "update_in_epoch" in meta:
+            runner.train_loop.dataloader.batch_sampler.resume_within(meta["epoch"], meta["update_in_epoch"])
 
     def best_file(self, runner) -> Path | None:
         name = runner.message_hub.get_info(BEST_FILE)

@@ -141,3 +141,71 @@ class StepTimerHook(Hook):
     def summary(self) -> dict:
         """This process's step times; the clips of every update, all processes together."""
         return self.times.summary()
+
+
+class EpochAverageHook(Hook):
+    """Evaluate the mean of the trainable weights over a range of epochs instead of the last
+    epoch's weights (FROSTER's `weight_average_tool.py`, which its published numbers use).
+
+    Keeps a float64 running sum (on the CPU) of every trainable tensor after each epoch in the
+    range (and, for epoch 0, before training starts); at the end of training the model takes the
+    mean. The sum and count travel in each checkpoint (`meta`), so a resumed job averages exactly
+    the epochs an uninterrupted one would. Frozen tensors do not change, so averaging the
+    trainable ones averages the whole model, as the official tool does.
+    """
+
+    priority = "LOW"  # after the optimiser's last step of the epoch, before SafeCheckpointHook saves it
+    META_KEY = "harness_epoch_average"
+
+    def __init__(self, epochs: Any) -> None:
+        """`epochs`: a `methods.base.EpochRange` (first..last, 1-based; 0 = the initial weights)."""
+        self.range = epochs
+        self.sum: dict[str, Any] | None = None
+        self.averaged: list[int] = []
+
+    @staticmethod
+    def _trainable(runner) -> dict[str, Any]:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def _add(self, runner, epoch: int) -> None:
+        import torch
+
+        params = self._trainable(runner)
+        if self.sum is None:
+            self.sum = {n: torch.zeros(p.shape, dtype=torch.float64) for n, p in params.items()}
+        for name, param in params.items():
+            self.sum[name] += param.detach().to("cpu", torch.float64)
+        self.averaged.append(epoch)
+
+    def before_train(self, runner) -> None:
+        if self.range.first == 0 and runner.epoch == 0 and not self.averaged:
+            self._add(runner, 0)
+
+    def after_train_epoch(self, runner) -> None:
+        epoch = runner.epoch + 1
+        if epoch >= max(1, self.range.first) and (self.range.last is None or epoch <= self.range.last):
+            self._add(runner, epoch)
+
+    def after_train(self, runner) -> None:
+        import torch
+
+        if not self.averaged:
+            raise HarnessError(f"weight averaging over epochs {self.range}: none of the {runner.max_epochs} trained "
+                               f"epochs is in that range; change the method's averaged epochs (e.g. 'none')")
+        count = len(self.averaged)
+        with torch.no_grad():
+            for name, param in self._trainable(runner).items():
+                param.copy_((self.sum[name] / count).to(param.dtype))
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault("meta", {})[self.META_KEY] = {"epochs": list(self.averaged), "sum": self.sum}
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get("meta", {}).get(self.META_KEY)
+        if saved is not None and not self.averaged:  # resuming; a later best-file load changes nothing
+            self.averaged, self.sum = list(saved["epochs"]), saved["sum"]
+
+    def record(self) -> dict[str, Any]:
+        """What the job's metrics say about the evaluated weights."""
+        return {"range": str(self.range), "epochs": list(self.averaged)}

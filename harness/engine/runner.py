@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from harness import preemption
 from harness.backbone import count_truncated
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
 from harness.errors import ConfigurationError, HarnessError
@@ -251,6 +252,22 @@ def _warn_truncation(job: JobSpec, spec, text: dict[str, Any], descriptions: dic
               "truncated (metrics.json: text, descriptions)", file=sys.stderr)
 
 
+def _attach_rephrased(net, job: JobSpec) -> list[dict[str, Any]] | None:
+    """Give a method that needs them (`run_needs(config)` has "rephrased_classnames": FROSTER) the
+    rephrased class names of every class list the job scores: training and each evaluated list."""
+    if "rephrased_classnames" not in net.run_needs(net.config):
+        return None
+    from harness.data.rephrased import load_rephrased
+
+    records = []
+    for lst in [job.train, *job.evals]:
+        if lst is not None:
+            texts, record = load_rephrased(lst.dataset, lst.classnames, job.cache_dir, job.splits_root)
+            net.set_rephrased_classnames(lst.classnames, texts)
+            records.append({"list": lst.name, **record})
+    return records
+
+
 def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]]:
     """torch param groups from the method's own grouping (`param_groups()`: its official
     weight-decay exemptions and per-module learning rates, `lr_scale` x the method's lr; the
@@ -318,6 +335,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     from harness.engine.batches import dataset_labels, train_loader
     from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
     from harness.engine.hooks import (
+        EpochAverageHook,
         GlobalBatchEpochHook,
         NonFiniteLossHook,
         ProgressBarHook,
@@ -347,6 +365,13 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     if select_best and sel is None:
         raise HarnessError(f"schedule.select=best: protocol {job.protocol!r} has no selection set")
     interval = int(job.schedule["val_interval"]) or epochs
+    # The method's declaration (FROSTER evaluates the mean of its epochs' weights): one hook, no
+    # method names here. Selecting a best checkpoint would contradict it.
+    averaged = net.averaged_epochs(net.config)
+    if averaged is not None and select_best:
+        raise HarnessError(f"{job.method} evaluates weights averaged over epochs {averaged}; schedule.select=best "
+                           f"would pick one checkpoint instead: use schedule.select=last")
+    average = [EpochAverageHook(averaged)] if averaged is not None else []
     kwargs: dict[str, Any] = {}
     if sel is not None:
         val_set, _ = _dataset(sel, job, spec.image_size, train=False)
@@ -368,7 +393,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=None),
         custom_hooks=[TrainableCheckpointHook(spec.to_dict()), NonFiniteLossHook(), ckpt, GlobalBatchEpochHook(),
-                      ProgressBarHook(f"{job.job_id}", enabled=progress)],
+                      ProgressBarHook(f"{job.job_id}", enabled=progress), *average],
         launcher=_launcher(),
         env_cfg=dict(dist_cfg=dict(backend="nccl" if torch.cuda.is_available() else "gloo")),
         # Not DDP: the train step sums the gradients over processes itself (harness.engine.update).
@@ -384,15 +409,17 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     logging.getLogger("mmengine").setLevel(logging.WARNING)
     runner.register_hook(timer := StepTimerHook())  # accounting: clips/s and data wait
     start = time.perf_counter()
-    runner.train()
+    with preemption.deferred():  # a launcher's end-of-allocation signal waits for the next update
+        runner.train()
     seconds = time.perf_counter() - start
     best = load_best(runner, ckpt) if sel is not None else None
     history = runner.message_hub.log_scalars
     last_loss = history["train/loss"].current() if "train/loss" in history else float("nan")
-    return {"iters": runner.iter, "updates_per_epoch": len(loader), "epochs": epochs, "seconds": round(seconds, 2),
+    return {"iters": runner.iter, "updates_per_epoch": loader.batch_sampler.updates_per_epoch, "epochs": epochs, "seconds": round(seconds, 2),
             "micro_batch": micro, "accumulation": passes, "world_size": world_size(), "amp_bf16": amp,
             "final_loss": float(last_loss), "videos": train_info, "selected": best or "last",
-            "resumed": ckpt.resumed or False, "checkpoint_notes": notes, "timing": timer.summary()}
+            "resumed": ckpt.resumed or False, "checkpoint_notes": notes, "timing": timer.summary(),
+            **({"averaged_epochs": average[0].record()} if average else {})}
 
 
 #: mmengine visualizer backend of each `log.backend` (the local JSON scalars are always written).
@@ -496,6 +523,7 @@ def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | 
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
     descriptions = _attach_descriptions(net, job, spec.context_length)
+    rephrased = _attach_rephrased(net, job)
     text = text_truncation(net, job, spec.context_length)
     _warn_truncation(job, spec, text, descriptions)
     flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
@@ -509,6 +537,7 @@ def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | 
     vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size, spec))
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "text": text,
             "train": train_stats, "evals": evals,
-            "descriptions": descriptions, "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
+            "descriptions": descriptions, **({"rephrased": rephrased} if rephrased is not None else {}),
+            "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
             "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()]),
             **vocabulary}

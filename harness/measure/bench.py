@@ -18,7 +18,8 @@ CPU). MFU = FLOPs of the step as executed (`count_step_flops` for train, forward
 ratios to it are same-card, same-run.
 
 Command line: `harness bench` and the thin entry ``python -m harness.measure.bench --methods all
---json out.json --md out.md`` (no harness CLI, no mmengine: the GPU script's) share `bench_cli`.
+--json out.json --md out.md`` (no harness CLI, no mmengine: the GPU script's) share
+`harness/commands/bench.py`.
 The machine side (environment stamp, timing, peak memory) is `hardware`; tables `bench_format`.
 """
 from __future__ import annotations
@@ -416,6 +417,6 @@ def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any]
 if __name__ == "__main__":  # the thin entry `python -m harness.measure.bench` (same options as `harness bench`)
     import sys
 
-    from harness.measure.bench_cli import main
+    from harness.commands.bench import main  # the entry only: this module never imports the front end
 
     sys.exit(main())

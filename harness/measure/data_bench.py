@@ -11,8 +11,6 @@ This is the one module under `harness.measure` that imports mmaction (lazily, th
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -169,55 +167,6 @@ def format_data_bench(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def _training_list(resolver: Any) -> tuple[str, dict[str, Any]]:
-    """The dataset's most representative training list: full train, else base-to-novel split 1,
-    else the 16-shot list."""
-    for role, fmt in (("train", {}), ("b2n_train", {"split": 1}), ("fewshot_train", {"shots": 16})):
-        if resolver.has(role):
-            return role, fmt
-    from harness.errors import HarnessError
-
-    raise HarnessError(f"dataset {resolver.spec.name!r} has no training list to benchmark the pipeline on")
-
-
-def bench_data_command(args: argparse.Namespace) -> int:
-    """`harness bench --data`: per-worker decode+augment rate on a dataset's training list.
-
-    Reads `dataset`, `data_root` and `frames` from `args`, and optionally `splits_root`,
-    `cache_dir`, `image_size`, `samples`, `workers` (e.g. "0,4"), `format` ('table'/'json')."""
-    from harness.data.annotations import read_class_csv
-    from harness.jobs import FileResolver
-
-    resolver = FileResolver(args.dataset, getattr(args, "data_root", None), getattr(args, "splits_root", None),
-                            getattr(args, "cache_dir", None))
-    role, fmt = _training_list(resolver)
-    ann = resolver.path(role, **fmt)
-    classes_role = resolver.spec.classes_role_for(role)
-    class_fmt = {"split": fmt["split"]} if "{split}" in resolver.spec.files.get(classes_role, "") else {}
-    num_classes = len(read_class_csv(resolver.path(classes_role, **class_fmt)))
-    workers = getattr(args, "workers", None) or "0"
-    rows = bench_data(
-        ann, resolver.video_dir, num_classes,
-        num_frames=int(getattr(args, "frames", 8)), image_size=int(getattr(args, "image_size", None) or 224),
-        samples=int(getattr(args, "samples", None) or 32),
-        workers=[int(w) for w in str(workers).split(",") if w.strip()],
-        targets=DEFAULT_TARGETS, pipeline_options={"flip": resolver.spec.flip_ok},
-    )
-    augment = augment_cpu_ms(ann, resolver.video_dir, num_classes, num_frames=int(getattr(args, "frames", 8)),
-                             samples=int(getattr(args, "samples", None) or 16),
-                             image_size=int(getattr(args, "image_size", None) or 224), flip=resolver.spec.flip_ok)
-    for row in rows:
-        row.update(dataset=args.dataset, ann_file=str(ann), augment_on_cpu_ms={**augment})
-    if getattr(args, "format", "table") == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{args.dataset}: {ann} ({rows[0]['videos_used']} videos), training pipeline, "
-              f"decoder {rows[0]['decoder']}")
-        print(format_data_bench(rows), end="")
-        print(format_augment_line(augment))
-    return 0
 
 
 def format_augment_line(ms: Mapping[str, float]) -> str:

@@ -17,7 +17,6 @@ samples, and on a shared machine wall time swings too much to compare paths. So,
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -164,36 +163,3 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cells, widths)) for cells in body]
     return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def bench_synthetic_command(args: Any) -> int:
-    """CLI entry: `harness bench --data --synthetic KIND [--decoders a,b] [--samples N] [--runs N]`."""
-    import os
-    import platform
-
-    paths = [p.strip() for p in args.decoders.split(",")] if getattr(args, "decoders", None) else None
-    if paths:
-        from harness.errors import unknown_name_error
-
-        for p in paths:
-            if p not in PATHS:
-                raise unknown_name_error("--decoders path", p, PATHS)
-    rows = bench_synthetic(args.synthetic, getattr(args, "cache", None), paths, frames=int(args.frames),
-                           image_size=int(getattr(args, "image_size", None) or 224),
-                           samples=int(getattr(args, "samples", None) or 24), runs=int(getattr(args, "runs", None) or 5),
-                           gop=getattr(args, "gop", None), subsampling=getattr(args, "subsampling", "420"))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
-    for row in rows:
-        row["machine"] = machine
-    if getattr(args, "format", "table") == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{args.synthetic}: {rows[0]['profile']}; {rows[0]['videos']} videos, {rows[0]['frames']} x "
-              f"{rows[0]['image_size']} training clips, CPU time (median of {rows[0]['runs']} runs of "
-              f"{rows[0]['samples']} clips); {machine}")
-        print(format_rows(rows), end="")
-        slow = [r["path"] for r in rows if not r["exact"]]
-        if slow:
-            print(f"inexact (returned other frames than requested; never used by data.decoder): {', '.join(slow)}")
-    return 0
-

@@ -196,19 +196,32 @@ def _text_probe_classname(model: nn.Module) -> str:
 
 def count_flops(model: nn.Module, frames: int = 8, image_size: int = 224, batch: int = 1,
                 *, where: str = "fake") -> dict[str, Any]:
-    """Inference FLOPs of a `VideoTextModel` per view (one clip of `frames` frames), in the
-    model's current train/eval mode (both give the same count).
+    """Inference FLOPs of a `VideoTextModel` per view (one clip of `frames` frames), counted in
+    eval mode (a method may encode classes differently in training: FROSTER's 29-template ensemble
+    is 2 templates per training step); the model's mode is restored.
 
     Returns ``gflops`` (multiply-add = 2), ``gmacs`` (= gflops / 2, the papers' "GFLOPs"),
-    ``text_gflops_per_class`` (one class prompt through the text path; None if the method cannot
-    encode a lone class), ``flops`` (integer, whole batch), ``batch`` and ``counted_on``.
+    ``text_gflops_per_class`` (one class through the text path, all its prompts; None if the
+    method cannot encode a lone class), ``flops`` (integer, whole batch), ``batch`` and ``counted_on``.
     """
 
+    def in_eval(run: Callable[[nn.Module], dict[str, Any]]) -> Callable[[nn.Module], dict[str, Any]]:
+        def wrapped(m: nn.Module) -> dict[str, Any]:
+            was_training = m.training
+            m.eval()
+            try:
+                return run(m)
+            finally:
+                m.train(was_training)
+        return wrapped
+
+    @in_eval
     def video_run(m: nn.Module) -> dict[str, Any]:
         video = torch.zeros(batch, frames, 3, image_size, image_size, device=_device_of(m))
         with torch.no_grad():
             return {"flops": count_callable_flops(lambda: m.encode_video(video))}
 
+    @in_eval
     def text_run(m: nn.Module) -> dict[str, Any]:
         name = _text_probe_classname(m)
         with torch.no_grad():

@@ -7,8 +7,9 @@ frames: zero-shot CLIP, ViFi-CLIP) is at chance on them by construction; a tempo
 not be. Pair accuracy = over validation videos of a pair's classes, how often the true class
 scores above its partner (chance 50%).
 
-Uses the normal engine (fully supervised protocol on the embedded dataset) and the per-video
-scores each job saves (`predictions/val.npz`). With several seeds, each method's mean over them
+Scores what the normal engine wrote (fully supervised protocol on the embedded dataset): the
+per-video scores each job saves (`predictions/val.npz`); the training front end is
+`harness.commands.order_pairs` (`harness bench --order-pairs`). With several seeds, each method's mean over them
 comes with its standard error, and every (temporal, order-blind) pair of methods gets a verdict:
 the issue's criterion (the temporal one ahead by >= 15 points) and whether the gap is outside
 noise (`summarize_seeds`, `order_verdicts`).
@@ -22,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from harness.errors import HarnessError
 from harness.metrics import (
     accuracy_standard_error,
     mean_standard_error,
@@ -77,34 +77,6 @@ def score_run(run_dir: Path, job_ids: Sequence[str] | None = None) -> list[dict[
                      "pair_se": accuracy_standard_error(res["pair_accuracy"], res["videos"]),
                      "per_pair": res["per_pair"]})
     return rows
-
-
-def run_order_pairs(methods: str | Sequence[str] | None, out: Path, epochs: int = 10,
-                    extra_sets: Sequence[str] | None = None, progress: bool = False,
-                    seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Train each method briefly on the embedded dataset (fully supervised, all classes) and
-    score the order-only pairs, once per seed (default: the request's default seed); jobs done
-    by an earlier call are skipped (the store keys jobs by seed). `methods`: names, 'a,b' or None
-    (every method, those that model frame order first). A job that fails stops the benchmark
-    with its own error message."""
-    from harness import api
-    from harness.jobs import expand_jobs
-    from methods.registry import list_methods
-
-    names = methods if methods else list_methods(True) + list_methods(False)
-    sets = [f"schedule.epochs={epochs}", *(extra_sets or [])]
-    job_ids: list[str] = []
-    for seed in seeds or [None]:
-        req = api.request(names, "fully_supervised", sets=sets, **({} if seed is None else {"seed": seed}))
-        jobs = expand_jobs(req)
-        store = api.run(req, out, jobs=jobs, progress=progress)
-        failed = api.failures(store, jobs)
-        if failed:
-            first = failed[0]
-            raise HarnessError(f"order-pair training of {first.get('method')} failed: {first.get('type')}: "
-                               f"{first.get('message')} ({len(failed)} failed job(s); details: {out}/jobs/*/error.json)")
-        job_ids += [job.job_id for job in jobs]
-    return score_run(out, job_ids)
 
 
 def summarize_seeds(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

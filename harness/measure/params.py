@@ -21,8 +21,9 @@ def params_rows(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     with_flops: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per method: ``method, options`` (resolved config), ``trainable, total,
-    trainable_pct, frames, num_classes`` and, when `with_flops`, ``gflops`` (one view, a
+    """One row per method: ``method, options`` (resolved config), ``trainable, total (a frozen
+    teacher included), teacher (its parameters alone; 0 without one), trainable_pct, frames,
+    num_classes`` and, when `with_flops`, ``gflops`` (one view, a
     multiply-add = 2), ``gmacs`` and ``text_gflops_per_class`` (None otherwise).
 
     Each method gets a fresh backbone (methods modify it in place); FLOPs are counted on a meta
@@ -52,6 +53,7 @@ def params_rows(
             "options": model.config.to_dict(),
             "trainable": counts["trainable"],
             "total": counts["total"],
+            "teacher": counts["teacher"],
             "trainable_pct": counts["trainable_pct"],
             "frames": frames,
             "num_classes": num_classes,
@@ -95,10 +97,11 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
         raise ValueError(f"fmt must be 'table', 'markdown' or 'json', got {fmt!r}")
     refusals = "".join(f"{r['method']}: refused: {r['refused']}\n" for r in rows if r.get("refused"))
     rows = [r for r in rows if not r.get("refused")]
-    header = ["method", "trainable", "total", "trainable %", "GFLOPs/view", "GMACs/view",
+    header = ["method", "trainable", "total", "of which teacher", "trainable %", "GFLOPs/view", "GMACs/view",
               "text GFLOPs/class", "frames", "classes", "options"]
     body = [[
-        str(r["method"]), _fmt(r["trainable"], ","), _fmt(r["total"], ","), _fmt(r["trainable_pct"], ".4f"),
+        str(r["method"]), _fmt(r["trainable"], ","), _fmt(r["total"], ","), _fmt(r.get("teacher") or None, ","),
+        _fmt(r["trainable_pct"], ".4f"),
         _fmt(r.get("gflops"), ".2f"), _fmt(r.get("gmacs"), ".2f"), _fmt(r.get("text_gflops_per_class"), ".3f"),
         str(r["frames"]), str(r["num_classes"]), _non_default_options(str(r["method"]), r.get("options") or {}),
     ] for r in rows]
@@ -106,7 +109,7 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n" + refusals
     widths = [max([len(h)] + [len(c[i]) for c in body]) for i, h in enumerate(header)]
-    numeric = set(range(1, 9))
+    numeric = set(range(1, 10))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()

@@ -90,7 +90,8 @@ def _header_lines(found: aggregate.Collected) -> list[str]:
         lines.append(f"{found.duplicates} identical copies of jobs found in several folders were counted once.")
     for conflict in found.conflicts:
         lines.append(f"**Conflict**: {conflict}.")
-    lines.append("Bold: best measured value per column. Std over runs (splits x seeds) after ±, when n > 1. "
+    lines.append("Bold: best measured value per column. Std over runs (splits x seeds; sample std, ddof 1) after "
+                 "±, when n > 1. "
                  + noise.SE_LEGEND + " "
                  f"Flags: `{aggregate.FLAG_CHANCE}` (novel / zero-shot top-1 within {aggregate.CHANCE_MARGIN:g} "
                  f"points of chance), `{aggregate.FLAG_VIDEOS}` (fewer videos used than listed), "

@@ -116,14 +116,25 @@ def _flags(g: pd.DataFrame) -> str:
     return ", ".join(sorted({f for flags in g["flags"] for f in flags}))
 
 
-def _std(values: list[float]) -> float:
-    """Population std over runs; NaN for one run (no spread to report)."""
-    vals = [v for v in values if v == v]
-    return float(np.std(vals)) if len(vals) > 1 else float("nan")
-
-
 def _round(value: float) -> float:
     return float(round(value, 2)) if value == value else float("nan")
+
+
+def base2novel_numbers(g: pd.DataFrame) -> tuple[dict[str, Any], tuple[float, float, float, float]] | None:
+    """The one builder of a base-to-novel row's numbers, for the run summary (harness/report.py)
+    and the papers' tables alike: Base / Novel / HM (HM of the run-averaged base and novel), each
+    with its spread over the runs (`metrics.spread`: sample std, NaN for one run) and standard
+    error, and `n` runs; plus the unrounded (base, novel, se base, se novel) for averages over
+    datasets. None when no run of `g` has both evaluations."""
+    cells = noise.base2novel_cells(g)
+    if cells is None:
+        return None
+    summ, se_b, se_n, n_runs = cells
+    numbers = {"Base": _round(summ["base"]), "Base std": _round(summ["base_std"]), "Base se": _round(se_b),
+               "Novel": _round(summ["novel"]), "Novel std": _round(summ["novel_std"]), "Novel se": _round(se_n),
+               "HM": _round(summ["hm"]), "HM std": _round(summ["hm_split_std"]),
+               "HM se": _round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)), "n": n_runs}
+    return numbers, (summ["base"], summ["novel"], se_b, se_n)
 
 
 def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]:
@@ -133,21 +144,14 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
     for dataset in datasets:
         rows = []
         for row_id, g in df[df["dataset"] == dataset].groupby("row", sort=False):
-            cells = noise.base2novel_cells(g)
-            if cells is None:
+            built = base2novel_numbers(g)
+            if built is None:
                 continue
-            summ, se_b, se_n, n_runs = cells
-            many = n_runs > 1
-            row = {**_identity(g, varying),
-                   "Base": _round(summ["base"]), "Base std": _round(summ["base_std"]) if many else np.nan,
-                   "Base se": _round(se_b),
-                   "Novel": _round(summ["novel"]), "Novel std": _round(summ["novel_std"]) if many else np.nan,
-                   "Novel se": _round(se_n),
-                   "HM": _round(summ["hm"]), "HM std": _round(summ["hm_split_std"]) if many else np.nan,
-                   "HM se": _round(harmonic_mean_standard_error(summ["base"], se_b, summ["novel"], se_n)),
-                   **vocabulary_cells(g), "n": n_runs, "Flags": _flags(g)}
+            numbers, (base, novel, se_b, se_n) = built
+            n_runs = numbers.pop("n")
+            row = {**_identity(g, varying), **numbers, **vocabulary_cells(g), "n": n_runs, "Flags": _flags(g)}
             rows.append(row)
-            per_row.setdefault(row_id, {})[dataset] = (row, summ["base"], summ["novel"], se_b, se_n)
+            per_row.setdefault(row_id, {})[dataset] = (row, base, novel, se_b, se_n)
         blocks.append(ReportTable(f"base2novel-{dataset}", f"Base-to-novel: {dataset}", _frame(rows),
                                   ["Base", "Novel", "HM"], "HM", protocol="base2novel", dataset=dataset))
     if len(datasets) > 1:
@@ -178,13 +182,12 @@ def base2novel_tables(df: pd.DataFrame, varying: list[str]) -> list[ReportTable]
     return blocks
 
 
-def _mean_block(g: pd.DataFrame, column: str, source: str = "top1") -> dict[str, Any]:
-    """`column`, `column std` and `column se` (noise.cell_standard_error) over the runs (split,
-    seed) of `g`; the run's value is the mean of its evaluation rows (so zero-shot's three
-    evaluation splits count as three runs)."""
-    values = [float(v) for v in g[source]]
-    mean, _ = mean_std(values)
-    return {column: _round(mean), f"{column} std": _round(_std(values)),
+def mean_cells(g: pd.DataFrame, column: str, source: str = "top1") -> dict[str, Any]:
+    """`column`, `column std` (`metrics.spread`) and `column se` (noise.cell_standard_error) over
+    the runs (split, seed) of `g`, one row per run and evaluation (so zero-shot's three evaluation
+    splits count as three runs): the one builder of top-1 / top-5 cells (summary and report)."""
+    mean, std = mean_std([float(v) for v in g[source]])
+    return {column: _round(mean), f"{column} std": _round(std),
             f"{column}{noise.SE_SUFFIX}": _round(noise.cell_standard_error(g, source))}
 
 
@@ -195,7 +198,7 @@ def few_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
     for _row_id, g in df.groupby("row", sort=False):
         row = _identity(g, varying)
         for (ds, k), s in g.groupby(["dataset", "shots"]):
-            row.update(_mean_block(s, f"{ds} K={int(k)}"))
+            row.update(mean_cells(s, f"{ds} K={int(k)}"))
         rows.append({**row, **vocabulary_cells(g), "n": int(g.groupby(["split", "seed", "shots"]).ngroups),
                      "Flags": _flags(g)})
     return ReportTable("few_shot", "Few-shot top-1 (K shots per class)", _frame(rows, metrics), metrics,
@@ -209,7 +212,7 @@ def zero_shot_table(df: pd.DataFrame, varying: list[str]) -> ReportTable:
     for _row_id, g in df.groupby("row", sort=False):
         row = _identity(g, varying)
         for target, s in g.groupby("target", sort=False):
-            row.update(_mean_block(s, target))
+            row.update(mean_cells(s, target))
         rows.append({**row, "Trained on": ",".join(dict.fromkeys(g["dataset"])), **vocabulary_cells(g),
                      "n": int(g.groupby(["split", "seed"]).ngroups),
                      "Flags": _flags(g)})
@@ -228,8 +231,8 @@ def fully_supervised_tables(df: pd.DataFrame, varying: list[str]) -> list[Report
             gmacs = first.get("gmacs_per_view")
             row = {**_identity(g, varying), "Eval": eval_name,
                    "Frames x views": f"{int(first['frames'])}x{clips}x{crops}"}
-            row.update(_mean_block(g, "Top-1"))
-            row.update(_mean_block(g, "Top-5", "top5"))
+            row.update(mean_cells(g, "Top-1"))
+            row.update(mean_cells(g, "Top-5", "top5"))
             row.update({"GMACs/view": gmacs, "GMACs x views": _round(gmacs * clips * crops) if gmacs == gmacs and gmacs is not None else np.nan,
                         **vocabulary_cells(g), "n": len(g), "Flags": _flags(g)})
             rows.append(row)
