@@ -165,7 +165,7 @@ def add_checkpoint_commands(sub: Any) -> None:
     convert = sub.add_parser("convert", help="convert an official released checkpoint into one this project loads")
     convert.add_argument("checkpoint", help="the released checkpoint file")
     convert.add_argument("--from", dest="source", required=True,
-                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt | xclip")
+                         help="official code base: st_adapter | aim | vitaclip | vificlip | vificlip_prompt | xclip | mote | ost")
     convert.add_argument("--out", default=None, help="output file (default <checkpoint>.harness.pt beside it)")
     convert.add_argument("--base", default=None, help="the CLIP the release was trained from: open_clip tag "
                          "(e.g. openai) or local file; fills weights the release lacks and verifies its frozen ones")

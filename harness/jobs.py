@@ -383,9 +383,13 @@ def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver,
               options: dict[str, Any], schedule: Any, recipe: dict[str, Any], data: Any, split: int,
               shots: int | None, weights: dict[str, Any], phash: str) -> JobSpec:
     """One job; `resolver` is this job's own (forked) file record."""
-    train, evals = _protocol_lists(protocol, resolver, req, split, shots, schedule.views)
-    descriptions = _descriptions_ref(resolver, protocol, data, train)
-    _record_description_files(resolver, descriptions, options)
+    needs, source, per_class = _description_needs(method, options, data)
+    scored = source if "scored_descriptions" in needs else None
+    train, evals, eval_refs = _protocol_lists(protocol, resolver, req, split, shots, schedule.views, scored)
+    descriptions = _descriptions_ref(resolver, protocol, source, train)
+    if descriptions is not None and scored:
+        descriptions["evals"] = eval_refs
+    _record_description_files(resolver, descriptions, per_class)
     _record_rephrased_files(resolver, method, options, [train, *evals], req)
     return JobSpec(
         method=method, method_options=options, protocol=protocol["name"],
@@ -400,20 +404,36 @@ def _make_job(req: RunRequest, protocol: dict[str, Any], resolver: FileResolver,
     )
 
 
-def _record_description_files(resolver: FileResolver, ref: dict[str, Any] | None, options: dict[str, Any]) -> None:
-    """Fingerprint the description files a method reads (msta: `n_descriptions`); the embedded
+def _description_needs(method: str, options: dict[str, Any], data: Any) -> tuple[frozenset[str], str, int | None]:
+    """What a method's configuration reads of the class descriptions (the method contract,
+    methods/base.py): its description needs, the source of its files (its own, else
+    `data.descriptions`), and the sentences per class when the method declares a description need
+    at all (`requires`, whatever the configuration: its files are fingerprinted either way)."""
+    from methods.base import DESCRIPTION_NEEDS
+    from methods.registry import get_method, make_config
+
+    model_cls = get_method(method).model_cls
+    config = make_config(method, options)
+    per_class = model_cls.descriptions_per_class(config) if model_cls.requires & DESCRIPTION_NEEDS else None
+    return model_cls.run_needs(config), model_cls.description_source(config) or data.descriptions, per_class
+
+
+def _record_description_files(resolver: FileResolver, ref: dict[str, Any] | None, per_class: int | None) -> None:
+    """Fingerprint the description files a method reads (`per_class` sentences each: msta's
+    `n_descriptions`, ost's `n_descriptors`), those of its evaluation lists included; the embedded
     dataset's are covered by its recipe hash."""
-    if ref is None or "n_descriptions" not in options:
+    if ref is None or per_class is None:
         return
     if resolver.spec.generated:
         resolver.provenance["descriptions"] = resolver.fingerprint
         return
     from harness.data.descriptions import description_relpaths
 
-    rel = description_relpaths(ref["source"], ref["dataset_key"], int(options["n_descriptions"]), ref["subset"])
-    for path in rel.values():
-        if path in resolver.store.entries:
-            resolver.provenance[path] = resolver.store.provenance(path)
+    for one in [ref, *ref.get("evals", {}).values()]:
+        rel = description_relpaths(one["source"], one["dataset_key"], per_class, one["subset"], one.get("split"))
+        for path in rel.values():
+            if path in resolver.store.entries:
+                resolver.provenance[path] = resolver.store.provenance(path)
 
 
 def _record_rephrased_files(resolver: FileResolver, method: str, options: dict[str, Any], lists: list,
@@ -467,7 +487,11 @@ def _with_fallback(resolver: FileResolver, ev: dict[str, Any]) -> dict[str, Any]
 
 
 def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRequest, split: int,
-                    shots: int | None, views: list[int]) -> tuple[ListSpec | None, list[ListSpec]]:
+                    shots: int | None, views: list[int], describe: str | None = None
+                    ) -> tuple[ListSpec | None, list[ListSpec], dict[str, dict[str, Any]]]:
+    """The training list, the evaluation lists and, with `describe` (a description source), where
+    each evaluation list's class descriptions are (`_class_descriptions_ref`, by list name)."""
+    refs: dict[str, dict[str, Any]] = {}
     fmt: dict[str, Any] = {"split": split}
     if shots is not None:
         fmt["shots"] = shots
@@ -479,12 +503,17 @@ def _protocol_lists(protocol: dict[str, Any], resolver: FileResolver, req: RunRe
     evals: list[ListSpec] = []
     for ev in protocol.get("evaluate", []):
         ev = _with_fallback(resolver, ev)
-        evals.append(_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt))
+        added = [_list_spec(resolver, ev["name"], ev["ann"], ev["classes"], views, **fmt)]
         if protocol.get("single_view_too") and list(views) != [1, 1]:  # the 1x1 number beside multi-view
-            evals.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
+            added.append(_list_spec(resolver, f"{ev['name']}@1x1", ev["ann"], ev["classes"], [1, 1], **fmt))
+        evals.extend(added)
+        if describe:
+            refs.update({lst.name: _class_descriptions_ref(resolver, describe, ev["classes"], lst.classnames)
+                         for lst in added})
     if "targets" in protocol:
-        evals.extend(_zero_shot_targets(protocol, req, views, record=resolver.provenance))
-    return train, evals
+        evals.extend(_zero_shot_targets(protocol, req, views, record=resolver.provenance, describe=describe,
+                                        refs=refs))
+    return train, evals, refs
 
 
 def sample_k_shot(entries: list, shots: int, seed: int) -> list:
@@ -535,9 +564,11 @@ def _dataset_recipe(req: RunRequest) -> str | None:
 
 
 def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[int],
-                       record: dict[str, Any] | None = None) -> list[ListSpec]:
+                       record: dict[str, Any] | None = None, describe: str | None = None,
+                       refs: dict[str, dict[str, Any]] | None = None) -> list[ListSpec]:
     """The target datasets' evaluation lists; their files' fingerprints go into `record` (keyed
-    `<target>:<file>`), so a changed target list changes the job's id and the protocol hash."""
+    `<target>:<file>`), so a changed target list changes the job's id and the protocol hash. With
+    `describe` (a description source), where each list's class descriptions are goes into `refs`."""
     spec = protocol["evaluate_target"]
     out = []
     for target in protocol["targets"].get(req.dataset, []):
@@ -545,29 +576,55 @@ def _zero_shot_targets(protocol: dict[str, Any], req: RunRequest, views: list[in
         for split in spec["eval_splits"]:
             classes_role = spec["classes"] if resolver.has(spec["classes"]) else "classes"
             out.append(_list_spec(resolver, f"{target}/split{split}", spec["ann"], classes_role, views, split=split))
+            if describe and refs is not None:
+                refs[out[-1].name] = _class_descriptions_ref(resolver, describe, classes_role, out[-1].classnames,
+                                                             split=split)
         if record is not None:
             record.update({f"{target}:{rel}": fp for rel, fp in resolver.provenance.items()})
     return out
 
 
-def _descriptions_ref(resolver: FileResolver, protocol: dict[str, Any], data: Any, train: ListSpec | None) -> dict[str, Any] | None:
-    """Where MSTA's consistency loss finds the training classes' descriptions.
-
-    ETL4Video ships `_base` files keyed by the base CSV's ids; OST only has full-list files, so
-    the training classes are looked up by name in the dataset's full class list."""
-    spec = resolver.spec
-    if train is None or not spec.description_key:
+def _descriptions_ref(resolver: FileResolver, protocol: dict[str, Any], source: str,
+                      train: ListSpec | None) -> dict[str, Any] | None:
+    """Where the training classes' descriptions are (`_class_descriptions_ref`; MSTA's consistency
+    loss, OST's descriptors); None for a dataset without descriptions."""
+    if train is None or not resolver.spec.description_key:
         return None
-    source = data.descriptions
-    on_base = protocol["train"]["classes"] == "base_classes"
+    return _class_descriptions_ref(resolver, source, protocol["train"]["classes"], train.classnames)
+
+
+def _class_descriptions_ref(resolver: FileResolver, source: str, classes_role: str, classnames: list[str],
+                            split: int | None = None) -> dict[str, Any]:
+    """Where the descriptions of one class list of `resolver`'s dataset are: source, file key,
+    subset / split, and the ids of `classnames` in the files.
+
+    ETL4Video ships `_base` / `_novel` files keyed by the base / novel CSV's ids, and K600 under its
+    600-class list; OST ships full-list files only (base / novel classes are looked up by name in
+    the dataset's full class list), and K600 per zero-shot split (keyed by the split's CSV)."""
+    spec = resolver.spec
+    subset, ids = None, list(range(len(classnames)))
+    by_name = False
     if source == "etl4video":
-        key, subset, ids = spec.description_key, ("base" if on_base else None), list(range(len(train.classnames)))
+        subset = {"base_classes": "base", "novel_classes": "novel"}.get(classes_role)
+        key, by_name, split = spec.description_key, classes_role == "zs_classes", None
     else:
         if not spec.ost_key:
-            raise HarnessError(f"data.descriptions=ost: dataset {spec.name!r} has no OST descriptors; use etl4video")
-        full = _classnames(resolver.path("classes")) if on_base else train.classnames
-        index = {name: i for i, name in enumerate(full)}
-        key, subset, ids = spec.ost_key, None, [index[name] for name in train.classnames]
-    return {"source": source, "dataset_key": key, "subset": subset, "class_ids": ids,
-            "root": str(resolver.root) if spec.generated else None,
-            "fingerprint": resolver.fingerprint or None}
+            raise HarnessError(f"{source} descriptions: dataset {spec.name!r} has no OST descriptors; use etl4video "
+                               "(data.descriptions for msta, ost.descriptors for ost)")
+        key, by_name = spec.ost_key, classes_role in ("base_classes", "novel_classes")
+        split = split if classes_role == "zs_classes" else None
+    if not key:
+        raise HarnessError(f"{source} descriptions: dataset {spec.name!r} has none")
+    if by_name:
+        index = {name: i for i, name in enumerate(_classnames(resolver.path("classes")))}
+        missing = [name for name in classnames if name not in index]
+        if missing:
+            raise HarnessError(f"{source} descriptions of {spec.name!r}: class(es) {missing[:5]} are not in the "
+                               "dataset's full class list")
+        ids = [index[name] for name in classnames]
+    ref = {"source": source, "dataset_key": key, "subset": subset, "class_ids": ids,
+           "root": str(resolver.root) if spec.generated else None,
+           "fingerprint": resolver.fingerprint or None}
+    if split is not None:
+        ref["split"] = split
+    return ref

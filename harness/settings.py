@@ -85,7 +85,8 @@ class DataOptions:
     on_missing: str = _opt("skip", "listed video missing on disk: skip (count it) or error",
                            choices=("skip", "error"))
     max_missing: float = _opt(0.05, "fraction of missing videos above which a job stops")
-    descriptions: str = _opt("etl4video", "description source for msta: etl4video or ost",
+    descriptions: str = _opt("etl4video", "description source for msta: etl4video or ost (ost reads the files its "
+                                          "own ost.descriptors option names)",
                              choices=("etl4video", "ost"))
     color_jitter: bool = _opt(False, "colour jitter p0.8 + grayscale p0.2 in training (MSTA runs)")
     train_augment: bool = _opt(True, "random crop/flip in training (drawn per clip: the same for any process "

@@ -398,18 +398,21 @@ class DataCheck:
     @staticmethod
     def _descriptions_problem(job: Any) -> str | None:
         """The descriptions the job's method will ask for (`run_needs` / `descriptions_per_class`,
-        class methods of its configuration: no model is built), loaded and checked per class."""
+        class methods of its configuration: no model is built), loaded and checked per class: the
+        training classes', and each evaluation list's for "scored_descriptions"."""
+        from methods.base import DESCRIPTION_NEEDS
         from methods.registry import get_method, make_config
 
         model_cls = get_method(job.method).model_cls
         config = make_config(job.method, job.method_options)
-        if job.descriptions is None or "descriptions" not in model_cls.run_needs(config):
+        if job.descriptions is None or not model_cls.run_needs(config) & DESCRIPTION_NEEDS:
             return None  # no descriptions at all: the engine says so when the job starts
         from harness.data.descriptions import load_job_descriptions
 
+        n = model_cls.descriptions_per_class(config)
         try:
-            load_job_descriptions(job.descriptions, model_cls.descriptions_per_class(config), job.cache_dir,
-                                  job.splits_root)
+            for ref in [job.descriptions, *job.descriptions.get("evals", {}).values()]:
+                load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
         except HarnessError as err:
             return str(err)
         return None

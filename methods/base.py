@@ -14,14 +14,21 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
 
 * what it needs from the run: `requires` (class-level, e.g. {"descriptions"}), narrowed per
   configuration by `run_needs(config)`; the engine then calls the matching hook
-  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind;
-  `set_rephrased_classnames` once per class list the job scores);
+  (`set_descriptions`, with `descriptions_per_class(config)` sentences of each kind, from the
+  files `description_source(config)` names): "descriptions" for the training classes,
+  "scored_descriptions" for every class set the model scores (training classes, each evaluation
+  list's classes, before that list is scored); `set_rephrased_classnames` once per class list the
+  job scores;
+* what it does before the final evaluation: `prepare_evaluation()` (e.g. OST's weight-space
+  ensembling with the pretrained weights);
 * which epochs' weights the evaluated model averages: `averaged_epochs(config)` (FROSTER's
   evaluation of epoch-averaged weights);
 * a frozen teacher it keeps for training only: `frozen_teacher()` (counted in `parameter_counts`);
-* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions);
+* its optimiser parameter groups: `param_groups()` / `no_weight_decay()` (official exemptions,
+  per-group learning-rate multiples);
 * gradient checkpointing: `set_grad_checkpointing(enable)`;
-* gradient-clipping compatibility: `allows_grad_clip`;
+* gradient-clipping compatibility: `allows_grad_clip`; loss terms that need the whole batch in one
+  forward pass: `batch_coupled_losses`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
   `text_is_frozen`; whether it can run under a protocol: `check_protocol()`; the longest clip
   it runs on: `max_frames`;
@@ -45,7 +52,13 @@ from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
 from methods.layout import LAYOUT_TITLES, PerFrameLayout, layout_of, layout_refusal
 
-__all__ = ["EpochRange", "MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
+__all__ = ["DESCRIPTION_NEEDS", "EpochRange", "MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
+
+#: Needs served by `set_descriptions`: "descriptions" = the training classes' (before training);
+#: "scored_descriptions" = those of every class set the model scores (the training classes before
+#: training, each evaluation list's before it is scored), for methods that score classes through
+#: their descriptions (OST) rather than only regularise with them (MSTA).
+DESCRIPTION_NEEDS = frozenset({"descriptions", "scored_descriptions"})
 
 
 @dataclass
@@ -76,7 +89,7 @@ class ParamGroup:
     params: list[nn.Parameter]
     weight_decay: bool = True
     #: Multiplier of the method's `lr` for this group (official per-module learning rates, e.g.
-    #: X-CLIP's 10x for its new modules); the schedule scales every group's lr alike.
+    #: X-CLIP's 10x for its new modules, MoTE's 0.07x for CLIP); the schedule scales every group's lr alike.
     lr_scale: float = 1.0
 
 
@@ -153,7 +166,9 @@ class VideoTextModel(nn.Module):
     #: modules are meant for longer clips declares more.
     max_frames: ClassVar[int] = 64
     #: What the method needs from the run besides videos and class names. Known needs and the
-    #: hook the engine calls for each before training: "descriptions" -> `set_descriptions`;
+    #: hook the engine calls for each: "descriptions" -> `set_descriptions` (training classes,
+    #: before training); "scored_descriptions" -> `set_descriptions` (every class set scored: the
+    #: training classes before training, each evaluation list's classes before it is scored);
     #: "rephrased_classnames" -> `set_rephrased_classnames` (one call per class list of the job:
     #: the training classes and every evaluated list).
     #: `run_needs(config)` narrows it for one configuration (an option may switch a need off).
@@ -161,6 +176,17 @@ class VideoTextModel(nn.Module):
     #: False when clipping gradients by global norm would distort training (e.g. MSTA rescales
     #: its adapter gradients by design): the engine then refuses `schedule.grad_clip > 0`.
     allows_grad_clip: ClassVar[bool] = True
+    #: Keys of `training_losses` that contrast each clip with the *features* of the other clips of
+    #: its forward pass, not only with their labels (`batch_labels`): such a term is the global
+    #: batch's only when an optimiser update is one forward pass on one process, so the engine
+    #: refuses `schedule.micro_batch` below the batch and several processes for a method declaring
+    #: any (OST's descriptor -> video term normalises over every video of its batch).
+    batch_coupled_losses: ClassVar[frozenset[str]] = frozenset()
+    #: How the cosine ends parameter groups with their own lr (ParamGroup.lr_scale): False (timm's
+    #: CosineLRScheduler(lr_min=LR x ratio), X-CLIP / ViFi-CLIP / FROSTER) ends every group at one
+    #: absolute floor, the method's lr x `schedule.lr_min_ratio`; True (MoTE's
+    #: WarmupCosineAnnealingLR, a factor on each group's lr) ends each group at its own lr x ratio.
+    cosine_floor_per_group: ClassVar[bool] = False
 
     def __init__(self, clip: nn.Module, config: MethodConfig, num_frames: int, tokenizer: Any,
                  classnames: Sequence[str] | None = None) -> None:
@@ -178,6 +204,7 @@ class VideoTextModel(nn.Module):
         self.ctx = BlockContext(num_frames, self.layout)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        self._initial_weights: dict[str, torch.Tensor] | None = None
         self.wrap_visual(lambda block, i: AdaptedBlock(block, self.ctx, i, "visual"))
         self.wrap_text(lambda block, i: AdaptedBlock(block, self.ctx, i, "text"))
         self.build()
@@ -242,12 +269,42 @@ class VideoTextModel(nn.Module):
         """How many spatial and how many temporal sentences per class `set_descriptions` wants."""
         return 0
 
+    @classmethod
+    def description_source(cls, config: MethodConfig) -> str | None:
+        """The description files this configuration reads ("etl4video" or "ost"), or None for the
+        run's `data.descriptions` setting (MSTA). A method whose scoring is defined on one
+        source's files (OST's descriptors) names it here."""
+        return None
+
     def set_descriptions(self, classnames: Sequence[str], spatial: Sequence[Sequence[str]],
                          temporal: Sequence[Sequence[str]]) -> None:
         """Hook for methods that declare "descriptions" in `requires`: one list of spatial and one
         of temporal sentences per class name. A method without that need has nothing to store."""
         raise HarnessError(f"method {self.method_name!r} does not use class descriptions "
                            "(it does not declare 'descriptions' in its `requires`)")
+
+    def prepare_evaluation(self) -> None:
+        """Called by the engine once, after training (or after a checkpoint is loaded) and before
+        the job's evaluation lists are scored. Default: nothing (OST: its official zero-shot
+        evaluation blends the trained weights with the pretrained ones)."""
+
+    def keep_initial_weights(self) -> None:
+        """Keep a copy of every parameter as it is now (at construction: the pretrained values),
+        for `blend_with_initial`. The copies are plain tensors outside the module (not moved by
+        `.to()`, not in the state dict) on the device the model was built on."""
+        self._initial_weights = {n: p.detach().clone() for n, p in self.named_parameters()}
+
+    def blend_with_initial(self, weight: float) -> None:
+        """Weight-space ensembling with the kept initial weights (WiSE-FT): every kept parameter
+        p <- weight * initial + (1 - weight) * p."""
+        initial = self._initial_weights
+        if initial is None:
+            raise HarnessError(f"{self.method_name}: no initial weights were kept (keep_initial_weights)")
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if name in initial:
+                    start = initial[name].to(device=param.device, dtype=param.dtype)
+                    param.copy_(weight * start + (1.0 - weight) * param)
 
     def set_rephrased_classnames(self, classnames: Sequence[str], rephrased: Sequence[str]) -> None:
         """Hook for methods that declare "rephrased_classnames" in `requires`: the LLM-rephrased

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
-ALL=zeroshot,st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip
+ALL=zeroshot,st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip,ost
 R=results/embedded
 "$PY" -m harness.cli run --methods "$ALL" --protocol base2novel --out "$R/base2novel" --no-progress || true
 for epochs in 30 10; do   # 30: the reported budget; 10: the lr-search budget (AIM is at chance there)

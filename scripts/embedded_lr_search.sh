@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 OUT=${2:-results/embedded-lr-search}
-METHODS=${METHODS:-st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip}
+METHODS=${METHODS:-st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip,ost}
 GRID=${GRID:-1e-3 3e-3 1e-2 3e-4 3e-2 1e-4 1e-1}   # centre first; 1e-1 added after two methods peaked at 3e-2 (for every method)
 for lr in $GRID; do
   sets=()

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from harness.backbone import create_clip, get_tokenizer
+from harness.data.descriptions import load_descriptions
 from harness.data.embedded import MAIN_CLASSES, ORDER_PAIRS, EmbeddedRecipe, ensure_embedded_dataset
 from harness.engine import model as model_io
 from harness.measure.order_pairs import pair_accuracy
+from methods.base import DESCRIPTION_NEEDS
 from methods.registry import build_method
 
 CLIP_MEAN = torch.tensor(model_io.CLIP_MEAN).view(1, 1, 3, 1, 1)  # the engine's normalisation
@@ -160,13 +162,14 @@ def main() -> None:
     crop = spec.image_size
     opts = parse_sets(args.sets)
     model = build_method(args.method, clip, get_tokenizer(spec), args.frames, opts, CLASSNAMES)
-    if "descriptions" in model.run_needs(model.config):  # the method contract (methods/base.py)
-        s = json.loads((root / "description/2_s_description_embedded.json").read_text())
-        tt = json.loads((root / "description/2_t_description_embedded.json").read_text())
-        model.set_descriptions(CLASSNAMES, [s[str(i)] for i in range(12)], [tt[str(i)] for i in range(12)])
+    if model.run_needs(model.config) & DESCRIPTION_NEEDS:  # the method contract (methods/base.py)
+        source = model.description_source(model.config) or "etl4video"
+        descs = load_descriptions(source, root, "embedded", model.descriptions_per_class(model.config), list(range(12)))
+        model.set_descriptions(CLASSNAMES, descs.spatial, descs.temporal)
     lr = args.lr if args.lr is not None else model.config.lr
     wd = args.wd if args.wd is not None else getattr(model.config, "weight_decay", 0.0)
-    groups = [{"params": g.params, "weight_decay": wd if g.weight_decay else 0.0} for g in model.param_groups()]
+    groups = [{"params": g.params, "weight_decay": wd if g.weight_decay else 0.0, "lr_scale": g.lr_scale}
+              for g in model.param_groups()]
     opt = torch.optim.AdamW(groups, lr=lr) if groups else None
     steps_per_epoch = math.ceil(len(xtr) / args.batch)
     total, warm = args.epochs * steps_per_epoch, steps_per_epoch
@@ -195,7 +198,7 @@ def main() -> None:
             if step < args.diag_steps:
                 print(json.dumps({"step": step, "loss": round(float(loss), 4), **grad_norms(model, args.method)}), flush=True)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = lr_at(step) * g["lr_scale"]
             opt.step()
             step += 1
             ep_loss.append(float(loss))

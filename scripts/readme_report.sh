@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
 OUT=results/embedded/base2novel
-"$PY" -m harness.cli run --methods zeroshot,st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip --protocol base2novel \
+"$PY" -m harness.cli run --methods zeroshot,st_adapter,aim,msta,vitaclip,vificlip,vificlip_prompt,xclip,ost --protocol base2novel \
     --out "$OUT" --no-progress >/dev/null
 "$PY" -m harness.cli report "$OUT" --format md,csv --out "$OUT/report" >/dev/null
 mkdir -p docs/img

@@ -73,6 +73,8 @@ class BatchLabelToy(nn.Module):
     the batch (as MSTA's description-consistency loss)."""
 
     allows_grad_clip = True
+    batch_coupled_losses: frozenset = frozenset()  # its loss couples clips through their labels only
+    cosine_floor_per_group: bool = False  # one absolute cosine floor (the engine default)
     config = None
 
     @classmethod

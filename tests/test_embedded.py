@@ -162,7 +162,7 @@ def test_generation_is_deterministic_and_cached(tmp_path, monkeypatch):
     assert a.name == b.name == recipe_hash(TINY)[:12]
     texts = sorted(p.relative_to(a) for p in a.rglob("*") if p.suffix in (".txt", ".csv", ".json")
                    and p.name != "recipe.json")
-    assert len(texts) == 5 + 1 + 3 + 3 + 8 + 4  # lists, few-shot (k=2), b2n fs, zs, descriptions, csvs
+    assert len(texts) == 5 + 1 + 3 + 3 + 8 + 4 + 4  # lists, few-shot (k=2), b2n fs, zs, descriptions, csvs, OST descriptors
     for rel in texts:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     names = sorted(p.name for p in (a / "videos").iterdir())

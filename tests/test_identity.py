@@ -191,10 +191,10 @@ def test_a_failing_job_lets_the_others_finish(harness_cache, tmp_path, capsys, m
 
     real = runner_mod.run_job
 
-    def flaky(job, job_dir, progress=True):
+    def flaky(job, job_dir, progress=True, **engine_keywords):  # the engine also passes the model source
         if job.method == "aim":
             raise HarnessError("simulated bad video file")
-        return real(job, job_dir, progress)
+        return real(job, job_dir, progress, **engine_keywords)
 
     monkeypatch.setattr(runner_mod, "run_job", flaky)
     args = _cli(harness_cache, tmp_path, "aim,zeroshot")

@@ -12,7 +12,9 @@ import torch
 from method_helpers import make_backbone
 
 from harness.data.embedded import MAIN_CLASSES, render_clip
+from harness.data.embedded_descriptors import OST_DESCRIPTORS
 from harness.engine import model as model_io
+from methods.base import DESCRIPTION_NEEDS
 from methods.registry import build_method, list_methods
 
 CLIP_MEAN = torch.tensor(model_io.CLIP_MEAN).view(1, 1, 3, 1, 1)  # the engine's normalisation
@@ -45,8 +47,12 @@ def test_training_lowers_the_loss(method, tiny_backbone):
     clip, tokenizer = tiny_backbone
     options = {"depth": 4} if method == "vificlip_prompt" else {}  # harness-tiny has 4 layers (profiles.yaml)
     net = build_method(method, copy.deepcopy(clip), tokenizer, 8, options, CLASSNAMES)
-    if "descriptions" in net.run_needs(net.config):  # the method contract (methods/base.py)
-        net.set_descriptions(CLASSNAMES, [c.spatial for c in MAIN_CLASSES], [c.temporal for c in MAIN_CLASSES])
+    if net.run_needs(net.config) & DESCRIPTION_NEEDS:  # the method contract (methods/base.py)
+        if net.description_source(net.config) == "ost":  # the embedded classes' OST-format descriptors
+            pairs = [OST_DESCRIPTORS[c.key] for c in MAIN_CLASSES]
+            net.set_descriptions(CLASSNAMES, [s for s, _ in pairs], [t for _, t in pairs])
+        else:
+            net.set_descriptions(CLASSNAMES, [c.spatial for c in MAIN_CLASSES], [c.temporal for c in MAIN_CLASSES])
     video, labels = _batch()
     opt = torch.optim.AdamW([{"params": g.params, "weight_decay": 0.0} for g in net.param_groups()], lr=LR)
 

@@ -13,14 +13,15 @@ import torch
 
 from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
-from methods.base import VideoTextModel
+from methods.base import DESCRIPTION_NEEDS, VideoTextModel
 from methods.registry import build_method, get_method, list_methods, make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = list_methods()
 CLASSES = ["a", "b", "c"]
 #: Needs the engine knows how to provide, and the hook that receives each.
-KNOWN_NEEDS = {"descriptions": "set_descriptions", "rephrased_classnames": "set_rephrased_classnames"}
+KNOWN_NEEDS = {"descriptions": "set_descriptions", "scored_descriptions": "set_descriptions",
+               "rephrased_classnames": "set_rephrased_classnames"}
 TINY_OPTIONS = {"vificlip_prompt": {"depth": 4}}
 
 
@@ -80,8 +81,9 @@ def test_msta_needs_descriptions_only_for_its_consistency_loss():
 def test_grad_checkpointing_hook_recomputes_both_towers_and_keeps_results(method, monkeypatch):
     clip, spec = create_clip("harness-tiny", seed=0)
     net = build_method(method, clip, get_tokenizer(spec), 2, TINY_OPTIONS.get(method, {}), classnames=CLASSES).eval()
-    if "descriptions" in net.run_needs(net.config):
-        net.set_descriptions(CLASSES, [["s"]] * 3, [["t"]] * 3)
+    if net.run_needs(net.config) & DESCRIPTION_NEEDS:
+        n = net.descriptions_per_class(net.config)
+        net.set_descriptions(CLASSES, [["s"] * n] * 3, [["t"] * n] * 3)
     video = torch.randn(2, 2, 3, spec.image_size, spec.image_size, generator=torch.Generator().manual_seed(0))
     video.requires_grad_(True)  # a gradient to compare even for a method with nothing to train
 

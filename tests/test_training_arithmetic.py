@@ -94,6 +94,35 @@ def test_fractional_warmup_epochs():
     assert [round(v, 7) for v in (lrs[0], lrs[1], lrs[2], lrs[7])] == [0.001, 1.0, 1.0, 0.505]
 
 
+def test_groups_with_their_own_lr_follow_the_schedule_to_their_own_floor():
+    """ParamGroup.lr_scale (MoTE trains CLIP at 0.07 x the lr of its temporal module): the engine
+    gives the group lr x 0.07, warm-up and cosine scale it alike, and with MoTE's per-group floor
+    (cosine_floor_per_group) the cosine ends at the group's own lr x lr_min_ratio. Iteration 11 (as above): group A 0.0476796, group B
+    0.07 x 0.0476796 = 0.00333757 (an absolute floor of 0.01 would give 0.01 + 0.06 x 0.0380602 = 0.0122836)."""
+    from mmengine.optim import OptimWrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    from harness.engine.runner import optimizer_groups
+    from methods.base import ParamGroup
+
+    a, b = nn.Parameter(torch.zeros((), dtype=torch.float64)), nn.Parameter(torch.zeros((), dtype=torch.float64))
+    net = SimpleNamespace(param_groups=lambda: [ParamGroup("head", ["a"], [a]), ParamGroup("clip", ["b"], [b], lr_scale=0.07)])
+    groups = optimizer_groups(net, 0.0, 1.0)
+    assert [g["lr"] for g in groups] == [1.0, 0.07]
+    wrapper = OptimWrapper(torch.optim.SGD(groups, lr=1.0))
+    schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": 4}, default_args={"optimizer": wrapper})
+                  for cfg in _schedulers(_job(), floor_per_group=True)]
+    steps = []
+    for _ in range(12):
+        before = (float(a.detach()), float(b.detach()))
+        wrapper.update_params(a * 1.0 + b * 1.0)
+        steps.append((before[0] - float(a.detach()), before[1] - float(b.detach())))
+        for sched in schedulers:
+            sched.step()
+    assert steps[0] == pytest.approx((0.001, 0.00007), abs=1e-9)
+    assert steps[11] == pytest.approx((0.0476796, 0.00333757), abs=1e-7)
+
+
 class _GroupedLinear(nn.Linear):
     """A linear layer with the method contract's optimiser hook (one decayed group)."""
 

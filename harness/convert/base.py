@@ -160,6 +160,9 @@ class Converter(ABC):
     #: release holding only its trained tensors lacks the frozen `anchor`).
     anchor: ClassVar[str]
     other_anchors: ClassVar[tuple[str, ...]] = ()
+    #: Top-level entries holding one state dict each, for a code base that saves several (keys
+    #: then read `<part>.<key>`); empty: one state dict (`read_release`).
+    parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, request: ConvertRequest) -> None:
         self.request = request
@@ -209,7 +212,7 @@ class Converter(ABC):
         from methods.registry import build_method
 
         req = self.request
-        self.release = release = read_release(req.checkpoint)
+        self.release = release = read_release(req.checkpoint, self.parts)
         self._strip_to_anchor(release)
         plan = self.prepare(release)
         if self.base_needed(plan) and not req.base:

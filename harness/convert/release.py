@@ -12,7 +12,7 @@ the training configuration it carries is kept beside the state (`Release.file`).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,9 +102,28 @@ def strip_prefixes(state: dict[str, torch.Tensor], prefixes: Iterable[str] = WRA
     return state, stripped
 
 
-def read_release(path: str | Path) -> Release:
-    """Read a release file on the CPU without executing pickled code, and flatten it."""
+def read_release(path: str | Path, parts: Sequence[str] = ()) -> Release:
+    """Read a release file on the CPU without executing pickled code, and flatten it.
+
+    `parts`: top-level entries that each hold one state dict of a release saved in several
+    (MoTE: `model_state_dict` and `fusion_model_state_dict`); each is unwrapped on its own and
+    its keys become `<part>.<key>`. Empty: the file holds one state dict, found by `unwrap`."""
     file = load_release(path)
-    state, unwrapped, extras = unwrap(file.content, str(path))
-    state, stripped = strip_prefixes(state)
-    return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras, file=file)
+    if not parts:
+        state, unwrapped, extras = unwrap(file.content, str(path))
+        state, stripped = strip_prefixes(state)
+        return Release(path=str(path), state=state, unwrapped=unwrapped, stripped=stripped, extras=extras, file=file)
+    content = file.content
+    absent = [p for p in parts if not isinstance(content, Mapping) or not isinstance(content.get(p), Mapping)]
+    if absent:
+        found = sorted(map(str, content))[:10] if isinstance(content, Mapping) else type(content).__name__
+        raise HarnessError(f"{path}: no {', '.join(absent)} entry (this code base saves its state dicts under "
+                           f"{', '.join(parts)}); found {found}")
+    release = Release(path=str(path), state={}, unwrapped=list(parts), file=file,
+                      extras={str(k): type(v).__name__ for k, v in content.items() if k not in parts})
+    for part in parts:
+        state, _, _ = unwrap(content[part], f"{path} [{part}]")
+        state, stripped = strip_prefixes(state)
+        release.stripped.extend(f"{part}: {prefix}" for prefix in stripped)
+        release.state.update({f"{part}.{k}": v for k, v in state.items()})
+    return release

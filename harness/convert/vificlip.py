@@ -35,6 +35,18 @@ def _as_used(tensors) -> torch.Tensor:
 PREFIX, SUFFIX = "prompt_learner.token_prefix", "prompt_learner.token_suffix"
 
 
+def clip_towers_source(name: str) -> Source | None:
+    """The CLIP of a ViFi-CLIP-style model (`trainers/vificlip.py`, and OST built on it):
+    `image_encoder.*` = the image tower, `text_encoder.*` = the text tower's modules, `logit_scale`."""
+    if name == "clip.logit_scale":
+        return Source.key("logit_scale")
+    if name.startswith("clip.visual."):
+        return Source.key("image_encoder." + name[len("clip.visual."):])
+    if name.startswith("clip."):
+        return Source.key("text_encoder." + name[len("clip."):])
+    return None
+
+
 class ViFiCLIPConverter(Converter):
     name = method = "vificlip"
     anchor = "image_encoder.class_embedding"
@@ -97,13 +109,7 @@ class ViFiCLIPConverter(Converter):
     def source(self, name: str) -> Source | None:
         if name == "clip.token_embedding.weight":
             return None  # not in ViFi-CLIP checkpoints: from --base
-        if name == "clip.logit_scale":
-            return Source.key("logit_scale")
-        if name.startswith("clip.visual."):
-            return Source.key("image_encoder." + name[len("clip.visual."):])
-        if name.startswith("clip."):
-            return Source.key("text_encoder." + name[len("clip."):])
-        return None
+        return clip_towers_source(name)
 
     def ignore(self, key: str, value: torch.Tensor) -> str | None:
         if key in self.buffers:

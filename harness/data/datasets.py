@@ -179,7 +179,7 @@ def _specs() -> dict[str, DatasetSpec]:
             notes="no full training list upstream: fully supervised SSv2 needs a user-supplied train list."),
         DatasetSpec(
             name="embedded", title="Embedded synthetic shapes (12 classes)", video_subdir="videos",
-            video_ext=".mp4", description_key="embedded", ost_key=None, flip_ok=False, generated=True,
+            video_ext=".mp4", description_key="embedded", ost_key="embedded", flip_ok=False, generated=True,
             files={"classes": "labels/embedded_labels.csv", **_b2n("embedded", "embedded"),
                    "fewshot_train": "datasets_splits/embedded_splits/train1_few_shot_{shots}.txt",
                    "fewshot_val": "datasets_splits/embedded_splits/val1.txt",
@@ -187,7 +187,7 @@ def _specs() -> dict[str, DatasetSpec]:
                    "val": "datasets_splits/embedded_splits/val.txt"}),
         DatasetSpec(
             name="embedded_zs", title="Embedded synthetic shapes, zero-shot target (6 classes)",
-            video_subdir="videos", video_ext=".mp4", description_key="embedded_zs", ost_key=None,
+            video_subdir="videos", video_ext=".mp4", description_key="embedded_zs", ost_key="embedded_zs",
             flip_ok=False, generated=True,
             files={"classes": "labels/embedded_zs_labels.csv",
                    "zs_eval": "datasets_splits/embedded_zs_splits/val{split}.txt"}),

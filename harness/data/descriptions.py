@@ -1,7 +1,8 @@
-"""LLM-written class descriptions for MSTA's spatio-temporal consistency loss.
+"""LLM-written class descriptions: MSTA's spatio-temporal consistency loss, OST's descriptors.
 
 MSTA's loss pulls each trainable class embedding towards the mean frozen-text embedding of N
-"spatial" and N "temporal" sentences about the class. The paper's sentences are published by
+"spatial" and N "temporal" sentences about the class; OST scores every class by matching its N
+spatio and N temporal descriptors to the frames. The paper's sentences are published by
 ETL4Video; OST publishes a similar set of short spatio/temporal descriptors. Both are JSON objects
 `{"<class id>": ["sentence", ...]}` whose ids index the ViFi-CLIP label CSV of the dataset
 (the `_base` / `_novel` CSV for the base-to-novel files). Their file names differ:
@@ -269,7 +270,8 @@ def _select(
                 raise HarnessError(
                     f"{path}: class id {cid} has {len(sentences)} description(s){hint}, N={n} needed. Add "
                     "descriptions for that class to this file, or choose an N whose files have enough "
-                    "(`--set msta.n_descriptions`; Python callers: on_short='use_available' averages the ones it has)."
+                    "(`--set msta.n_descriptions` / `ost.n_descriptors`; Python callers: on_short='use_available' "
+                    "uses the ones it has)."
                 )
             notes.append(
                 f"{path.name}: class {cid} has {len(sentences)} of {n} descriptions{hint}; used those"
@@ -346,12 +348,13 @@ def load_job_descriptions(ref: dict, n: int, cache_dir: str | None, splits_root:
     """The descriptions a job's reference (`JobSpec.descriptions`) points at: a local folder
     (the embedded dataset) or the pinned upstream store. Used by the engine and by the up-front
     check of `harness run`, which finds a missing class before any training."""
+    split = ref.get("split")  # per-split files (OST's K600 zero-shot splits)
     if ref["root"] is not None:
         return load_descriptions(ref["source"], Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"],
-                                 subset=ref["subset"])
+                                 subset=ref["subset"], split=split)
     from harness.data.upstream import UpstreamStore
 
     store = UpstreamStore(cache_dir=Path(cache_dir) / "upstream" if cache_dir else None,
                           splits_root=Path(splits_root) if splits_root else None)
     return load_upstream_descriptions(store, ref["source"], ref["dataset_key"], n, ref["class_ids"],
-                                      subset=ref["subset"])
+                                      subset=ref["subset"], split=split)

@@ -21,6 +21,7 @@ and the data root::
     <root>/datasets_splits/embedded_splits/train.txt, val.txt, val1.txt, train1_few_shot_{2,4,8,16}.txt
     <root>/datasets_splits/embedded_zs_splits/val{1,2,3}.txt
     <root>/description/2_{s,t}_description_embedded[_base|_novel|_zs].json   # ETL4Video format
+    <root>/descriptors/embedded[_zs]/{spatio,temporal}_descriptors/4_descriptors.json  # OST format
 
 Reuse is keyed by `recipe_hash` (the recipe and GENERATOR_VERSION; the encoded bytes repeat for a
 given libx264 build, see `X264_OPTIONS`, but another build of the encoder may write others): `<cache>/<hash[:12]>/` is generated only if its
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.annotations import AnnotationEntry, write_annotation_list, write_class_csv
+from harness.data.embedded_descriptors import ensure_descriptor_files
 from harness.errors import HarnessError
 from harness.paths import CACHE_ENV, cache_root
 
@@ -593,6 +595,13 @@ def _write_text_files(root: Path, recipe: EmbeddedRecipe, plan: dict[str, list[_
                 json.dumps(_descriptions(classes, kind), indent=2) + "\n")
     for rel, entries in _lists(recipe, plan).items():
         write_annotation_list(root / rel, entries)
+    _write_ost_descriptors(root)
+
+
+def _write_ost_descriptors(root: Path) -> None:
+    """OST-format descriptors of the full and zero-shot class lists (harness.data.embedded_descriptors);
+    also adds them to a dataset generated before they existed (they are text, not part of the recipe)."""
+    ensure_descriptor_files(root, {"embedded": [c.key for c in MAIN_CLASSES], "embedded_zs": [c.key for c in ZS_CLASSES]})
 
 
 def _render_all(root: Path, recipe: EmbeddedRecipe, videos: Sequence[_Video]) -> str:
@@ -664,6 +673,7 @@ def ensure_embedded_dataset(cache_dir: str | os.PathLike | None = None,
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     root = cache / digest[:12]
     if _is_complete(root, digest):
+        _write_ost_descriptors(root)
         return root
     try:
         cache.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,9 @@ shape; frame i of a task shows value i % k), each frame repeated T times as a st
 like the engine's test clips (uint8 (V=1, 3, T, S, S) items through `VideoPreprocessor`, the same
 normalisation), and scored by the method's own forward (`net(video, classnames)`: its video path,
 its text path and prompt template) against the task's class names ("red shape", "shape on the
-left", "circle"; with "a photo of a {}." exactly the prompts of `probe_zero_shot`). The frames are
+left", "circle"; with "a photo of a {}." exactly the prompts of `probe_zero_shot`; a method that
+scores classes through per-class descriptions, "scored_descriptions" (OST), gets each class name as
+every one of its descriptions: the vocabulary has no LLM descriptions). The frames are
 rendered at the backbone's input size, so the test pipeline's resize + centre crop would be the
 identity. Fixed seed: the same frames for every method, job and seed. In float32 with the torch
 random state untouched, so measuring never shifts a job's training stream.
@@ -85,11 +87,23 @@ def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, p
     accuracy: dict[str, float] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for task, frames, labels in _frames(image_size, per_task, seed, tuple(tasks)):
-            accuracy[task] = round(task_accuracy(net, frames, labels, PROBES[task].classnames(), num_frames,
+            classnames = PROBES[task].classnames()
+            _name_as_descriptions(net, classnames)
+            accuracy[task] = round(task_accuracy(net, frames, labels, classnames, num_frames,
                                                  normalization=normalization), 2)
     net.train(was_training)
     return {"tasks": accuracy, "mean": round(float(np.mean(list(accuracy.values()))), 2),
             "n": per_task * len(accuracy), "per_task": per_task}
+
+
+def _name_as_descriptions(net: torch.nn.Module, classnames: Sequence[str]) -> None:
+    """A method scoring classes through their descriptions ("scored_descriptions") gets each probe
+    class's name as each of its N spatial and N temporal descriptions (no LLM wrote any for them)."""
+    if "scored_descriptions" not in net.run_needs(net.config):
+        return
+    n = net.descriptions_per_class(net.config)
+    names = [[name] * n for name in classnames]
+    net.set_descriptions(classnames, names, names)
 
 
 def chance(tasks: Sequence[str] = TASKS) -> float:

@@ -212,20 +212,41 @@ def _device_augment(job: JobSpec, image_size: int):
 
 
 def _attach_descriptions(net, job: JobSpec, context_length: int) -> dict[str, Any] | None:
-    """Give a method that needs them (`run_needs(config)` has "descriptions", e.g. MSTA's consistency
-    loss) the LLM descriptions of the training classes; the record counts the sentences the
-    backbone's text context (`context_length` tokens) truncates."""
-    if "descriptions" not in net.run_needs(net.config):
-        return None
-    from harness.data.descriptions import load_job_descriptions
+    """Give a method that needs them (`run_needs(config)` has "descriptions" or "scored_descriptions":
+    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes; the
+    record counts the sentences the backbone's text context (`context_length` tokens) truncates."""
+    from methods.base import DESCRIPTION_NEEDS
 
+    if not net.run_needs(net.config) & DESCRIPTION_NEEDS:
+        return None
     ref = job.descriptions
     if ref is None:
         raise HarnessError(f"{job.method} needs class descriptions, and dataset {job.dataset!r} has none; switch "
                            f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
+    if job.train is None:
+        return None
+    return _give_descriptions(net, job, ref, job.train.classnames, context_length)
+
+
+def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec, context_length: int) -> dict[str, Any] | None:
+    """Before an evaluation list is scored, a method that scores classes through their descriptions
+    ("scored_descriptions": OST) gets that list's (its own dataset's files), truncations counted."""
+    if "scored_descriptions" not in net.run_needs(net.config):
+        return None
+    ref = (job.descriptions or {}).get("evals", {}).get(lst.name)
+    if ref is None:
+        raise HarnessError(f"{job.method} scores classes through their descriptions, and evaluation list "
+                           f"{lst.name!r} of dataset {lst.dataset!r} has none")
+    return _give_descriptions(net, job, ref, lst.classnames, context_length)
+
+
+def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str],
+                       context_length: int) -> dict[str, Any]:
+    from harness.data.descriptions import load_job_descriptions
+
     n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
-    net.set_descriptions(job.train.classnames, descs.spatial, descs.temporal)
+    net.set_descriptions(classnames, descs.spatial, descs.temporal)
     used = [s for per_class in (*descs.spatial, *descs.temporal) for s in per_class[:n]]
     return {"sources": descs.sources, "notes": descs.notes, "n": n,
             "truncated": count_truncated(used, context_length), "sentences": len(used), "context_length": context_length}
@@ -297,7 +318,9 @@ def _optim_wrapper(net, job: JobSpec, amp: bool):
     return OptimWrapper(optimizer=optimizer, clip_grad=clip_grad)
 
 
-def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
+def _schedulers(job: JobSpec, floor_per_group: bool = False) -> list[dict[str, Any]]:
+    """Linear warm-up then cosine, stepped per optimiser update; `floor_per_group`: the method's
+    `cosine_floor_per_group` (how groups with their own lr end)."""
     sched = job.schedule
     epochs, warmup = sched["epochs"], min(sched["warmup_epochs"], sched["epochs"])
     out: list[dict[str, Any]] = []
@@ -305,8 +328,11 @@ def _schedulers(job: JobSpec) -> list[dict[str, Any]]:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
                         convert_to_iter_based=True))
     if epochs > warmup:
-        lr = float(job.method_options["lr"])
-        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, eta_min=lr * sched["lr_min_ratio"],
+        # timm's CosineLRScheduler(lr_min=LR x ratio) (X-CLIP, ViFi-CLIP): one absolute floor for
+        # every group; MoTE's scheduler: a factor, each group ends at its own lr x ratio.
+        ratio = float(sched["lr_min_ratio"])
+        floor = dict(eta_min_ratio=ratio) if floor_per_group else dict(eta_min=float(job.method_options["lr"]) * ratio)
+        out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, **floor,
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
@@ -320,6 +346,20 @@ def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[
     share = math.ceil(int(schedule["batch_size"]) / world)
     micro = min(int(schedule["micro_batch"]) or share, share)
     return micro, math.ceil(share / micro)
+
+
+def check_batch_coupling(net, method: str, passes: int, world: int) -> None:
+    """A method whose loss terms contrast a clip with the other clips' features
+    (`batch_coupled_losses`) trains only with each optimiser update in one forward pass on one
+    process: any split would change what those terms are, and the split is execution-only."""
+    coupled = sorted(net.batch_coupled_losses)
+    if coupled and (passes > 1 or world > 1):
+        where = f"{passes} forward passes per update" if passes > 1 else f"{world} processes"
+        raise ConfigurationError(
+            f"{method}: its loss term(s) {', '.join(coupled)} contrast each clip with the features of every other "
+            f"clip of the batch, so an optimiser update must be one forward pass on one process (here: {where}); "
+            "leave schedule.micro_batch=0 (schedule.grad_checkpointing=true saves memory) and run one process "
+            f"(docs/methods/{method}.md)")
 
 
 def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
@@ -352,6 +392,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
                            "never have a clip to train on; raise schedule.batch_size or start fewer processes")
     micro, passes = micro_batch_and_accumulation(job.schedule, world_size())
+    check_batch_coupling(net, job.method, passes, world_size())
     train_set, train_info = _dataset(job.train, job, spec.image_size, train=True)
     model.data_preprocessor.augment = _device_augment(job, spec.image_size)
     model.micro_batch = micro
@@ -388,7 +429,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         train_dataloader=loader,  # one item = this process's share of one optimiser update
         train_cfg=dict(by_epoch=True, max_epochs=epochs, val_interval=interval),
         optim_wrapper=_optim_wrapper(net, job, amp),
-        param_scheduler=_schedulers(job),
+        param_scheduler=_schedulers(job, type(net).cosine_floor_per_group),
         default_hooks=dict(checkpoint=None, logger=dict(type="LoggerHook", interval=10, log_metric_by_epoch=True),
                            timer=dict(type="IterTimerHook"), param_scheduler=dict(type="ParamSchedulerHook"),
                            sampler_seed=None),
@@ -478,13 +519,18 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
-def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
-    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch."""
+def evaluate_lists(model, job: JobSpec, image_size: int, context_length: int,
+                   save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch
+    (`context_length`: the backbone's text context, for the description records)."""
     micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
     evals = {}
     for lst in job.evals:
         views = max(1, lst.views[0] * lst.views[1])
+        described = _attach_list_descriptions(model.net, job, lst, context_length)
         evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
+        if described is not None and evals[lst.name]:
+            evals[lst.name]["descriptions"] = described
     return evals
 
 
@@ -533,7 +579,8 @@ def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | 
     if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
-    evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
+    net.prepare_evaluation()
+    evals = evaluate_lists(model, job, spec.image_size, spec.context_length, save_to=job_dir / "predictions")
     vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size, spec))
     return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "text": text,
             "train": train_stats, "evals": evals,

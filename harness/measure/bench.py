@@ -37,7 +37,13 @@ from torch import nn
 
 from harness.errors import ConfigurationError
 from harness.measure.bench_format import format_bench, stamp
-from harness.measure.flops import GIGA, count_flops, count_step_flops, fake_count
+from harness.measure.flops import (
+    GIGA,
+    count_flops,
+    count_step_flops,
+    fake_count,
+    give_placeholder_descriptions,
+)
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
 from methods.layout import layout_of
 
@@ -127,17 +133,6 @@ def _make_optimizer(params: list[nn.Parameter], lr: float, device: torch.device)
     return torch.optim.AdamW(params, lr=lr or 1e-4, **kwargs)
 
 
-def _give_synthetic_descriptions(model: nn.Module, classnames: Sequence[str]) -> None:
-    """Methods whose loss needs per-class sentences (MSTA's L_CC) get placeholder ones: their
-    cost (encoded once per class set) does not depend on the wording."""
-    if "descriptions" not in model.run_needs(model.config):
-        return
-    n = model.descriptions_per_class(model.config)
-    spatial = [[f"a photo showing {c}, view {j}." for j in range(n)] for c in classnames]
-    temporal = [[f"a video in which {c} happens, step {j}." for j in range(n)] for c in classnames]
-    model.set_descriptions(classnames, spatial, temporal)
-
-
 def _compile_hooks(model: nn.Module, names: Sequence[str]) -> None:
     """Replace bound methods by compiled ones on the instance: the model's own `forward` (which
     a method may override) then calls the compiled encoders."""
@@ -186,7 +181,7 @@ def _build_model(method: str, settings: BenchSettings, options: Mapping[str, Any
     from methods.registry import build_method
 
     model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
-    _give_synthetic_descriptions(model, classnames)
+    give_placeholder_descriptions(model, classnames)
     # The text encoder runs every step only when it trains; otherwise once per class set,
     # and compiling it would cost more than it saves.
     encoders = ["encode_video"] + ([] if model.text_is_frozen else ["encode_text_embeddings"])

@@ -188,6 +188,20 @@ def _on_model(model: nn.Module, fn: Callable[[nn.Module], dict[str, Any]]) -> di
 
 # -- public API -------------------------------------------------------------------------------
 
+def give_placeholder_descriptions(model: nn.Module, classnames: Sequence[str]) -> None:
+    """Methods that need per-class sentences (MSTA's L_CC, OST's descriptors: the description needs
+    of the method contract) get placeholder ones: what they cost (the text tower over N sentences
+    per class) does not depend on the wording."""
+    from methods.base import DESCRIPTION_NEEDS
+
+    if not model.run_needs(model.config) & DESCRIPTION_NEEDS:
+        return
+    n = model.descriptions_per_class(model.config)
+    spatial = [[f"a photo showing {c}, view {j}." for j in range(n)] for c in classnames]
+    temporal = [[f"a video in which {c} happens, step {j}." for j in range(n)] for c in classnames]
+    model.set_descriptions(classnames, spatial, temporal)
+
+
 def _text_probe_classname(model: nn.Module) -> str:
     """A class name every method can encode (class-specific contexts only know training classes)."""
     names = getattr(model, "train_classnames", None)

@@ -32,7 +32,7 @@ def params_rows(
     """
     from harness.backbone import backbone_token_layout, get_tokenizer
     from harness.errors import ConfigurationError
-    from harness.measure.flops import count_flops
+    from harness.measure.flops import count_flops, give_placeholder_descriptions
     from harness.weights import create_backbone
     from methods.registry import build_method, get_method
 
@@ -64,6 +64,7 @@ def params_rows(
             "text_gflops_per_class": None,
         }
         if with_flops:
+            give_placeholder_descriptions(model, classnames[:1])  # the text count encodes the first class
             flops = count_flops(model, frames, spec.image_size)
             row.update(gflops=flops["gflops"], gmacs=flops["gmacs"],
                        text_gflops_per_class=flops["text_gflops_per_class"])
