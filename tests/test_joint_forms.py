@@ -110,3 +110,47 @@ def test_vificlip_prompt_appends_one_prompt_set_per_clip():
     tokens = net.visual_tokens(net.embed_video(video))
     assert tokens.shape == (2, 1 + 16 * T + 16, net.visual_width)
     assert torch.equal(tokens[:, -16:], net.visual_prompts.expand(2, -1, -1))
+
+
+def test_froster_joint_attention_and_clip_feature_teacher():
+    """FROSTER's joint form: no block is wrapped (the joint attention already spans every frame), the
+    video feature is the clip's normalised CLS feature (zero-shot's), and at initialisation the student
+    equals its frozen teacher, so the video distillation term is exactly 0 (1 - cos(f + 0.1 P_v(f), f)
+    with P_v's last layer at zero); training moves the student, never the teacher."""
+    from methods.blocks import AdaptedBlock
+    from methods.froster import TemporalViewBlock
+
+    clip, spec = create_clip("harness-tiny-joint", seed=0)
+    video, labels, classes = torch.randn(2, T, 3, 64, 64), torch.tensor([0, 2]), ["a", "b", "c"]
+    net = build_method("froster", copy.deepcopy(clip), get_tokenizer(spec), T, {"temporal_view": 2}, classes)
+    plain = build_method("zeroshot", copy.deepcopy(clip), get_tokenizer(spec), T, {}, classes)
+    assert all(type(b) is AdaptedBlock for b in net.visual_blocks)
+    assert not any(isinstance(b, TemporalViewBlock) for b in net.teacher.visual_blocks)
+    net.eval()
+    with torch.no_grad():
+        expected = F.normalize(plain.encode_video(video, normalize=False), dim=-1)
+        torch.testing.assert_close(net.encode_video(video, normalize=False), expected)
+        torch.testing.assert_close(net.teacher.encode_video(video), expected)
+    net.train()
+    losses = net.training_losses(video, labels, classes)
+    assert losses["loss_distill_video"].item() == pytest.approx(0.0, abs=1e-6)
+    teacher = {n: p.detach().clone() for n, p in net.teacher.named_parameters()}
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1.0)
+    sum(losses.values()).backward()
+    opt.step()
+    assert all(torch.equal(p, teacher[n]) for n, p in net.teacher.named_parameters())
+    with torch.no_grad():
+        assert net.training_losses(video, labels, classes)["loss_distill_video"].item() > 1e-6
+
+
+def test_froster_records_the_prompts_it_encodes_for_truncation():
+    """FROSTER's texts are its 29 templates over the rephrased names: a run on ViCLIP's 32-token
+    context counts those it cuts (a long rephrasing: all 29 of its class; a short one: none)."""
+    from harness.backbone import count_truncated
+
+    clip, spec = create_clip("harness-tiny-joint", seed=0)
+    net = build_method("froster", clip, get_tokenizer(spec), T, {}, ["a", "b"])
+    net.set_rephrased_classnames(["a", "b"], ["Abseiling: " + "rope " * 40, "Bowling: rolls a ball"])
+    texts = net.prompt_texts(["a", "b"])
+    assert len(texts) == 2 * 29 and texts[2 * 28] == "Abseiling: " + "rope " * 40  # template-major
+    assert count_truncated(texts, 32) == 29

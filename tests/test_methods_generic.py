@@ -44,6 +44,16 @@ EXPECTED_VICLIP_COUNTS = {
     "st_adapter": 7_110_144,
     "aim": 10_659_072,
     "msta": 8_712_192,                # the MSTA paper's "8.7M" on its own backbone (ViCLIP-B/16)
+    "froster": 150_652_417,           # every ViCLIP parameter (149,603,841) + two 512x512x2 projectors
+                                      # (1,048,576); the frozen teacher adds 149,603,841 frozen
+}
+#: Why each method that does not list the joint layout refuses ViCLIP: a phrase its one-line refusal
+#: must contain (its `layout_notes`), so that no method refuses with the generic default reason.
+EXPECTED_VICLIP_REFUSALS = {
+    "vitaclip": "each frame's CLS token",
+    "xclip": "message token from each frame's CLS token",
+    "mote": "one CLS feature per frame",
+    "ost": "per-frame features",
 }
 #: Every registered method (discovered from the files in methods/): the tests below cover a new
 #: method without being edited.
@@ -223,7 +233,12 @@ def test_viclip_counts_or_refusal(method, viclip_meta):
             build_method(method, copy.deepcopy(clip), get_tokenizer(spec), 8, {}, classnames=CLASSES)
         assert str(err.value).startswith(f"{method} does not run on a joint space-time backbone: ")
         assert "\n" not in str(err.value)
+        assert method in EXPECTED_VICLIP_REFUSALS, (
+            f"method {method!r} refuses ViCLIP-B/16: state why in its layout_notes['joint'] and add the reason to "
+            "EXPECTED_VICLIP_REFUSALS (and to docs/methods/<method>.md)")
+        assert EXPECTED_VICLIP_REFUSALS[method] in str(err.value)
         return
+    assert method not in EXPECTED_VICLIP_REFUSALS
     assert method in EXPECTED_VICLIP_COUNTS, (
         f"method {method!r} lists the joint layout but has no expected trainable count on ViCLIP-B/16: add it to "
         "EXPECTED_VICLIP_COUNTS (and to docs/methods/<method>.md)")

@@ -255,8 +255,9 @@ def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[
 def text_truncation(net, job: JobSpec, context_length: int) -> dict[str, Any]:
     """How many class prompts of the job's class sets the backbone's text context truncates (ViCLIP
     reads 32 tokens): {"context_length", "prompts", "truncated_prompts"}."""
-    names = dict.fromkeys(c for lst in [job.train, *job.evals] if lst is not None for c in lst.classnames)
-    texts = net.prompt_texts(list(names))
+    # Per class list: a method's texts may depend on the list (FROSTER's rephrased names per dataset).
+    texts = list(dict.fromkeys(text for lst in [job.train, *job.evals] if lst is not None
+                               for text in net.prompt_texts(lst.classnames)))
     return {"context_length": context_length, "prompts": len(texts),
             "truncated_prompts": count_truncated(texts, context_length)}
 
