@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.convert.evaluate import checkpoint_jobs, model_source
 from harness.data.datasets import get_dataset
-from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
 from harness.distributed import rank0 as is_rank0
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs.expand import RunRequest, default_profile, expand_jobs
@@ -74,7 +74,7 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
     parsed = [problems.attempt(lambda item=item: parse_setting(item, names)) for item in sets]
     spec = problems.attempt(lambda: get_dataset(dataset))
     backbone = backbone or (EMBEDDED_BACKBONE if spec is None or spec.generated else REAL_BACKBONE)
-    if pretrained is None and backbone == EMBEDDED_BACKBONE:
+    if pretrained is None and backbone in SYNTHETIC_BACKBONES:
         pretrained = "synthetic"
     elif pretrained is None:
         problems.lines.append(f"--pretrained not given: {backbone} would train from random weights on {dataset}; "

@@ -70,6 +70,9 @@ class Schedule:
                     choices=("auto", "bf16", "none"))
     grad_checkpointing: bool = _opt(False, "gradient checkpointing in both towers (saves memory)")
     grad_clip: float = _opt(0.0, "clip gradients by global norm (0 = off; never with msta's rescaled grads)")
+    token_mask: float = _opt(0.0, "fraction of patch tokens dropped at random in each training clip, as ViCLIP's "
+                             "pretraining (0.9); joint space-time backbones and methods that allow it only; never "
+                             "at evaluation; 0 = off")
     num_workers: int = _opt(-1, "data loader workers per process (-1 = auto: 8 per GPU, 0 on CPU)")
     cpu_threads: int = _opt(0, "torch threads on CPU (0 = auto: cores - 1 - workers, at least 1; "
                                "OpenMP with every core busy collapses under any other load)")

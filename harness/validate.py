@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from harness.backbone import _known_names, resolve_model_name
+from harness.backbone import _known_names, backbone_token_layout, resolve_model_name
 from harness.data.annotations import read_annotation_list
 from harness.data.descriptions import load_job_descriptions
 from harness.data.pipeline import usable_entries
@@ -224,6 +224,7 @@ def job_option_problems(job: JobSpec) -> list[str]:
     p.need(s.lr_min_ratio >= 0, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be >= 0")
     p.need(0 <= s.label_smoothing < 1, f"schedule.label_smoothing={s.label_smoothing}: must be in [0, 1)")
     p.need(s.grad_clip >= 0, f"schedule.grad_clip={s.grad_clip}: must be >= 0 (0 = off)")
+    p.need(0 <= s.token_mask < 1, f"schedule.token_mask={s.token_mask}: must be in [0, 1)")
     p.need(0 <= data.max_missing <= 1, f"data.max_missing={data.max_missing}: must be a fraction in [0, 1]")
     # 0 only for a method that trains nothing (zeroshot's default)
     p.need(opts.lr > 0 or opts.lr == _default_option(type(opts), "lr") == 0, f"{job.method}.lr={opts.lr}: must be > 0")
@@ -235,6 +236,22 @@ def job_option_problems(job: JobSpec) -> list[str]:
         p.need(bool(averaged.epochs(s.epochs)) or s.epochs < 1,
                f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s.epochs} "
                "trained: train longer or change its averaged epochs (`harness ls methods` shows the option)")
+    return p.lines
+
+
+def backbone_problems(job: JobSpec) -> list[str]:
+    """The job's method cannot run on its backbone's token layout (one line: the method's own
+    refusal), or token masking is asked where it cannot apply; known before any model is built."""
+    cls = get_method(job.method).model_cls
+    layout = backbone_token_layout(job.backbone)
+    p = Problems()
+    p.attempt(lambda: cls.check_token_layout(layout))
+    mask = job.schedule.token_mask
+    if mask:
+        p.need(layout == "joint", f"schedule.token_mask={mask}: token masking needs a joint space-time backbone "
+                                  f"(ViCLIP-B-16, harness-tiny-joint); --backbone {job.backbone} encodes frames one by one")
+        p.need(cls.allows_token_mask, f"schedule.token_mask={mask}: {job.method} regroups the patch tokens by frame and "
+                                      "position and cannot train on a masked sequence; leave schedule.token_mask=0")
     return p.lines
 
 
@@ -306,6 +323,7 @@ def check_jobs(jobs: list[JobSpec], problems: Problems) -> None:
     for job in jobs:
         problems.lines.extend(job_option_problems(job))
         problems.lines.extend(class_set_problems(job))
+        problems.lines.extend(backbone_problems(job))
         if job.job_id in seen:
             problems.lines.append(f"job {job.job_id} appears twice: a value repeats in --methods or --sweep")
         seen[job.job_id] = job

@@ -32,7 +32,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     # the launcher package and its records / scheduler queries / options (status reads them)
                     "harness.launch")),
     ("methods", ("methods", "protocols")),
-    ("configuration", ("harness.backbone", "harness.settings", "harness.recipes")),
+    ("configuration", ("harness.backbone", "harness.viclip", "harness.viclip_weights", "harness.state_dicts",
+                       "harness.settings", "harness.recipes")),
     ("data", ("harness.data", "harness.describe")),
     ("weights", ("harness.pretrain", "harness.weights", "harness.weights_identity")),
     ("jobs", ("harness.jobs",)),

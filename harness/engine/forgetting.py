@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.engine.model import VideoPreprocessor
+from harness.engine.model import VideoPreprocessor, pixel_normalization
 from harness.pretrain.probe import PROBES, held_out_frames
 
 #: The tasks measured: every attribute once (color9 subsumes probe_zero_shot's color4).
@@ -59,10 +59,11 @@ def static_clips(frames: np.ndarray, num_frames: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def task_accuracy(net: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
-                  num_frames: int, batch: int = BATCH) -> float:
-    """Top-1 accuracy (percent) of `net` on `frames` as static clips, scored against `classnames`."""
+                  num_frames: int, batch: int = BATCH, normalization: Any = None) -> float:
+    """Top-1 accuracy (percent) of `net` on `frames` as static clips, scored against `classnames`;
+    `normalization`: the backbone's spec (its mean / std; None: CLIP's)."""
     device = next(net.parameters()).device
-    preprocess = VideoPreprocessor().to(device)
+    preprocess = VideoPreprocessor(*pixel_normalization(normalization or {})).to(device)
     items = static_clips(frames, num_frames)
     hits = 0
     for start in range(0, len(items), batch):
@@ -73,7 +74,7 @@ def task_accuracy(net: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, 
 
 
 def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, per_task: int = PER_TASK,
-                       seed: int = SEED, tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+                       seed: int = SEED, tasks: Sequence[str] = TASKS, normalization: Any = None) -> dict[str, Any]:
     """Zero-shot top-1 (percent) of a method's model on the held-out pretraining vocabulary:
     {"tasks": {task: accuracy}, "mean": mean over tasks, "n": frames in all, "per_task": frames
     per task}. The model's train/eval mode and the torch random state are left as they were."""
@@ -85,7 +86,8 @@ def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, p
         for task, frames, labels in _frames(image_size, per_task, seed, tuple(tasks)):
             classnames = PROBES[task].classnames()
             _name_as_descriptions(net, classnames)
-            accuracy[task] = round(task_accuracy(net, frames, labels, classnames, num_frames), 2)
+            accuracy[task] = round(task_accuracy(net, frames, labels, classnames, num_frames,
+                                                 normalization=normalization), 2)
     net.train(was_training)
     return {"tasks": accuracy, "mean": round(float(np.mean(list(accuracy.values()))), 2),
             "n": per_task * len(accuracy), "per_task": per_task}
@@ -113,14 +115,14 @@ def measures_vocabulary(job: Any) -> bool:
     return (job.weights or {}).get("kind") == "synthetic" and not job.checkpoint
 
 
-def job_vocabulary(net: torch.nn.Module, job: Any, image_size: int) -> dict[str, Any] | None:
+def job_vocabulary(net: torch.nn.Module, job: Any, image_size: int, normalization: Any = None) -> dict[str, Any] | None:
     """`measure_vocabulary` at the job's frame count, or None when the job does not measure it
     (`measures_vocabulary`); a failure is recorded as {"error": ...}: a measurement never fails
     a training job."""
     if not measures_vocabulary(job):
         return None
     try:
-        return measure_vocabulary(net, job.schedule.frames, image_size)
+        return measure_vocabulary(net, job.schedule.frames, image_size, normalization=normalization)
     except Exception as err:  # recorded in metrics.json: a measurement never fails a training job
         return {"error": f"{type(err).__name__}: {err}"}
 

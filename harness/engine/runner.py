@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner, set_random_seed
 
 from harness import preemption
-from harness.backbone import get_tokenizer
+from harness.backbone import count_truncated, get_tokenizer
 from harness.data.datasets import get_dataset
 from harness.data.descriptions import load_job_descriptions
 from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
@@ -51,7 +52,7 @@ from harness.engine.hooks import (
     TrainableCheckpointHook,
 )
 from harness.engine.metric import SelectionMetric
-from harness.engine.model import VideoClassifier
+from harness.engine.model import VideoClassifier, pixel_normalization
 from harness.errors import ConfigurationError, HarnessError
 from harness.jobs.spec import JobSpec, ListSpec
 from harness.measure.flops import count_flops
@@ -141,7 +142,18 @@ def build_net(job: JobSpec, source: ModelSource | None = None):
     net, spec = (source or FreshModel()).build(job)
     check_protocol(net, job)
     net.label_smoothing = float(job.schedule.label_smoothing)
+    set_token_mask(net, job, spec.token_layout)
     return net, spec
+
+
+def set_token_mask(net, job: JobSpec, layout: str) -> None:
+    """`schedule.token_mask` (ViCLIP-style patch-token masking in training) where the backbone and
+    the method allow it; elsewhere a ConfigurationError (validation says so before any job)."""
+    mask = float(job.schedule.token_mask)
+    if mask and (layout != "joint" or not net.allows_token_mask):
+        raise ConfigurationError(f"schedule.token_mask={mask}: needs a joint space-time backbone and a method that "
+                                 f"allows it ({job.method} on {job.backbone} does not)")
+    net.token_mask = mask
 
 
 @contextlib.contextmanager
@@ -217,9 +229,10 @@ def _device_augment(job: JobSpec, image_size: int):
     return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
 
-def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
+def _attach_descriptions(net, job: JobSpec, context_length: int) -> dict[str, Any] | None:
     """Give a method that needs them (`run_needs(config)` has "descriptions" or "scored_descriptions":
-    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes."""
+    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes; the
+    record counts the sentences the backbone's text context (`context_length` tokens) truncates."""
 
     if not net.run_needs(net.config) & DESCRIPTION_NEEDS:
         return None
@@ -229,26 +242,51 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
                            f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
     if job.train is None:
         return None
-    return _give_descriptions(net, job, ref, job.train.classnames)
+    return _give_descriptions(net, job, ref, job.train.classnames, context_length)
 
 
-def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec) -> dict[str, Any] | None:
+def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec, context_length: int) -> dict[str, Any] | None:
     """Before an evaluation list is scored, a method that scores classes through their descriptions
-    ("scored_descriptions": OST) gets that list's (its own dataset's files)."""
+    ("scored_descriptions": OST) gets that list's (its own dataset's files), truncations counted."""
     if "scored_descriptions" not in net.run_needs(net.config):
         return None
     ref = (job.descriptions or {}).get("evals", {}).get(lst.name)
     if ref is None:
         raise HarnessError(f"{job.method} scores classes through their descriptions, and evaluation list "
                            f"{lst.name!r} of dataset {lst.dataset!r} has none")
-    return _give_descriptions(net, job, ref, lst.classnames)
+    return _give_descriptions(net, job, ref, lst.classnames, context_length)
 
 
-def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str]) -> dict[str, Any]:
+def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str],
+                       context_length: int) -> dict[str, Any]:
     n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
     net.set_descriptions(classnames, descs.spatial, descs.temporal)
-    return {"sources": descs.sources, "notes": descs.notes, "n": n}
+    used = [s for per_class in (*descs.spatial, *descs.temporal) for s in per_class[:n]]
+    return {"sources": descs.sources, "notes": descs.notes, "n": n,
+            "truncated": count_truncated(used, context_length), "sentences": len(used), "context_length": context_length}
+
+
+def text_truncation(net, job: JobSpec, context_length: int) -> dict[str, Any]:
+    """How many class prompts of the job's class sets the backbone's text context truncates (ViCLIP
+    reads 32 tokens): {"context_length", "prompts", "truncated_prompts"}."""
+    # Per class list: a method's texts may depend on the list (FROSTER's rephrased names per dataset).
+    texts = list(dict.fromkeys(text for lst in [job.train, *job.evals] if lst is not None
+                               for text in net.prompt_texts(lst.classnames)))
+    return {"context_length": context_length, "prompts": len(texts),
+            "truncated_prompts": count_truncated(texts, context_length)}
+
+
+def _warn_truncation(job: JobSpec, spec, text: dict[str, Any], descriptions: dict[str, Any] | None) -> None:
+    """One stderr line when the backbone's text context cuts prompts or descriptions (recorded too)."""
+    parts = []
+    if text["truncated_prompts"]:
+        parts.append(f"{text['truncated_prompts']} of {text['prompts']} class prompts")
+    if descriptions and descriptions["truncated"]:
+        parts.append(f"{descriptions['truncated']} of {descriptions['sentences']} descriptions")
+    if parts and rank0():
+        print(f"  note: {' and '.join(parts)} exceed {spec.name}'s {spec.context_length}-token text context and are "
+              "truncated (metrics.json: text, descriptions)", file=sys.stderr)
 
 
 def _attach_rephrased(net, job: JobSpec) -> list[dict[str, Any]] | None:
@@ -473,13 +511,15 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
-def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
-    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch."""
+def evaluate_lists(model, job: JobSpec, image_size: int, context_length: int,
+                   save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch
+    (`context_length`: the backbone's text context, for the description records)."""
     micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
     evals = {}
     for lst in job.evals:
         views = max(1, lst.views[0] * lst.views[1])
-        described = _attach_list_descriptions(model.net, job, lst)
+        described = _attach_list_descriptions(model.net, job, lst, context_length)
         evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
         if described is not None and evals[lst.name]:
             evals[lst.name]["descriptions"] = described
@@ -512,19 +552,22 @@ def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | 
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
-    descriptions = _attach_descriptions(net, job)
+    descriptions = _attach_descriptions(net, job, spec.context_length)
     rephrased = _attach_rephrased(net, job)
+    text = text_truncation(net, job, spec.context_length)
+    _warn_truncation(job, spec, text, descriptions)
     flops = _flops_per_view(net, job.schedule.frames, spec.image_size)
-    vocabulary_before = job_vocabulary(net, job, spec.image_size)  # forgetting: None unless synthetic weights
+    vocabulary_before = job_vocabulary(net, job, spec.image_size, spec)  # forgetting: None unless synthetic weights
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
-    model = VideoClassifier(net, job.train.classnames if job.train else [])
+    model = VideoClassifier(net, job.train.classnames if job.train else [], *pixel_normalization(spec))
     if counts["trainable"] > 0 and job.schedule.epochs > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     net.prepare_evaluation()
-    evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
-    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size))
-    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
+    evals = evaluate_lists(model, job, spec.image_size, spec.context_length, save_to=job_dir / "predictions")
+    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size, spec))
+    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "text": text,
+            "train": train_stats, "evals": evals,
             "descriptions": descriptions, **({"rephrased": rephrased} if rephrased is not None else {}),
             "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
             "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()]),

@@ -1,6 +1,6 @@
 """A job's identity rules as plain values (standard library only): the hash of a record
-(`canonical_json`, `short_hash`), the keys that never enter a job id (execution-only), and the
-version of the records' layout (`RESULTS_FORMAT`).
+(`canonical_json`, `short_hash`), the keys that never enter a job id (execution-only; added
+keys at their default), and the version of the records' layout (`RESULTS_FORMAT`).
 
 Why a module of its own: the results store, `harness status` and the report tables read these
 without loading the typed job (harness/jobs/spec.py imports the method configurations, and so
@@ -23,6 +23,9 @@ EXECUTION_ONLY_KEYS: tuple[str, ...] = ("num_workers", "cpu_threads", "micro_bat
                                         "log_backend")
 #: The same for `data.*` keys (decoder threads change CPU time, never the decoded frames).
 EXECUTION_ONLY_DATA_KEYS: tuple[str, ...] = ("decode_threads",)
+#: Schedule keys added after results existed: left out of a job's identity while at this default
+#: value, so the ids of jobs that never used them stay what they were.
+IDENTITY_DEFAULTS: dict[str, object] = {"token_mask": 0.0}
 
 #: Version of the layout of a job's config/metrics records and of its identity. Bump it when
 #: either changes meaning: folders written by an older format are rerun, not reused (and stay

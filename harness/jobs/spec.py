@@ -17,7 +17,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, RESULTS_FORMAT, short_hash
+from harness.jobs.identity import (
+    EXECUTION_ONLY_DATA_KEYS,
+    EXECUTION_ONLY_KEYS,
+    IDENTITY_DEFAULTS,
+    RESULTS_FORMAT,
+    short_hash,
+)
 from harness.settings import DataOptions, Schedule
 from methods.base import MethodConfig
 from methods.registry import make_config
@@ -89,7 +95,8 @@ class JobSpec:
         """Everything that determines the result (hashed into the job id): without local paths
         and execution-only schedule keys; a local checkpoint counts by its content (`weights`)."""
         ident = _strip_keys(dataclasses.asdict(self), self.LOCAL_KEYS)
-        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in EXECUTION_ONLY_KEYS}
+        ident["schedule"] = {k: v for k, v in ident["schedule"].items() if k not in EXECUTION_ONLY_KEYS
+                             and not (k in IDENTITY_DEFAULTS and v == IDENTITY_DEFAULTS[k])}
         ident["data"] = {k: v for k, v in ident["data"].items() if k not in EXECUTION_ONLY_DATA_KEYS}
         if self.weights.get("kind") == "file":
             ident.pop("pretrained")

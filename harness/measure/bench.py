@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from harness.backbone import get_tokenizer
+from harness.errors import ConfigurationError
 from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import (
     GIGA,
@@ -46,6 +47,7 @@ from harness.measure.flops import (
 )
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
 from harness.weights import create_backbone
+from methods.layout import layout_of
 from methods.registry import build_method
 
 __all__ = ["BASELINE", "MODES", "BenchSettings", "PlainVisual", "datasheet_peak", "format_bench",
@@ -94,11 +96,12 @@ class PlainVisual(nn.Module):
     Training keeps the tower frozen; a learnable per-channel shift of the input frames (zero, so
     the function is unchanged) makes the backward pass run through every block down to the
     pixels, as an adapter in the first block would: activation gradients everywhere, no weight
-    gradients for the tower.
+    gradients for the tower. A joint space-time tower (ViCLIP) takes the whole clip at once.
     """
 
     def __init__(self, clip: nn.Module, num_classes: int) -> None:
         super().__init__()
+        self.joint = layout_of(clip).joint
         self.visual = clip.visual
         self.visual.requires_grad_(False)
         self.input_shift = nn.Parameter(torch.zeros(3, 1, 1))
@@ -106,6 +109,8 @@ class PlainVisual(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         batch, frames = video.shape[:2]
+        if self.joint:
+            return self.visual(video + self.input_shift)
         return self.visual(video.flatten(0, 1) + self.input_shift).view(batch, frames, -1).mean(dim=1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -389,6 +394,8 @@ def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any]
                       options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     try:
         rows = _bench_one(name, settings, env, peak, options, modes)
+    except ConfigurationError as err:  # the method refuses the backbone (e.g. its token layout): one line
+        rows = [dict(_row_base(name, settings, env), mode=mode, status=f"refused: {err}") for mode in modes]
     except Exception as err:  # noqa: BLE001 - building or counting failed: report, go on
         rows = [dict(_row_base(name, settings, env), mode=mode, status=_error_status(err),
                      traceback=traceback.format_exc(limit=6)) for mode in modes]

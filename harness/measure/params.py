@@ -11,10 +11,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from harness.backbone import get_tokenizer
+from harness.backbone import backbone_token_layout, get_tokenizer
+from harness.errors import ConfigurationError
 from harness.measure.flops import count_flops, give_placeholder_descriptions
 from harness.weights import create_backbone
-from methods.registry import build_method, default_options
+from methods.registry import build_method, default_options, get_method
 
 
 def params_rows(
@@ -33,11 +34,18 @@ def params_rows(
     multiply-add = 2), ``gmacs`` and ``text_gflops_per_class`` (None otherwise).
 
     Each method gets a fresh backbone (methods modify it in place); FLOPs are counted on a meta
-    copy, so the table costs only model construction.
+    copy, so the table costs only model construction. A method that does not run on the
+    backbone's token layout gets a row with its one-line refusal (``refused``) and no counts.
     """
     classnames = [f"class {i}" for i in range(num_classes)]
     rows = []
     for name in methods:
+        try:
+            get_method(name).model_cls.check_token_layout(backbone_token_layout(backbone))
+        except ConfigurationError as err:
+            rows.append({"method": name, "refused": str(err), "trainable": None, "total": None, "trainable_pct": None,
+                         "frames": frames, "num_classes": num_classes, "backbone": backbone, "options": {}})
+            continue
         clip, spec = create_backbone(backbone, pretrained)
         model = build_method(name, clip, get_tokenizer(spec), frames, (overrides or {}).get(name), classnames)
         counts = model.parameter_counts()
@@ -87,6 +95,8 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
         return json.dumps(list(rows), indent=2, default=str)
     if fmt not in ("table", "markdown"):
         raise ValueError(f"fmt must be 'table', 'markdown' or 'json', got {fmt!r}")
+    refusals = "".join(f"{r['method']}: refused: {r['refused']}\n" for r in rows if r.get("refused"))
+    rows = [r for r in rows if not r.get("refused")]
     header = ["method", "trainable", "total", "of which teacher", "trainable %", "GFLOPs/view", "GMACs/view",
               "text GFLOPs/class", "frames", "classes", "options"]
     body = [[
@@ -97,10 +107,10 @@ def format_params_table(rows: Sequence[Mapping[str, Any]], fmt: str = "table") -
     ] for r in rows]
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n"
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body]) + "\n" + refusals
     widths = [max([len(h)] + [len(c[i]) for c in body]) for i, h in enumerate(header)]
     numeric = set(range(1, 10))
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(header)] + [line(c) for c in body]).rstrip() + "\n"
+    return "\n".join([line(header)] + [line(c) for c in body]).rstrip() + "\n" + refusals
