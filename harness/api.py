@@ -12,22 +12,43 @@ Heavy imports (torch, mmengine) happen inside the functions, so importing this m
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE
+from harness.convert.evaluate import checkpoint_jobs, model_source
+from harness.data.datasets import get_dataset
+from harness.defaults import DEFAULT_SEED, EMBEDDED_BACKBONE, REAL_BACKBONE, SYNTHETIC_BACKBONES
+from harness.distributed import rank0 as is_rank0
 from harness.errors import ConfigurationError, HarnessError
-from harness.validate import Problems, request_problems
+from harness.jobs.expand import RunRequest, default_profile, expand_jobs
+from harness.locks import claim_jobs, folder_lock
+from harness.measure.bench import run_bench
+from harness.measure.params import params_rows
+from harness.provenance import provenance
+from harness.report import write_summary
+from harness.settings import Overrides, parse_method_sets, parse_set_args, parse_setting
+from harness.store import RunStore, default_run_dir
+from harness.validate import (
+    DataCheck,
+    Problems,
+    check_frames,
+    check_jobs,
+    check_positive,
+    check_results_dir,
+    check_shard,
+    record_bad_data,
+    request_problems,
+)
+from methods.registry import list_methods, make_config, parse_method_list
 
 
 def _method_names(methods: str | Sequence[str]) -> list[str]:
     """'msta,aim' / 'all' / a list -> validated names in the order given, a repeated name kept
     (the plan reports it: dropping it silently would run fewer jobs than asked for); unknown
     names raise with suggestions."""
-    from methods.registry import list_methods, parse_method_list
-
     text = methods if isinstance(methods, str) else ",".join(methods)
     parse_method_list(text)  # every name known, at least one
     return list_methods() if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
@@ -47,17 +68,13 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
     Problems that leave nothing to plan (an unknown method or dataset, a `--set` item that does
     not parse, no weights) raise `InvalidInvocation` here, together with the request's other
     problems; the rest (a value out of range, a bad file, bad data) are `plan`'s."""
-    from harness.data.datasets import get_dataset
-    from harness.jobs import RunRequest, default_profile
-    from harness.settings import parse_set_args
-
     problems = Problems()
     names = problems.attempt(lambda: _method_names(methods)) or []
-    for item in sets:  # each item on its own: every typo is listed
-        problems.attempt(lambda item=item: parse_set_args([item], names))
+    # each item parsed once, on its own: every typo is listed
+    parsed = [problems.attempt(lambda item=item: parse_setting(item, names)) for item in sets]
     spec = problems.attempt(lambda: get_dataset(dataset))
     backbone = backbone or (EMBEDDED_BACKBONE if spec is None or spec.generated else REAL_BACKBONE)
-    if pretrained is None and backbone == EMBEDDED_BACKBONE:
+    if pretrained is None and backbone in SYNTHETIC_BACKBONES:
         pretrained = "synthetic"
     elif pretrained is None:
         problems.lines.append(f"--pretrained not given: {backbone} would train from random weights on {dataset}; "
@@ -73,7 +90,7 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
                              **{"splits": None, **fields})
         problems.lines.extend(request_problems(partial))
         problems.raise_if_any()
-    method_opts, schedule, data = parse_set_args(list(sets), names)
+    method_opts, schedule, data = Overrides.of(parsed).as_tuple()
     return RunRequest(methods=names, protocol=protocol, dataset=dataset, backbone=backbone, pretrained=pretrained,
                       splits=fields.pop("splits", None), seed=seed, method_options=method_opts,
                       schedule_overrides=schedule, data_overrides=data,
@@ -83,8 +100,6 @@ def request(methods: str | Sequence[str], protocol: str, *, dataset: str = "embe
 def sweep_grid(sweeps: Sequence[str]) -> list[list[str]]:
     """`["a.b=1,2", "c.d=x,y"]` (`--sweep` items) -> [["a.b=1","c.d=x"], ["a.b=1","c.d=y"], ...]:
     the grid's points as `--set` items."""
-    import itertools
-
     axes = []
     for item in sweeps:
         if "=" not in item:
@@ -96,12 +111,22 @@ def sweep_grid(sweeps: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
+def sweep_points(sweeps: Sequence[str], methods: Sequence[str]) -> list[list[Any]]:
+    """The grid of `sweep_grid` as parsed settings (`harness.settings.Setting`): each value of
+    each axis parsed once, however many points it is part of; every bad value is listed (one
+    HarnessError, one line each)."""
+    grid = sweep_grid(sweeps)
+    problems = Problems()
+    parsed = {item: problems.attempt(lambda item=item: parse_setting(item, list(methods)))
+              for item in dict.fromkeys(item for point in grid for item in point)}
+    if problems.lines:
+        raise HarnessError("\n".join(dict.fromkeys(problems.lines)))
+    return [[parsed[item] for item in point] for point in grid]
+
+
 def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
     """Every job of `req` once per list of `--set` items (a `--sweep` grid: each list is the
     run's own items plus one grid point), in order."""
-    from harness.jobs import expand_jobs
-    from harness.settings import parse_set_args
-
     jobs: list = []
     for items in set_lists:
         m_opts, sched, dat = parse_set_args(list(items), req.methods)
@@ -110,11 +135,9 @@ def sweep_jobs(req: Any, set_lists: Sequence[Sequence[str]]) -> list:
     return jobs
 
 
-def _with_point(req: Any, point: Sequence[str]) -> Any:
-    """`req` with one sweep point's `--set` items applied over its own overrides."""
-    from harness.settings import parse_set_args
-
-    m_opts, sched, dat = parse_set_args(list(point), req.methods)
+def _with_point(req: Any, point: Sequence[Any]) -> Any:
+    """`req` with one sweep point's settings (parsed: `sweep_points`) applied over its own overrides."""
+    m_opts, sched, dat = Overrides.of(point).as_tuple()
     options = {m: {**req.method_options.get(m, {}), **m_opts.get(m, {})} for m in {*req.method_options, *m_opts}}
     return dataclasses.replace(req, method_options=options, schedule_overrides={**req.schedule_overrides, **sched},
                                data_overrides={**req.data_overrides, **dat})
@@ -122,8 +145,6 @@ def _with_point(req: Any, point: Sequence[str]) -> Any:
 
 def default_out(req: Any) -> Path:
     """results/<protocol>-<dataset>[-<profile>]"""
-    from harness.store import default_run_dir
-
     return default_run_dir(Path("results"), req.protocol, req.dataset, req.profile)
 
 
@@ -161,9 +182,6 @@ def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] |
     class files, a container-header probe of every listed video, descriptions; a job with bad
     data is in `bad_data` (not an invocation error: the other jobs still run). `jobs` given
     (an evaluation's, a caller's subset) replaces the request's expansion."""
-    from harness.store import RunStore
-    from harness.validate import DataCheck, check_jobs, check_results_dir, check_shard
-
     problems = Problems()
     problems.lines.extend(request_problems(req))
     expand_req = dataclasses.replace(req, methods=list(dict.fromkeys(req.methods)))
@@ -171,7 +189,7 @@ def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] |
         expand_req = dataclasses.replace(expand_req, frames=None)
     if jobs is None:
         jobs = []
-        for point in problems.attempt(lambda: sweep_grid(sweeps)) or []:
+        for point in problems.attempt(lambda: sweep_points(sweeps, expand_req.methods)) or []:
             jobs.extend(problems.attempt(lambda point=point: _expand(expand_req, point)) or [])
     jobs = list(jobs)
     expanded = len(jobs)
@@ -192,9 +210,7 @@ def plan(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] |
     return Plan(expand_req, jobs, store, bad, shard, expanded)
 
 
-def _expand(req: Any, point: Sequence[str]) -> list:
-    from harness.jobs import expand_jobs
-
+def _expand(req: Any, point: Sequence[Any]) -> list:
     return expand_jobs(_with_point(req, point) if point else req)
 
 
@@ -214,12 +230,9 @@ def run(req: Any, out: str | Path | Any | None = None, *, jobs: Sequence[Any] | 
 def execute(planned: Plan, progress: bool = True) -> tuple[list, list]:
     """Run a plan: record the jobs with bad data as failed (error.json, one line each on stderr),
     run the others. Returns (jobs not started for bad data, jobs that failed while running)."""
-    from harness.distributed import rank0
-    from harness.validate import record_bad_data
-
     bad = [job for job in planned.jobs if job.job_id in planned.bad_data]
     for job in bad:
-        record_bad_data(planned.store, job, planned.bad_data[job.job_id], write=rank0())
+        record_bad_data(planned.store, job, planned.bad_data[job.job_id], write=is_rank0())
     return bad, run_jobs(planned.runnable, planned.store, planned.request, progress)
 
 
@@ -227,10 +240,6 @@ def run_jobs(jobs: list, store: Any, req: Any, progress: bool = True) -> list:
     """Run every unfinished job (already planned: `plan`); a failing job (a crash, a bad file, a
     non-finite loss) is recorded in its error.json and the run goes on with the next. Returns
     the jobs that failed in this process."""
-    from harness.distributed import rank0 as is_rank0
-    from harness.locks import claim_jobs, folder_lock
-    from harness.provenance import provenance
-
     prov = provenance()
     rank0 = is_rank0()
     if rank0:
@@ -255,10 +264,6 @@ def run_claimed_job(job: Any, store: Any, progress: bool = False) -> bool:
     """Run one job whose lock the caller holds (a launcher's task, harness/launch/task.py; every
     torchrun process of it calls this), record its result or error, rewrite the run's tables
     (rank 0). True if it finished. Preemption (`harness.preemption.Preempted`) passes through."""
-    from harness.distributed import rank0 as is_rank0
-    from harness.locks import folder_lock
-    from harness.provenance import provenance
-
     rank0 = is_rank0()
     finished = _run_one_job(job, store, provenance(), job.job_id, rank0, progress)
     if rank0:
@@ -269,7 +274,8 @@ def run_claimed_job(job: Any, store: Any, progress: bool = False) -> bool:
 
 def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bool, progress: bool) -> bool:
     """Run one job and record its result or its error; True if it finished."""
-    from harness.convert.evaluate import model_source
+    # The engine (the mm stack) only when a job runs: `harness bench` / params and the bare GPU
+    # host of scripts/gpu_bench.sh use this module without mmengine.
     from harness.engine.runner import run_job
 
     print(f"{tag} ({job.method}, {job.protocol}, split {job.split})", file=sys.stderr)
@@ -292,8 +298,6 @@ def _run_one_job(job: Any, store: Any, prov: dict[str, Any], tag: str, rank0: bo
 
 def _write_summary(store: Any) -> Path:
     """(Re)write the run's tables from every finished job, listing the jobs that failed."""
-    from harness.report import write_summary
-
     return write_summary(store.root, store.finished_records(), store.failed_records())[1]
 
 
@@ -330,9 +334,6 @@ class EvalRequest:
 def evaluation_jobs(ev: EvalRequest) -> tuple[list, Any, Path]:
     """(jobs, RunRequest, results folder) of an evaluation: the checkpoint is loaded and every
     mismatch reported now, before any job (harness/convert/evaluate.py)."""
-    from harness.convert.evaluate import checkpoint_jobs
-    from harness.jobs import default_profile
-
     profile = ev.profile or default_profile(ev.dataset)
     jobs, req = checkpoint_jobs(ev, profile, ev.splits, ev.shots)
     # beside, not inside, the runs: results/eval-<protocol>-<dataset>[-<profile>]
@@ -343,8 +344,6 @@ def evaluation_jobs(ev: EvalRequest) -> tuple[list, Any, Path]:
 def evaluation_plan(ev: EvalRequest, *, dry_run: bool = False) -> Plan:
     """The evaluation's jobs planned like a run's (`plan`): the checkpoint loaded and checked,
     every option, the results folder and each job's data."""
-    from harness.store import RunStore
-
     jobs, req, run_dir = evaluation_jobs(ev)
     return plan(req, run_dir if ev.out else RunStore(run_dir), jobs=jobs, dry_run=dry_run)
 
@@ -364,18 +363,15 @@ def params(methods: str | Sequence[str] = "all", backbone: str = REAL_BACKBONE, 
     """`harness params`: one row per method (trainable / total parameters, options, and GFLOPs
     per view with `flops`); `sets` are `<method>.<option>=value` items. Every bad input is
     listed before any model is built (`InvalidInvocation`)."""
-    from harness.measure.params import params_rows
-    from harness.settings import parse_method_sets
-    from harness.validate import check_frames, check_positive
-
     problems = Problems()
     names = problems.attempt(lambda: _method_names(methods)) or []
     check_positive(problems, {"--frames": frames, "--classes": classes})
     check_frames(problems, names, frames)
     overrides = problems.attempt(lambda: parse_method_sets(list(sets), names))
+    names = list(dict.fromkeys(names))
+    configs = _method_configs(problems, names, overrides or {})
     problems.raise_if_any()
-    return params_rows(list(dict.fromkeys(names)), backbone, pretrained, frames, classes, overrides or {},
-                       with_flops=flops)
+    return params_rows(names, backbone, pretrained, frames, classes, configs, with_flops=flops)
 
 
 def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
@@ -386,11 +382,6 @@ def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
     valid, before the first measurement; `settings` are `harness.measure.bench.run_bench`'s
     keywords (backbone, batch, frames, iters, device, modes, on_row, progress, ...). Every bad
     input is listed before any model is built (`InvalidInvocation`)."""
-    from harness.measure.bench import run_bench
-    from harness.settings import parse_method_sets
-    from harness.validate import check_frames, check_positive
-    from methods.registry import list_methods
-
     problems = Problems()
     names = problems.attempt(lambda: _method_names(methods)) or []
     check_positive(problems, {"--batch": settings.get("batch"), "--frames": settings.get("frames"),
@@ -400,8 +391,21 @@ def bench(methods: str | Sequence[str] = "zeroshot", sets: Sequence[str] = (),
     check_frames(problems, names, settings.get("frames"))
     overrides: Mapping[str, Mapping[str, Any]] | None = problems.attempt(
         lambda: parse_method_sets(list(sets), list_methods()))
-    problems.raise_if_any()
     names = list(dict.fromkeys(names))
+    configs = _method_configs(problems, list(dict.fromkeys([*names, *(overrides or {})])), overrides or {})
+    problems.raise_if_any()
     if on_start is not None:
         on_start(names)
-    return run_bench(names, overrides=overrides or {}, **settings)
+    return run_bench(names, overrides={name: configs[name] for name in names if name in configs}, **settings)
+
+
+def _method_configs(problems: Problems, methods: Sequence[str],
+                    overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each method's configuration with its `--set` options, built once (its `validate()` problems
+    listed in `problems`) and handed to the models built from it."""
+    configs = {}
+    for name in methods:
+        config = problems.attempt(lambda name=name: make_config(name, overrides.get(name)))
+        if config is not None:
+            configs[name] = config
+    return configs

@@ -2,8 +2,13 @@
 configurations of this project's own for the embedded default and tests.
 
 Why a module of its own: the identity of the backbone (resolved open_clip name, tag, weights
-hash) is part of every result and every checkpoint, and the OpenAI-weights/QuickGELU trap must
-be handled in exactly one place.
+hash, token layout, input normalisation) is part of every result and every checkpoint, and the
+OpenAI-weights/QuickGELU trap must be handled in exactly one place.
+
+Two families: open_clip CLIPs (per-frame token layout, CLIP's normalisation) and the joint
+space-time ViCLIP-style backbones of `harness.viclip` (`JOINT_BACKBONES`: `ViCLIP-B-16` from a
+local copy of the released file, `harness-tiny-joint` for the embedded default), each with its
+own layout, normalisation and text context, recorded in `BackboneSpec`.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError, unknown_name_error
+from harness.state_dicts import load_strict
+from harness.viclip import JOINT_BACKBONES
 
 #: Small CLIPs of this project's own (random init), as open_clip model configs (JSON files in
 #: `harness/model_configs/`, registered with `open_clip.add_model_config`, so open_clip builds
@@ -29,6 +36,14 @@ from harness.errors import HarnessError, unknown_name_error
 #: 192 at 96 px; `harness-b16-2l`, the shapes of ViT-B/16 with 2 layers (real widths, cheaply).
 SMALL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 SMALL_CONFIGS: tuple[str, ...] = tuple(sorted(p.stem for p in SMALL_CONFIG_DIR.glob("*.json")))
+
+#: Input normalisations, per RGB channel in 0-1 pixel units: name -> (mean, std). "openai": what
+#: CLIP was trained with (every open_clip backbone here, and this project's own); "imagenet":
+#: ViCLIP's (InternVideo1/Pretrain/ViCLIP `dataset/__init__.py` for `vit_*` encoders).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "openai": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
 #: Top-level entries of an OpenAI CLIP checkpoint (the TorchScript module's buffers, kept by a
 #: `state_dict()` of it) that open_clip's own checkpoints never have.
@@ -65,9 +80,49 @@ class BackboneSpec:
     image_size: int = 224
     context_length: int = 77
     notes: list[str] = field(default_factory=list)
+    #: Visual token layout (methods/layout.py): "per_frame" (CLIP) or "joint" (ViCLIP).
+    token_layout: str = "per_frame"
+    #: Input normalisation (a key of NORMALIZATIONS) and its per-channel mean / std (0-1 units).
+    normalization: str = "openai"
+    mean: tuple[float, ...] = NORMALIZATIONS["openai"][0]
+    std: tuple[float, ...] = NORMALIZATIONS["openai"][1]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def backbone_token_layout(name: str) -> str:
+    """The visual token layout of a backbone name, known before it is built (validation)."""
+    return "joint" if name in JOINT_BACKBONES else "per_frame"
+
+
+def backbone_normalization(name: str) -> str:
+    """The input normalisation (a key of NORMALIZATIONS) of a backbone name."""
+    return JOINT_BACKBONES[name].normalization if name in JOINT_BACKBONES else "openai"
+
+
+def backbone_rows() -> list[dict[str, Any]]:
+    """What `harness ls backbones` lists: the papers' CLIP (any other open_clip name works the same
+    way), this project's small CLIPs and the joint space-time backbones, each with its token
+    layout, input normalisation, text context, input size and where its weights come from."""
+    from harness.defaults import REAL_BACKBONE, SYNTHETIC_BACKBONES
+
+    rows = []
+    for name in (REAL_BACKBONE, *SMALL_CONFIGS):
+        cfg = small_config(name) if name in SMALL_CONFIGS else (_open_clip().get_model_config(name) or {})
+        weights = ("'synthetic' (pretrained by the project) or a local file" if name in SYNTHETIC_BACKBONES else
+                   "random or a local file" if name in SMALL_CONFIGS else "open_clip tags (openai, ...) or a local file")
+        rows.append({"name": name, "token_layout": "per_frame", "normalization": "openai",
+                     "context_length": cfg.get("text_cfg", {}).get("context_length", 77),
+                     "image_size": cfg.get("vision_cfg", {}).get("image_size", 224), "weights": weights})
+    for name, joint in JOINT_BACKBONES.items():
+        weights = ("'synthetic' (harness-tiny's, made joint) or a local file" if joint.synthetic_from else
+                   "a local copy of the released file (official layout), or random")
+        rows.append({"name": name, "token_layout": "joint", "normalization": joint.normalization,
+                     "context_length": joint.clip_config["text_cfg"]["context_length"],
+                     "image_size": joint.clip_config["vision_cfg"]["image_size"], "weights": weights,
+                     "frames": joint.frames})
+    return rows
 
 
 def resolve_model_name(name: str, pretrained: str | None) -> tuple[str, list[str]]:
@@ -78,7 +133,7 @@ def resolve_model_name(name: str, pretrained: str | None) -> tuple[str, list[str
     (running them with exact GELU silently costs accuracy), and the substitution is recorded.
     """
     notes: list[str] = []
-    if name in SMALL_CONFIGS or pretrained is None or name.endswith("-quickgelu"):
+    if name in SMALL_CONFIGS or name in JOINT_BACKBONES or pretrained is None or name.endswith("-quickgelu"):
         return name, notes
     open_clip = _open_clip()
     if open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu", False):
@@ -171,7 +226,7 @@ def _check_local_weights(path: Path, resolved: str, quick_gelu: bool) -> None:
 
 
 def _known_names() -> list[str]:
-    return sorted(_open_clip().list_models())
+    return sorted([*_open_clip().list_models(), *JOINT_BACKBONES])
 
 
 def _check_pretrained(name: str, resolved: str, pretrained: str | None, local: Path | None,
@@ -202,8 +257,11 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
     `pretrained` is an open_clip tag (e.g. ``openai``), a path to a local checkpoint, or None
     (random init, seeded with `seed` so that two jobs of one run share the same random backbone).
     `weights_file` is the file a tag of this project's own was resolved to (`harness.weights`):
-    its weights are loaded, and `pretrained` (the tag) is what the spec records.
+    its weights are loaded, and `pretrained` (the tag) is what the spec records. Joint space-time
+    backbones (`JOINT_BACKBONES`) are built by `create_joint_clip`.
     """
+    if name in JOINT_BACKBONES:
+        return create_joint_clip(name, pretrained, seed, weights_file)
     open_clip = _open_clip()
     resolved, notes = resolve_model_name(name, pretrained)
     local = Path(pretrained).expanduser() if pretrained and Path(pretrained).expanduser().is_file() else None
@@ -240,6 +298,48 @@ def create_clip(name: str = "harness-tiny", pretrained: str | None = None, seed:
     if weights is not None:
         if not by_open_clip:
             _load_local_state(model, weights)
+        spec.weights_sha256 = _sha256_file(weights)
+    return model, spec
+
+
+def create_joint_clip(name: str, pretrained: str | None = None, seed: int | None = 0,
+                      weights_file: str | os.PathLike | None = None) -> tuple[nn.Module, BackboneSpec]:
+    """A joint space-time backbone (harness.viclip): random (`pretrained` None), from a local
+    checkpoint (ViCLIP's official layout or this project's names), or, for a tag of this project
+    resolved to `weights_file`, from the per-frame backbone it is made from (`synthetic_from`),
+    turned joint the way ViCLIP starts from CLIP."""
+    from harness.viclip import build_joint_clip, make_joint
+    from harness.viclip_weights import load_joint_state, model_state, read_official_checkpoint
+
+    config = JOINT_BACKBONES[name]
+    local = Path(pretrained).expanduser() if pretrained and Path(pretrained).expanduser().is_file() else None
+    notes: list[str] = []
+    if weights_file is not None:
+        if config.synthetic_from is None:
+            raise HarnessError(f"--pretrained {pretrained}: {name} has no weights of this project's own")
+        model, _ = create_clip(config.synthetic_from, pretrained, seed=seed, weights_file=weights_file)
+        model = make_joint(model, config.frames)
+        notes.append(f"{config.synthetic_from} weights ({pretrained}) made joint: patch kernel as a temporal-kernel-1 "
+                     "Conv3d, zero temporal positional embedding")
+        weights: Path | None = Path(weights_file)
+    else:
+        if pretrained is not None and local is None:
+            own = " or 'synthetic'" if config.synthetic_from else ""
+            raise HarnessError(f"--pretrained {pretrained!r}: no such file; {name} loads a local checkpoint "
+                               f"(e.g. ViCLIP-B_InternVid-FLT-10M.pth for ViCLIP-B-16){own}")
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = build_joint_clip(name)
+        weights = local
+        if local is not None:
+            content, read = read_official_checkpoint(local)
+            load_joint_state(model, model_state(content, local), local)
+            notes.extend(read)
+    mean, std = NORMALIZATIONS[config.normalization]
+    spec = BackboneSpec(name=name, pretrained=pretrained, resolved_name=name, quick_gelu=True,
+                        image_size=int(model.visual.image_size[0]), context_length=int(model.context_length),
+                        notes=notes, token_layout="joint", normalization=config.normalization, mean=mean, std=std)
+    if weights is not None:
         spec.weights_sha256 = _sha256_file(weights)
     return model, spec
 
@@ -283,18 +383,22 @@ def _load_local_state(model: nn.Module, path: Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ConfigurationError(f"--pretrained {path}: holds a {type(state).__name__}, not a state dict")
-    own = model.state_dict()
-    for key, value in state.items():
-        if key in own and getattr(value, "shape", None) is not None and value.shape != own[key].shape:
-            raise ConfigurationError(f"--pretrained {path}: checkpoint key {key!r} has shape {tuple(value.shape)}, "
-                                     f"the backbone expects {tuple(own[key].shape)}; pass a checkpoint of this "
-                                     "backbone, or the --backbone it was trained with")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ConfigurationError(
-            f"--pretrained {path}: checkpoint does not match the backbone (missing {len(missing)} keys, e.g. "
-            f"{missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
-        )
+    load_strict(model, state, path, "pass a checkpoint of this backbone, or the --backbone it was trained with")
+
+
+@functools.cache
+def _bpe():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def count_truncated(texts: list[str] | tuple[str, ...], context_length: int) -> int:
+    """How many of `texts` a text tower of `context_length` tokens truncates (start- and
+    end-of-text tokens included; the tokenizer keeps the first tokens and ends with end-of-text,
+    as open_clip and ViCLIP's `tokenize(truncate=True)` do)."""
+    bpe = _bpe()
+    return sum(len(bpe.encode(text)) + 2 > context_length for text in texts)
 
 
 def get_tokenizer(spec: BackboneSpec):

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list methods (with options), protocols, datasets, profiles and settings")
     ls.add_argument("what", nargs="?", default="all",
-                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "suites"))
+                    choices=("all", "methods", "protocols", "datasets", "profiles", "settings", "recipes", "suites", "backbones"))
     ls.add_argument("--method", default=None, help="ls recipes: only this method")
     ls.add_argument("--protocol", default=None, help="ls recipes: only this protocol")
 
@@ -339,6 +339,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("Settings (--set key=value):")
         for key, default, text in settings_help():
             print(f"  {key} = {default!r} — {text}")
+    if what in ("all", "backbones"):
+        _ls_backbones()
     if what == "recipes":
         _ls_recipes(args.method, args.protocol)
     if what in ("all", "suites"):
@@ -346,6 +348,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
         print(format_suites())
     return 0
+
+
+def _ls_backbones() -> None:
+    from harness.backbone import NORMALIZATIONS, backbone_rows
+
+    print("Backbones (--backbone; token layout, input normalisation mean/std, text context in tokens):")
+    for row in backbone_rows():
+        mean, std = NORMALIZATIONS[row["normalization"]]
+        frames = f", temporal embedding for {row['frames']} frames" if "frames" in row else ""
+        print(f"  {row['name']}: {row['token_layout']} layout, {row['normalization']} normalisation (mean {mean}, "
+              f"std {std}), text context {row['context_length']}, {row['image_size']} px{frames}; weights: {row['weights']}")
+    print("  (any other open_clip model name: per_frame, openai normalisation)")
 
 
 def _ls_recipes(method: str | None, protocol: str | None) -> None:

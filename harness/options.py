@@ -97,13 +97,16 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
     return value
 
 
-def build_dataclass(cls: type, values: dict[str, Any], where: str, kind: str | None = None) -> Any:
-    """Instantiate the options dataclass `cls` from `values`, each checked by `coerce`; an unknown
-    key is an error listing the valid ones (`kind` names them, default "<where> key")."""
+def check_option(cls: type, name: str, value: Any, where: str, kind: str | None = None) -> Any:
+    """`value` of option `name` of the options dataclass `cls`, checked by `coerce` (no instance
+    built); an unknown name is an error listing the valid ones (`kind` names them, default
+    "<where> key")."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise unknown_name_error(kind or f"{where} key", key, fields)
-        out[key] = coerce(fields[key], value, where)
-    return cls(**out)
+    if name not in fields:
+        raise unknown_name_error(kind or f"{where} key", name, fields)
+    return coerce(fields[name], value, where)
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str, kind: str | None = None) -> Any:
+    """Instantiate the options dataclass `cls` from `values`, each checked by `check_option`."""
+    return cls(**{key: check_option(cls, key, value, where, kind) for key, value in values.items()})

@@ -14,14 +14,17 @@ shared with method options and the bench.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import importlib.util
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness.errors import HarnessError, unknown_name_error
-from harness.options import build_dataclass, option, options_help, parse_value, split_assignment
+from harness.options import build_dataclass, check_option, option, options_help, parse_value, split_assignment
+from methods.registry import get_method
 
-__all__ = ["DataOptions", "Schedule", "build_dataclass", "parse_method_sets", "parse_set_args", "parse_value",
-           "resolve_schedule", "settings_help"]
+__all__ = ["DataOptions", "Overrides", "Schedule", "Setting", "build_dataclass", "parse_method_sets",
+           "parse_set_args", "parse_setting", "parse_value", "settings_help"]
 _opt = option  # the one option helper (harness.options), short for the tables below
 
 
@@ -33,8 +36,6 @@ _LOG_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlfl
 def log_setting(name: str, value: Any) -> str:
     """`--set log.backend=X` -> the schedule key it sets (`log_backend`), after checking the
     backend exists and its optional package is installed (so a run does not fail per job)."""
-    import importlib.util
-
     if name != "backend":
         raise HarnessError(f"--set log.{name}: unknown log setting (only log.backend)")
     if value not in LOG_BACKENDS:
@@ -69,6 +70,9 @@ class Schedule:
                     choices=("auto", "bf16", "none"))
     grad_checkpointing: bool = _opt(False, "gradient checkpointing in both towers (saves memory)")
     grad_clip: float = _opt(0.0, "clip gradients by global norm (0 = off; never with msta's rescaled grads)")
+    token_mask: float = _opt(0.0, "fraction of patch tokens dropped at random in each training clip, as ViCLIP's "
+                             "pretraining (0.9); joint space-time backbones and methods that allow it only; never "
+                             "at evaluation; 0 = off")
     num_workers: int = _opt(-1, "data loader workers per process (-1 = auto: 8 per GPU, 0 on CPU)")
     cpu_threads: int = _opt(0, "torch threads on CPU (0 = auto: cores - 1 - workers, at least 1; "
                                "OpenMP with every core busy collapses under any other load)")
@@ -97,35 +101,72 @@ class DataOptions:
     decode_threads: int = _opt(1, "decoder threads per DataLoader worker (exact; helps wall time, not CPU time)")
 
 
-def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """`--set` items -> (method options per method, schedule overrides, data overrides)."""
-    method_opts: dict[str, dict[str, Any]] = {}
-    schedule: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    valid_schedule = {f.name for f in dataclasses.fields(Schedule)}
-    valid_data = {f.name for f in dataclasses.fields(DataOptions)}
-    for item in items:
-        scope, name, value = split_assignment(
-            item, "<method>.<option>=value, schedule.<key>=value, data.<key>=value or log.backend=value")
-        if scope == "log":
-            scope, name = "schedule", log_setting(name, value)
-        if scope == "schedule":
-            if name not in valid_schedule:
-                raise unknown_name_error("schedule key", name, valid_schedule)
-            schedule[name] = value
-        elif scope == "data":
-            if name not in valid_data:
-                raise unknown_name_error("data key", name, valid_data)
-            data[name] = value
-        else:
-            from methods.registry import get_method, make_config
+_SCHEDULE_KEYS = frozenset(f.name for f in dataclasses.fields(Schedule))
+_DATA_KEYS = frozenset(f.name for f in dataclasses.fields(DataOptions))
 
-            get_method(scope)  # unknown method name -> error with suggestions
-            if scope not in methods:
-                raise HarnessError(f"--set {item!r}: method {scope!r} is not in this run (--methods {','.join(methods)})")
-            method_opts.setdefault(scope, {})[name] = value
-            make_config(scope, method_opts[scope])  # validate now, before any job starts
-    return method_opts, schedule, data
+
+@dataclass(frozen=True)
+class Setting:
+    """One `--set` / `--sweep` item, parsed and checked once: where it goes (`schedule`, `data` or
+    a method's name), the key, and the value (as parsed; checked against its option)."""
+
+    scope: str
+    name: str
+    value: Any
+
+
+@dataclass
+class Overrides:
+    """The settings of a run's `--set` items (and of one sweep point), by where they go."""
+
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: Iterable[Setting]) -> Overrides:
+        """Later settings of the same key win (as later `--set` items do)."""
+        out = cls()
+        for one in settings:
+            if one.scope == "schedule":
+                out.schedule[one.name] = one.value
+            elif one.scope == "data":
+                out.data[one.name] = one.value
+            else:
+                out.method_options.setdefault(one.scope, {})[one.name] = one.value
+        return out
+
+    def as_tuple(self) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        return self.method_options, self.schedule, self.data
+
+
+def parse_setting(item: str, methods: list[str]) -> Setting:
+    """One `--set` item -> a `Setting`: the key must exist (a method option: of a method in the run)
+    and the value must be of its option's kind (`harness.options.check_option`); the method's
+    own consistency checks (`validate()`) run when its configuration is built, once per job
+    expansion (harness/jobs/expand.py)."""
+    scope, name, value = split_assignment(
+        item, "<method>.<option>=value, schedule.<key>=value, data.<key>=value or log.backend=value")
+    if scope == "log":
+        scope, name = "schedule", log_setting(name, value)
+    if scope == "schedule":
+        if name not in _SCHEDULE_KEYS:
+            raise unknown_name_error("schedule key", name, _SCHEDULE_KEYS)
+    elif scope == "data":
+        if name not in _DATA_KEYS:
+            raise unknown_name_error("data key", name, _DATA_KEYS)
+    else:
+        info = get_method(scope)  # unknown method name -> error with suggestions
+        if scope not in methods:
+            raise HarnessError(f"--set {item!r}: method {scope!r} is not in this run (--methods {','.join(methods)})")
+        check_option(info.config_cls, name, value, scope, kind=f"option of method {scope!r}")
+    return Setting(scope, name, value)
+
+
+def parse_set_args(items: list[str], methods: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """`--set` items -> (method options per method, schedule overrides, data overrides), each
+    item parsed once (`parse_setting`)."""
+    return Overrides.of(parse_setting(item, methods) for item in items).as_tuple()
 
 
 def parse_method_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -140,18 +181,3 @@ def settings_help() -> list[tuple[str, Any, str]]:
     return [(f"{prefix}.{name}", default, text)
             for prefix, cls in (("schedule", Schedule), ("data", DataOptions))
             for name, default, text in options_help(cls)]
-
-
-def resolve_schedule(protocol: dict[str, Any], profile: dict[str, Any] | None, method: str,
-                     recipe: dict[str, Any], overrides: dict[str, Any], dataset: str) -> Schedule:
-    """protocol schedule < protocol test views for the dataset < the method's recipe schedule
-    (non-empty only with --schedule paper; harness.recipes) < profile < --set schedule.*"""
-    from protocols import test_views
-
-    values: dict[str, Any] = dict(protocol.get("schedule", {}))
-    values["views"] = test_views(protocol, dataset)
-    values.update(recipe)
-    if profile:
-        values.update(profile.get("schedule", {}))
-    values.update(overrides)
-    return build_dataclass(Schedule, values, "schedule")

@@ -14,12 +14,15 @@ import json
 import os
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.atomic import atomic_write_json, remove_stale_temps
 from harness.errors import HarnessError, os_error_hint
-from harness.jobs import RESULTS_FORMAT, JobSpec
+from harness.jobs.identity import RESULTS_FORMAT
 from harness.locks import JOB_LOCK
+
+if TYPE_CHECKING:  # pragma: no cover - typing only: the typed job loads the method configurations (torch)
+    from harness.jobs.spec import JobSpec
 
 #: Error records of failed jobs (`error.txt`: written by results format 1).
 ERROR_FILES = ("error.json", "error.txt")

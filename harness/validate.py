@@ -15,14 +15,33 @@ mtime); full decoding stays in `harness data check`.
 """
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from harness.errors import ConfigurationError, HarnessError
+from harness.backbone import _known_names, backbone_token_layout, resolve_model_name
+from harness.data.annotations import read_annotation_list
+from harness.data.descriptions import load_job_descriptions
+from harness.data.pipeline import usable_entries
+from harness.data.probe import ProbeCache
+from harness.data.rephrased import load_rephrased
+from harness.errors import ConfigurationError, HarnessError, unknown_name_error
+from harness.jobs.spec import JobSpec, ListSpec
+from harness.locks import FileLock
+from harness.options import field_default
+from harness.settings import DataOptions
+from harness.store import RunStore
+from harness.weights import SYNTHETIC_TAG
+from methods.base import DESCRIPTION_NEEDS
+from methods.registry import get_method
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (harness.jobs.expand reads YAML; see below)
+    from harness.jobs.expand import RunRequest
 
 T = TypeVar("T")
 
@@ -82,7 +101,7 @@ def check_method_names(problems: Problems, text: str) -> None:
     problems.need(not repeated, f"--methods {text}: {', '.join(repr(n) for n in repeated)} listed more than once")
 
 
-def request_problems(req: Any) -> list[str]:
+def request_problems(req: RunRequest) -> list[str]:
     """What is wrong with a `RunRequest` itself (not with its jobs): a method listed twice,
     `--frames` < 1, a seed outside numpy's range, a `--pretrained` file that is no checkpoint, an
     unknown backbone. One line each; an evaluation's weights were checked when its checkpoint
@@ -135,8 +154,6 @@ def check_results_dir(path: Path, option: str = "--out", create: bool = True) ->
 def check_pretrained_file(pretrained: str | None) -> None:
     """A local `--pretrained` must exist and be a checkpoint file (torch.save zip or pickle,
     safetensors): a header probe, no loading. Tags are checked when the backbone is built."""
-    from harness.weights import SYNTHETIC_TAG
-
     if pretrained is None or pretrained == SYNTHETIC_TAG:
         return
     path = Path(pretrained).expanduser()
@@ -161,9 +178,6 @@ def check_pretrained_file(pretrained: str | None) -> None:
 def check_backbone_name(backbone: str, pretrained: str | None) -> None:
     """An open_clip model name (this project's small configs are registered there), checked
     before any job instead of when the first one builds its model."""
-    from harness.backbone import _known_names, resolve_model_name
-    from harness.errors import unknown_name_error
-
     resolved, _ = resolve_model_name(backbone, pretrained)
     known = _known_names()
     if resolved not in known:
@@ -182,67 +196,77 @@ def _looks_like_checkpoint(head: bytes) -> bool:
 
 # ---- jobs ------------------------------------------------------------------------------------
 
-def job_option_problems(job: Any) -> list[str]:
+def job_option_problems(job: JobSpec) -> list[str]:
     """Values that parse but cannot produce a meaningful result (one line each, naming the key)."""
     s, opts, data = job.schedule, job.method_options, job.data
     p = Problems()
-    p.need(s["frames"] >= 1, f"schedule.frames={s['frames']}: must be >= 1 (frames per clip)")
+    p.need(s.frames >= 1, f"schedule.frames={s.frames}: must be >= 1 (frames per clip)")
     limit = _max_frames(job.method)
-    p.need(s["frames"] <= limit, f"schedule.frames={s['frames']} (--frames): {job.method} runs at most {limit} "
-                                 "frames per clip (its `max_frames`); use fewer frames")
+    p.need(s.frames <= limit, f"schedule.frames={s.frames} (--frames): {job.method} runs at most {limit} "
+                              "frames per clip (its `max_frames`); use fewer frames")
     if not job.checkpoint:  # `harness eval` trains nothing by design (epochs 0)
-        p.need(s["epochs"] >= 1, f"schedule.epochs={s['epochs']}: must be >= 1 (a result needs training; "
-                                 "--methods zeroshot evaluates without any)")
-    p.need(s["warmup_epochs"] >= 0, f"schedule.warmup_epochs={s['warmup_epochs']}: must be >= 0")
-    if s["epochs"] >= 1:
-        p.need(s["warmup_epochs"] <= s["epochs"], f"schedule.warmup_epochs={s['warmup_epochs']} exceeds "
-               f"schedule.epochs={s['epochs']}: the warm-up must fit in the training")
-    p.need(s["batch_size"] >= 1, f"schedule.batch_size={s['batch_size']}: must be >= 1")
-    p.need(s["micro_batch"] >= 0, f"schedule.micro_batch={s['micro_batch']}: must be >= 0 (0 = automatic)")
-    p.need(s["val_interval"] >= 0, f"schedule.val_interval={s['val_interval']}: must be >= 0 (0 = only at the end)")
-    views = s["views"]
+        p.need(s.epochs >= 1, f"schedule.epochs={s.epochs}: must be >= 1 (a result needs training; "
+                              "--methods zeroshot evaluates without any)")
+    p.need(s.warmup_epochs >= 0, f"schedule.warmup_epochs={s.warmup_epochs}: must be >= 0")
+    if s.epochs >= 1:
+        p.need(s.warmup_epochs <= s.epochs, f"schedule.warmup_epochs={s.warmup_epochs} exceeds "
+               f"schedule.epochs={s.epochs}: the warm-up must fit in the training")
+    p.need(s.batch_size >= 1, f"schedule.batch_size={s.batch_size}: must be >= 1")
+    p.need(s.micro_batch >= 0, f"schedule.micro_batch={s.micro_batch}: must be >= 0 (0 = automatic)")
+    p.need(s.val_interval >= 0, f"schedule.val_interval={s.val_interval}: must be >= 0 (0 = only at the end)")
+    views = s.views
     p.need(len(views) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in views),
            f"schedule.views={views}: expected [clips, crops], two integers >= 1")
-    betas = s["betas"]
+    betas = s.betas
     p.need(len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas),
            f"schedule.betas={betas}: expected two numbers in [0, 1)")
-    p.need(s["eps"] > 0, f"schedule.eps={s['eps']}: must be > 0")
-    p.need(s["lr_min_ratio"] >= 0, f"schedule.lr_min_ratio={s['lr_min_ratio']}: must be >= 0")
-    p.need(0 <= s["label_smoothing"] < 1, f"schedule.label_smoothing={s['label_smoothing']}: must be in [0, 1)")
-    p.need(s["grad_clip"] >= 0, f"schedule.grad_clip={s['grad_clip']}: must be >= 0 (0 = off)")
-    p.need(0 <= data["max_missing"] <= 1, f"data.max_missing={data['max_missing']}: must be a fraction in [0, 1]")
-    if "lr" in opts:  # 0 only for a method that trains nothing (zeroshot's default)
-        p.need(opts["lr"] > 0 or opts["lr"] == _default_option(job.method, "lr") == 0,
-               f"{job.method}.lr={opts['lr']}: must be > 0")
-    if "weight_decay" in opts:
-        p.need(opts["weight_decay"] >= 0, f"{job.method}.weight_decay={opts['weight_decay']}: must be >= 0")
+    p.need(s.eps > 0, f"schedule.eps={s.eps}: must be > 0")
+    p.need(s.lr_min_ratio >= 0, f"schedule.lr_min_ratio={s.lr_min_ratio}: must be >= 0")
+    p.need(0 <= s.label_smoothing < 1, f"schedule.label_smoothing={s.label_smoothing}: must be in [0, 1)")
+    p.need(s.grad_clip >= 0, f"schedule.grad_clip={s.grad_clip}: must be >= 0 (0 = off)")
+    p.need(0 <= s.token_mask < 1, f"schedule.token_mask={s.token_mask}: must be in [0, 1)")
+    p.need(0 <= data.max_missing <= 1, f"data.max_missing={data.max_missing}: must be a fraction in [0, 1]")
+    # 0 only for a method that trains nothing (zeroshot's default)
+    p.need(opts.lr > 0 or opts.lr == _default_option(type(opts), "lr") == 0, f"{job.method}.lr={opts.lr}: must be > 0")
+    p.need(opts.weight_decay >= 0, f"{job.method}.weight_decay={opts.weight_decay}: must be >= 0")
     averaged = None if job.checkpoint else _averaged_epochs(job)  # `harness eval` averages nothing
     if averaged is not None:
-        p.need(s["select"] != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
-                                      "schedule.select=best contradicts it; use schedule.select=last")
-        p.need(bool(averaged.epochs(s["epochs"])) or s["epochs"] < 1,
-               f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s['epochs']} "
+        p.need(s.select != "best", f"{job.method} evaluates weights averaged over epochs {averaged}: "
+                                   "schedule.select=best contradicts it; use schedule.select=last")
+        p.need(bool(averaged.epochs(s.epochs)) or s.epochs < 1,
+               f"{job.method} averages the weights of epochs {averaged}, none of the schedule.epochs={s.epochs} "
                "trained: train longer or change its averaged epochs (`harness ls methods` shows the option)")
     return p.lines
 
 
-def _averaged_epochs(job: Any) -> Any:
+def backbone_problems(job: JobSpec) -> list[str]:
+    """The job's method cannot run on its backbone's token layout (one line: the method's own
+    refusal), or token masking is asked where it cannot apply; known before any model is built."""
+    cls = get_method(job.method).model_cls
+    layout = backbone_token_layout(job.backbone)
+    p = Problems()
+    p.attempt(lambda: cls.check_token_layout(layout))
+    mask = job.schedule.token_mask
+    if mask:
+        p.need(layout == "joint", f"schedule.token_mask={mask}: token masking needs a joint space-time backbone "
+                                  f"(ViCLIP-B-16, harness-tiny-joint); --backbone {job.backbone} encodes frames one by one")
+        p.need(cls.allows_token_mask, f"schedule.token_mask={mask}: {job.method} regroups the patch tokens by frame and "
+                                      "position and cannot train on a masked sequence; leave schedule.token_mask=0")
+    return p.lines
+
+
+def _averaged_epochs(job: JobSpec) -> Any:
     """The epochs whose weights the job's method averages (its `averaged_epochs` declaration)."""
-    from methods.registry import get_method, make_config
-
-    return get_method(job.method).model_cls.averaged_epochs(make_config(job.method, job.method_options))
+    return get_method(job.method).model_cls.averaged_epochs(job.method_options)
 
 
-def _default_option(method: str, name: str) -> Any:
-    from methods.registry import make_config
-
-    return getattr(make_config(method, {}), name, None)
+def _default_option(config_cls: type, name: str) -> Any:
+    """The default of option `name` of a configuration class (no configuration built)."""
+    return next(field_default(f) for f in dataclasses.fields(config_cls) if f.name == name)
 
 
 def _max_frames(method: str) -> int:
     """The method contract's `max_frames` (methods/base.py), read from its class: no model built."""
-    from methods.registry import get_method
-
     return int(get_method(method).model_cls.max_frames)
 
 
@@ -262,10 +286,12 @@ def _normalised(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).casefold()
 
 
-def unseen_eval_lists(job: Any) -> list[Any]:
+def unseen_eval_lists(job: JobSpec) -> list[ListSpec]:
     """The job's evaluation lists whose classes its training must not have seen: those indexing
     the partner of the training classes' role in `DISJOINT_CLASS_ROLES` (base-to-novel: novel)."""
-    from protocols import load_protocol
+    from protocols import (
+        load_protocol,  # PyYAML: this module is on the bare GPU host's path (docs/architecture.md)
+    )
 
     if job.train is None:
         return []
@@ -275,7 +301,7 @@ def unseen_eval_lists(job: Any) -> list[Any]:
     return [lst for lst in job.evals if partner and roles.get(lst.name.split("@")[0]) == partner]
 
 
-def class_set_problems(job: Any) -> list[str]:
+def class_set_problems(job: JobSpec) -> list[str]:
     """A class of an unseen (novel) class file that is also a training (base) class, one line per
     shared class naming both files: the novel accuracy would measure seen classes."""
     lines = []
@@ -290,13 +316,14 @@ def class_set_problems(job: Any) -> list[str]:
     return lines
 
 
-def check_jobs(jobs: list[Any], problems: Problems) -> None:
+def check_jobs(jobs: list[JobSpec], problems: Problems) -> None:
     """Option problems of every job, class sets that overlap, and jobs that repeat (a value
     given twice in a sweep)."""
     seen: dict[str, Any] = {}
     for job in jobs:
         problems.lines.extend(job_option_problems(job))
         problems.lines.extend(class_set_problems(job))
+        problems.lines.extend(backbone_problems(job))
         if job.job_id in seen:
             problems.lines.append(f"job {job.job_id} appears twice: a value repeats in --methods or --sweep")
         seen[job.job_id] = job
@@ -306,28 +333,24 @@ class DataCheck:
     """The cheap up-front data check of a run's jobs; lists shared by several jobs are read once."""
 
     def __init__(self, cache_dir: str | None) -> None:
-        from harness.data.probe import ProbeCache
-
         self.probes = ProbeCache(cache_dir)
         self.lists: dict[tuple, str | None] = {}
 
-    def problem(self, job: Any) -> str | None:
+    def problem(self, job: JobSpec) -> str | None:
         """None if every list, video and description file the job reads looks usable."""
         for lst in [job.train, *job.evals]:
             if lst is None:
                 continue
             key = (lst.ann_file, len(lst.classnames), lst.video_root, lst.modality, lst.class_file,
-                   job.data["on_missing"], job.data["max_missing"])
+                   job.data.on_missing, job.data.max_missing)
             if key not in self.lists:
                 self.lists[key] = self._list_problem(lst, job.data)
             if self.lists[key]:
                 return self.lists[key]
         return self._unseen_problem(job) or self._descriptions_problem(job) or self._rephrased_problem(job)
 
-    def _unseen_problem(self, job: Any) -> str | None:
+    def _unseen_problem(self, job: JobSpec) -> str | None:
         """A training video listed again in an unseen-class (novel) list: its class was trained on."""
-        from harness.data.annotations import read_annotation_list
-
         for lst in unseen_eval_lists(job):
             key = ("unseen", job.train.ann_file, lst.ann_file)
             if key not in self.lists:
@@ -347,18 +370,14 @@ class DataCheck:
                 return self.lists[key]
         return None
 
-    def _list_problem(self, lst: Any, data: dict[str, Any]) -> str | None:
-        import logging
-
-        from harness.data.pipeline import usable_entries
-
+    def _list_problem(self, lst: ListSpec, data: DataOptions) -> str | None:
         root = Path(lst.video_root)
         log = logging.getLogger("harness.data.pipeline")
         level = log.level
         log.setLevel(logging.ERROR)  # the skip notice is printed when the job builds its dataset
         try:
             present, _ = usable_entries(lst.ann_file, root, len(lst.classnames), lst.modality,
-                                        data["on_missing"], data["max_missing"], lst.class_file)
+                                        data.on_missing, data.max_missing, lst.class_file)
         except HarnessError as err:
             return str(err)
         finally:
@@ -375,19 +394,14 @@ class DataCheck:
                 "Replace those files or remove their lines from the list")
 
     @staticmethod
-    def _descriptions_problem(job: Any) -> str | None:
+    def _descriptions_problem(job: JobSpec) -> str | None:
         """The descriptions the job's method will ask for (`run_needs` / `descriptions_per_class`,
         class methods of its configuration: no model is built), loaded and checked per class: the
         training classes', and each evaluation list's for "scored_descriptions"."""
-        from methods.base import DESCRIPTION_NEEDS
-        from methods.registry import get_method, make_config
-
         model_cls = get_method(job.method).model_cls
-        config = make_config(job.method, job.method_options)
+        config = job.method_options
         if job.descriptions is None or not model_cls.run_needs(config) & DESCRIPTION_NEEDS:
             return None  # no descriptions at all: the engine says so when the job starts
-        from harness.data.descriptions import load_job_descriptions
-
         n = model_cls.descriptions_per_class(config)
         try:
             for ref in [job.descriptions, *job.descriptions.get("evals", {}).values()]:
@@ -398,16 +412,11 @@ class DataCheck:
 
 
     @staticmethod
-    def _rephrased_problem(job: Any) -> str | None:
+    def _rephrased_problem(job: JobSpec) -> str | None:
         """The rephrased class names of every list the job scores, when its method needs them
         (FROSTER): fetched, verified and matched to the class names before any training."""
-        from methods.registry import get_method, make_config
-
-        if "rephrased_classnames" not in get_method(job.method).model_cls.run_needs(make_config(job.method,
-                                                                                               job.method_options)):
+        if "rephrased_classnames" not in get_method(job.method).model_cls.run_needs(job.method_options):
             return None
-        from harness.data.rephrased import load_rephrased
-
         try:
             for lst in [job.train, *job.evals]:
                 if lst is not None:
@@ -417,17 +426,15 @@ class DataCheck:
         return None
 
 
-def record_bad_data(store: Any, job: Any, problem: str, write: bool = True) -> None:
+def record_bad_data(store: RunStore, job: JobSpec, problem: str, write: bool = True) -> None:
     """Record (error.json) a job whose data is unusable, as failed and not started; one line on stderr."""
     where = _record_failure(store, job, HarnessError(problem)) if write else store.job_dir(job) / "error.json"
     print(f"job {job.job_id} not run: {problem} (recorded in {where})", file=sys.stderr)
 
 
-def _record_failure(store: Any, job: Any, err: HarnessError) -> Path | str:
+def _record_failure(store: RunStore, job: JobSpec, err: HarnessError) -> Path | str:
     """error.json under the job's lock (harness/locks.py: one writer per job); a job another live
     run holds is left to that run, which meets the same data."""
-    from harness.locks import FileLock
-
     lock = FileLock(store.job_lock_path(job))
     if not lock.acquire():
         return f"not recorded: another run holds {lock.path}"

@@ -24,13 +24,24 @@ from harness.paths import cache_root
 SYNTHETIC_TAG = "synthetic"
 
 
+def synthetic_source(name: str) -> str:
+    """The backbone whose pretraining the `synthetic` weights of `name` are: harness-tiny's own, and
+    harness-tiny-joint's (harness-tiny's weights, made joint when the backbone is built)."""
+    from harness.defaults import SYNTHETIC_BACKBONES
+    from harness.viclip import JOINT_BACKBONES
+
+    if name not in SYNTHETIC_BACKBONES:
+        raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only {', '.join(SYNTHETIC_BACKBONES)} have synthetic weights "
+                           f"(got --backbone {name})")
+    return JOINT_BACKBONES[name].synthetic_from or name if name in JOINT_BACKBONES else name
+
+
 def resolve_weights(name: str, pretrained: str | None, cache_dir: str | os.PathLike | None = None) -> Path | None:
     """The local file a tag of this project's own stands for (made if missing), else None (an
     open_clip tag, a path or no weights: `create_clip` handles those)."""
     if pretrained != SYNTHETIC_TAG:
         return None
-    if name != "harness-tiny":
-        raise HarnessError(f"--pretrained {SYNTHETIC_TAG}: only harness-tiny has synthetic weights (got --backbone {name})")
+    synthetic_source(name)  # a backbone without synthetic weights: one line
     from harness.pretrain.cache import ensure_pretrained_tiny
 
     return ensure_pretrained_tiny(cache_root(cache_dir) / "backbones")

@@ -55,14 +55,14 @@ def cached_file_sha256(path: str | os.PathLike, cache_dir: str | os.PathLike | N
 
 def weights_identity(backbone: str, pretrained: str | None, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """What identifies the weights a job starts from (hashed into its job id)."""
-    from harness.weights import SYNTHETIC_TAG
+    from harness.weights import SYNTHETIC_TAG, synthetic_source
 
     if pretrained is None:
         return {"kind": "random"}
     if pretrained == SYNTHETIC_TAG:
         from harness.pretrain.recipe import PretrainRecipe, recipe_hash
 
-        return {"kind": "synthetic", "recipe_hash": recipe_hash(PretrainRecipe(model=backbone))}
+        return {"kind": "synthetic", "recipe_hash": recipe_hash(PretrainRecipe(model=synthetic_source(backbone)))}
     local = Path(pretrained).expanduser()
     if local.is_file():
         return {"kind": "file", "sha256": cached_file_sha256(local, cache_dir)}

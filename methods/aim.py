@@ -17,6 +17,13 @@ after the positional embedding and before `ln_pre`. Trainable by the official ru
 `temporal_embedding`, `ln_post`, `Adapter`, `cls_head`): 10,659,072 at ViT-B/16, T=8
 (text matching); 10,966,672 with the linear head over 400 classes.
 
+Joint space-time backbones (ViCLIP), joint form "time series": the temporal branch runs the
+frozen attention over each spatial position's patch tokens along time (`BlockContext.time_series`;
+the clip's one CLS token is a series of length one, so it attends to itself); the spatial branch is
+the block's own attention, which on ViCLIP is joint over space and time; the temporal embedding
+goes on the patch tokens of frame t (the clip's CLS has no frame). Same trainable count
+(docs/methods/aim.md).
+
 State-dict names: `backbone.transformer.resblocks.{i}.{T,S,MLP}_Adapter.D_fc{1,2}.*` ->
 `clip.visual.transformer.resblocks.{i}.{T,S,MLP}_Adapter.D_fc{1,2}.*`;
 `backbone.temporal_embedding` -> `temporal_embedding`; `backbone.ln_post.*` ->
@@ -41,6 +48,7 @@ from methods.layers import (
     interpolate_frames,  # noqa: F401  (re-exported: harness/convert/adapters.py)
     per_frame_embedding,
 )
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
 #: Official `paramwise_cfg.custom_keys` with decay_mult 0 (configs/recognition/vit/vitclip_base_k400.py
@@ -129,20 +137,20 @@ class AIMBlock(AdaptedBlock):
 
     def temporal_branch(self, x: torch.Tensor) -> torch.Tensor:
         """T_Adapter(attn(ln_1(.))) with each token position attending over the T frames."""
-        tokens = self.split_frames(x)  # (B, T, N, D)
-        b, t, n, d = tokens.shape
-        seq = self.ln_1(tokens.transpose(1, 2).reshape(b * n, t, d))
-        if self.T_Adapter_in is not None:
-            seq = self.T_Adapter_in(seq)
-        out = self.T_Adapter(self.attention(seq))
-        return out.view(b, n, t, d).transpose(1, 2).reshape(b * t, n, d)
+        series = []
+        for seq in self.ctx.time_series(x):  # per frame: every position; joint: the CLS, then each patch position
+            seq = self.ln_1(seq)
+            if self.T_Adapter_in is not None:
+                seq = self.T_Adapter_in(seq)
+            series.append(self.T_Adapter(self.attention(seq)))
+        return self.ctx.from_time_series(series, x)
 
     def drop_clip_path(self, delta: torch.Tensor, site: int) -> torch.Tensor:
         """Drop path with the clip as the sample: all frames of a clip keep or drop the branch.
         One module serves both branches (official); `site` gives each its own draw per clip."""
         if self.drop_path.rate <= 0.0 or not self.training:
             return delta
-        return self.merge_frames(self.drop_path(self.split_frames(delta), site=site))
+        return self.ctx.from_per_clip(self.drop_path(self.ctx.per_clip(delta), site=site))
 
 
 @register_method("aim", AIMConfig, "temporal/spatial/joint adapters re-using frozen attention over time")
@@ -151,6 +159,7 @@ class AIM(LinearHeadMixin, VideoTextModel):
 
     head_init_std = 0.01  # official: mmaction I3DHead, normal_init(fc_cls, std=0.01)
     models_frame_order = True  # temporal attention over frames + temporal embedding
+    token_layouts = frozenset({PER_FRAME, JOINT})  # joint: temporal attention per spatial position
 
     def build(self) -> None:
         cfg = self.config
@@ -174,13 +183,15 @@ class AIM(LinearHeadMixin, VideoTextModel):
                                    "temporal embedding")
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Add the temporal embedding of frame t to every token of frame t (before ln_pre)."""
+        """Add the temporal embedding of frame t to every token of frame t (before ln_pre; joint:
+        to the patch tokens of frame t)."""
         if not self.ctx.adapters_enabled:
             return x
         frames = self.ctx.num_frames
         emb = self.temporal_embedding_for(frames).to(x.dtype)
-        return (x.view(-1, frames, *x.shape[1:]) + emb.unsqueeze(2)).flatten(0, 1)
+        return self.layout.add_frame_embedding(x, emb, frames)
 
     def head_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Official order: `ln_post` (trainable) on each frame's CLS, then mean over frames."""
-        return self.clip.visual.ln_post(x[:, 0]).reshape(batch, frames, -1).mean(dim=1)
+        """Official order: `ln_post` (trainable) on each frame's CLS, then mean over frames (joint:
+        `ln_post` on the clip's CLS)."""
+        return self.layout.pool_frames(self.clip.visual.ln_post(x[:, 0]), batch, frames)

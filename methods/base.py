@@ -1,11 +1,13 @@
 """The video-text model every method builds on, and the method configuration base class.
 
-`VideoTextModel` turns an open_clip CLIP into a video classifier by text matching: each of the T
-frames goes through the image tower (CLS -> ln_post -> proj), frame features are averaged, and
-classes are scored by cosine similarity with the text features of a prompt per class times
-`logit_scale.exp()`. Methods subclass it and override the narrow hooks below instead of copying
-the encoder: `visual_tokens` (after the positional embedding), `visual_pool`, `text_embeddings`,
-`class_text_features`, `extra_losses`, and `declare_trainable`.
+`VideoTextModel` turns an open_clip CLIP into a video classifier by text matching: the clip goes
+through the image tower in the backbone's token layout (methods/layout.py: per frame for CLIP,
+each frame's CLS -> ln_post -> proj and the frame features averaged; one joint space-time
+sequence for ViCLIP, its CLS -> ln_post -> proj), and classes are scored by cosine similarity
+with the text features of a prompt per class times `logit_scale.exp()`. Methods subclass it and
+override the narrow hooks below instead of copying the encoder: `visual_tokens` (after the
+positional embedding), `visual_pool`, `text_embeddings`, `class_text_features`, `extra_losses`,
+and `declare_trainable`.
 
 The method contract: everything the engine (harness/engine) knows about a method is declared on
 this class, so the engine never probes a model (no hasattr/getattr, no reaching into `.clip`):
@@ -29,7 +31,10 @@ this class, so the engine never probes a model (no hasattr/getattr, no reaching 
   forward pass: `batch_coupled_losses`;
 * whether it models frame order: `models_frame_order`; whether its text path is frozen:
   `text_is_frozen`; whether it can run under a protocol: `check_protocol()`; the longest clip
-  it runs on: `max_frames`.
+  it runs on: `max_frames`;
+* the backbones it runs on: `token_layouts` (refused otherwise, with `layout_notes`'s reason,
+  by `check_token_layout`), and whether it trains with ViCLIP-style token masking:
+  `allows_token_mask`.
 """
 from __future__ import annotations
 
@@ -42,9 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.errors import HarnessError
+from harness.errors import ConfigurationError, HarnessError
 from harness.options import option, options_help
 from methods.blocks import AdaptedBlock, BlockContext, wrap_blocks
+from methods.layout import LAYOUT_TITLES, PerFrameLayout, layout_of, layout_refusal
 
 __all__ = ["DESCRIPTION_NEEDS", "EpochRange", "MethodConfig", "VideoTextModel", "option"]  # `option`: method files declare their options with it
 
@@ -145,8 +151,15 @@ class VideoTextModel(nn.Module):
     #: Visual token layouts this method runs on: "per_frame" (CLIP: every frame through the image
     #: tower on its own, blocks see (B*T, L, D)) and/or "joint" (ViCLIP: one space-time sequence per
     #: clip, blocks see (B, 1 + T*N, D)). A backbone whose layout is not listed is refused with one
-    #: line before any job starts.
+    #: line before any job starts (`check_token_layout`, called by validation and at build).
+    #: List "joint" only when every token regrouping goes through the layout (`self.ctx` helpers)
+    #: and the joint form is documented in docs/methods/<method>.md.
     token_layouts: ClassVar[frozenset[str]] = frozenset({"per_frame"})
+    #: Why the method refuses a layout it does not list (layout -> one clause), shown in the refusal.
+    layout_notes: ClassVar[dict[str, str]] = {}
+    #: Whether the method can train with ViCLIP's random patch-token masking (`schedule.token_mask`,
+    #: joint backbones only): False when one of its modules needs the full space-time grid.
+    allows_token_mask: ClassVar[bool] = False
     #: The most frames per clip this method runs on: `--frames` / `schedule.frames` above it are
     #: refused before any job starts (harness/validate.py), instead of exhausting memory inside
     #: the first job. 64 covers every published recipe (8-32 frames); a method whose temporal
@@ -183,7 +196,12 @@ class VideoTextModel(nn.Module):
         self.num_frames = num_frames
         self.tokenizer = tokenizer
         self.train_classnames = tuple(classnames) if classnames is not None else None
-        self.ctx = BlockContext(num_frames)
+        self.layout = layout_of(clip)
+        self.check_token_layout(self.layout.name)
+        #: Fraction of patch tokens dropped at random in training (the engine sets it from
+        #: `schedule.token_mask`; joint layouts only, never in eval mode).
+        self.token_mask = 0.0
+        self.ctx = BlockContext(num_frames, self.layout)
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._token_cache: dict[tuple[str, ...], torch.Tensor] = {}
         self._initial_weights: dict[str, torch.Tensor] | None = None
@@ -235,6 +253,16 @@ class VideoTextModel(nn.Module):
     def run_needs(cls, config: MethodConfig) -> frozenset[str]:
         """The subset of `requires` a configuration needs. Default: all of it."""
         return cls.requires
+
+    @classmethod
+    def check_token_layout(cls, layout: str) -> None:
+        """Refuse, in one line, a backbone whose token layout this method does not list (a
+        ConfigurationError: every job on that backbone would fail the same way)."""
+        if layout in cls.token_layouts:
+            return
+        runs_on = " or ".join(LAYOUT_TITLES.get(name, name) for name in sorted(cls.token_layouts))
+        why = cls.layout_notes.get(layout) or f"its modules are written for {runs_on} tokens only"
+        raise ConfigurationError(layout_refusal(cls.method_name, layout, why))
 
     @classmethod
     def descriptions_per_class(cls, config: MethodConfig) -> int:
@@ -361,38 +389,51 @@ class VideoTextModel(nn.Module):
 
     # -- video tower -------------------------------------------------------------------------
     def patch_embed(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 1 + HW, D): conv1, class token, positional embedding."""
-        visual = self.clip.visual
-        x = visual.conv1(frames.to(visual.conv1.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        return x + visual.positional_embedding.to(x.dtype)
+        """(N, 3, H, W) -> (N, 1 + HW, D): conv1, class token, positional embedding (per-frame
+        towers; a joint tower embeds whole clips, `embed_video`)."""
+        if self.layout.joint:
+            raise HarnessError("patch_embed embeds frames one by one; this backbone embeds whole clips "
+                               "(joint space-time layout): use embed_video")
+        return PerFrameLayout.embed_frames(self.clip.visual, frames)
+
+    def embed_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> the visual tokens in the backbone's layout, positional embeddings
+        included: (B*T, 1 + N, D) per frame, (B, 1 + N*T, D) joint (patch tokens randomly
+        masked in training when `token_mask` > 0)."""
+        mask = self.token_mask if self.training else 0.0
+        if mask > 0 and not self.allows_token_mask:
+            raise HarnessError(f"{self.method_name} regroups the patch tokens by frame and position and cannot train on "
+                               f"a masked sequence (token_mask={mask}); run it with schedule.token_mask=0")
+        self.ctx.tokens_masked = mask > 0
+        return self.layout.embed(self.clip.visual, video, mask)
 
     def visual_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Hook between the positional embedding and `ln_pre`; (B*T, L, D) -> (B*T, L', D)."""
+        """Hook between the positional embedding and `ln_pre`; tokens in the backbone's layout
+        ((B*T, L, D) per frame, (B, L, D) joint) -> the same with the method's additions."""
         return x
 
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block (B*T, L, D) -> per-frame image features (B*T, E): each
-        frame's CLS -> ln_post -> proj, as CLIP's image tower."""
+        """Tokens after the last block -> one image feature per sequence: CLS -> ln_post -> proj,
+        as CLIP's image tower ((B*T, E) per frame; joint: (B, E), the clip's CLS)."""
         visual = self.clip.visual
         feats = visual.ln_post(x[:, 0])
         return feats @ visual.proj if visual.proj is not None else feats
 
     def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Tokens after the last block -> clip feature (B, E): per-frame features, mean over frames."""
-        return self.frame_features(x).view(batch, frames, -1).mean(dim=1)
+        """Tokens after the last block -> clip feature (B, E): `frame_features`, then the layout's
+        pooling (per frame: the mean over the frames; joint: the clip's CLS feature)."""
+        return self.layout.pool_frames(self.frame_features(x), batch, frames)
 
     def visual_tower(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) normalised frames -> tokens after the last visual block (B*T, L, D),
-        the frames of a clip contiguous. Methods that read more than the pooled feature (e.g. the
-        patch tokens) call this and pool themselves."""
+        """(B, T, 3, H, W) normalised frames -> tokens after the last visual block in the backbone's
+        layout: (B*T, L, D) per frame, the frames of a clip contiguous; (B, 1 + N*T, D) joint.
+        Methods that read more than the pooled feature (e.g. the patch tokens) call this and pool
+        themselves (through the layout)."""
         if video.dim() != 5:
             raise ValueError(f"expected a (B, T, 3, H, W) video batch, got shape {tuple(video.shape)}")
         self.ctx.num_frames = video.shape[1]
         visual = self.clip.visual
-        x = self.patch_embed(video.flatten(0, 1))
+        x = self.embed_video(video)
         x = self.visual_tokens(x)
         x = visual.ln_pre(x)
         return visual.transformer(x)
@@ -437,6 +478,12 @@ class VideoTextModel(nn.Module):
 
     def class_prompts(self, classnames: Sequence[str]) -> list[str]:
         return [self.config.prompt.format(name) for name in classnames]
+
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        """The texts the text tower tokenises for a class set (learned-context methods: their
+        placeholder words and the class name), so that a run can count those its backbone's text
+        context truncates."""
+        return self.class_prompts(classnames)
 
     def class_text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         """(C, E) normalised text features of the class set. Methods with learned text context

@@ -10,8 +10,12 @@ under their original attribute names, so state-dict keys of the frozen weights s
 open_clip / OpenAI names (`visual.transformer.resblocks.3.attn.in_proj_weight`, ...) and
 checkpoint converters need no renaming for them.
 
-Layout: open_clip 3.x runs transformers batch-first, so a visual block sees (B*T, L, D) with the
-frames of one clip contiguous, and a text block sees (C, L, D). Attention is computed with
+Layout: open_clip 3.x runs transformers batch-first. A text block sees (C, L, D); a visual block
+sees what the backbone's token layout (methods/layout.py) makes of a clip: (B*T, 1 + N, D) with
+the frames of one clip contiguous on a per-frame CLIP, (B, 1 + N*T, D) on a joint space-time
+backbone (ViCLIP). `BlockContext` carries the layout and the frame count, and its helpers
+(`patch_grid`, `time_series`, `per_clip`, ...) are how a block regroups tokens by frame or over
+time without assuming either. Attention is computed with
 `F.scaled_dot_product_attention` on the frozen `nn.MultiheadAttention` weights: fused
 (flash / memory-efficient) kernels on GPU, and visible to `torch.utils.flop_counter` in every
 mode (the eval fast path of `nn.MultiheadAttention` is not).
@@ -24,19 +28,56 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.errors import HarnessError
+from methods.layout import LAYOUTS, PER_FRAME, TokenLayout
+
 
 class BlockContext:
     """State shared by all wrapped blocks of one model for the forward pass under way.
 
     open_clip has no notion of frames: the video encoder sets `num_frames` (T) before running
-    the visual tower, and every wrapped block reads it to reshape (B*T, L, D) -> (B, T, L, D).
-    `adapters_enabled` lets a method run its frozen backbone through the same modules with its
-    inserted branches bypassed (MSTA's frozen text branch) without a second copy of the weights.
+    the visual tower, and every wrapped block reads it, with the backbone's token `layout`, to
+    regroup its tokens (the helpers below). `tokens_masked` is set while a joint sequence lacks
+    randomly masked patch tokens (ViCLIP-style masking in training), so a module that needs the
+    full space-time grid says so instead of mis-reshaping. `adapters_enabled` lets a method run
+    its frozen backbone through the same modules with its inserted branches bypassed (MSTA's
+    frozen text branch) without a second copy of the weights.
     """
 
-    def __init__(self, num_frames: int = 1) -> None:
+    def __init__(self, num_frames: int = 1, layout: TokenLayout = LAYOUTS[PER_FRAME]) -> None:
         self.num_frames = num_frames
+        self.layout = layout
         self.adapters_enabled = True
+        self.tokens_masked = False
+
+    def _grid_ok(self) -> None:
+        if self.tokens_masked:
+            raise HarnessError("this module regroups the patch tokens by frame and position, but the joint sequence "
+                               "is masked (schedule.token_mask > 0); run it with schedule.token_mask=0")
+
+    # -- regrouping tokens through the layout (methods/layout.py) ----------------------------
+    def patch_grid(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (no CLS) of the visual batch -> (B, T, N, C)."""
+        self._grid_ok()
+        return self.layout.patch_grid(patches, self.num_frames)
+
+    def from_patch_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.layout.from_patch_grid(grid)
+
+    def time_series(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every token position's sequence over time (see `TokenLayout.time_series`)."""
+        self._grid_ok()
+        return self.layout.time_series(x, self.num_frames)
+
+    def from_time_series(self, series: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return self.layout.from_time_series(series, x, self.num_frames)
+
+    def per_clip(self, x: torch.Tensor) -> torch.Tensor:
+        """The visual tokens with the clip as dim 0."""
+        return self.layout.per_clip(x, self.num_frames)
+
+    def from_per_clip(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layout.from_per_clip(x)
 
 
 def multihead_attention(
@@ -121,7 +162,11 @@ class AdaptedBlock(nn.Module):
 
     # -- layout helpers shared by temporal methods -------------------------------------------
     def split_frames(self, x: torch.Tensor) -> torch.Tensor:
-        """(B*T, L, D) -> (B, T, L, D)."""
+        """(B*T, L, D) -> (B, T, L, D): per-frame tokens only. A joint space-time sequence has no
+        frames to split (use `ctx.patch_grid` / `ctx.time_series`, which work in both layouts)."""
+        if self.ctx.layout.joint:
+            raise HarnessError(f"{type(self).__name__}.split_frames: the visual tokens are one joint space-time "
+                               "sequence per clip, not one sequence per frame")
         t = self.num_frames
         return x.view(x.shape[0] // t, t, *x.shape[1:])
 
@@ -167,7 +212,5 @@ class _Adopted:
 def layer_range(start: int, end: int, depth: int, option: str = "start/end") -> list[int]:
     """1-based inclusive [start, end] (as papers number layers) -> 0-based indices, validated."""
     if not 1 <= start <= end <= depth:
-        from harness.errors import HarnessError
-
         raise HarnessError(f"{option}: need 1 <= start <= end <= {depth}, got start={start}, end={end}")
     return list(range(start - 1, end))

@@ -27,6 +27,10 @@ copy of the pre-trained CLIP as a teacher:
   (`weight_average_tool.py`): `average_epochs` declares it (`averaged_epochs`); the engine keeps
   and averages the epochs' weights (harness.engine.hooks.EpochAverageHook).
 
+On a joint space-time backbone (ViCLIP) the temporal view expansion is not added (the joint
+attention already spans every frame) and the clip's CLS feature stands for the frames' features,
+in the student and the teacher (docs/methods/froster.md, "On a joint space-time backbone").
+
 Trainable at ViT-B/16: all 149,620,737 CLIP parameters + two 512x512x2 projectors = 150,669,313;
 the frozen teacher adds 149,620,737 frozen parameters (`parameter_counts()['teacher']`).
 """
@@ -44,6 +48,7 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import EpochRange, MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 from methods.sample_random import stream_key, update_generator
 
@@ -144,15 +149,23 @@ def residual_projector(width: int) -> nn.Sequential:
 
 
 def normalised_frame_features(model: VideoTextModel, video: torch.Tensor) -> torch.Tensor:
-    """(B, T, 3, H, W) -> (B, T, E) per-frame features of `model`'s video tower (its
-    `visual_tower` and `frame_features`: CLS -> ln_post -> proj), each L2-normalised."""
-    batch, frames = video.shape[:2]
-    return F.normalize(model.frame_features(model.visual_tower(video)), dim=-1).view(batch, frames, -1)
+    """(B, T, 3, H, W) -> (B, F, E) features of `model`'s video tower (its `visual_tower` and
+    `frame_features`: CLS -> ln_post -> proj), each L2-normalised: F = T per-frame features on a
+    per-frame backbone, F = 1 (the clip's CLS feature) on a joint space-time one."""
+    feats = F.normalize(model.frame_features(model.visual_tower(video)), dim=-1)
+    return feats.view(video.shape[0], -1, feats.shape[-1])
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """1 - mean cosine similarity over rows (train_net.py's distillation terms)."""
     return 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1).mean()
+
+
+class FrozenTeacher(VideoTextModel):
+    """The pre-trained backbone with CLIP's own forward, in the backbone's token layout (per frame:
+    one feature per frame; joint: the clip's CLS feature): FROSTER's frozen teacher."""
+
+    token_layouts = frozenset({PER_FRAME, JOINT})
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -164,9 +177,12 @@ class FROSTER(VideoTextModel):
 
     text_is_frozen = False
     models_frame_order = False  # symmetric +-s neighbourhoods: a reversed clip gives the same features
-    #: The temporal view expansion attends from one frame's tokens to its neighbours' token sets: it
-    #: needs one token set per frame (a joint space-time backbone already mixes all frames).
-    token_layouts = frozenset({"per_frame"})
+    #: Joint form ("joint attention", docs/methods/froster.md): on a joint space-time backbone every
+    #: block's attention already sees the keys and values of every frame, a superset of the +-s
+    #: neighbourhood the temporal view expansion adds, so no block is wrapped (`temporal_view` has no
+    #: effect); the per-frame features become the clip's one CLS feature, for the student and for
+    #: the frozen teacher (a copy of the joint backbone) alike.
+    token_layouts = frozenset({PER_FRAME, JOINT})
     requires = frozenset({"rephrased_classnames"})
 
     config: FROSTERConfig
@@ -178,12 +194,12 @@ class FROSTER(VideoTextModel):
         self._teacher_text: dict[tuple[str, ...], torch.Tensor] = {}
         # The teacher is the backbone as handed over (pre-trained, not yet wrapped by this method),
         # copied before the student's blocks change; a plain VideoTextModel keeps CLIP's forward.
-        self.teacher = (VideoTextModel(copy.deepcopy(self.clip), MethodConfig(), self.num_frames, self.tokenizer)
+        self.teacher = (FrozenTeacher(copy.deepcopy(self.clip), MethodConfig(), self.num_frames, self.tokenizer)
                         if config.distillation else None)
         width = self.clip.visual.output_dim
         self.projector_v = residual_projector(width)
         self.projector_t = residual_projector(width)
-        if config.temporal_view > 0:
+        if config.temporal_view > 0 and not self.layout.joint:
             self.wrap_visual(lambda block, i: TemporalViewBlock(block, self.ctx, i, config.temporal_view))
 
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
@@ -233,6 +249,11 @@ class FROSTER(VideoTextModel):
         return [text if i == last else TEMPLATES[i].format(text.split(":")[0]) + " " + text
                 for i in templates for text in texts]
 
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        """All 29 templates' prompts of the class list (what evaluation encodes), for the count of
+        prompts a short text context truncates (ViCLIP's 32 tokens cut most rephrased prompts)."""
+        return self.prompts(classnames, ALL_TEMPLATES)
+
     def template_features(self, model: VideoTextModel, classnames: Sequence[str],
                           templates: Sequence[int]) -> torch.Tensor:
         """(len(templates), C, E): `model`'s normalised text features of each template's prompts."""
@@ -277,8 +298,10 @@ class FROSTER(VideoTextModel):
     # -- video and scoring -------------------------------------------------------------------
     def visual_pool(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """Mean over frames of the L2-normalised per-frame features (FROSTER averages per-frame
-        logits); `encode_video(normalize=True)` re-normalises it, the logits do not."""
-        return F.normalize(self.frame_features(x), dim=-1).view(batch, frames, -1).mean(dim=1)
+        logits; joint: the clip's one normalised feature); `encode_video(normalize=True)`
+        re-normalises it, the logits do not."""
+        feats = F.normalize(self.frame_features(x), dim=-1)
+        return feats.view(batch, -1, feats.shape[-1]).mean(dim=1)
 
     def forward(self, video: torch.Tensor, classnames: Sequence[str]) -> torch.Tensor:
         return self.logits(self.encode_video(video, normalize=False), self.text_features(classnames))

@@ -46,6 +46,7 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import multihead_attention
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 from methods.sample_random import stream_key, update_generator
 
@@ -351,7 +352,9 @@ class MoTE(VideoTextModel):
     cosine_floor_per_group = True  # official WarmupCosineAnnealingLR: a factor on each group's lr
     #: One feature per frame is what the temporal experts work on: a joint space-time backbone
     #: (one sequence, one CLS per clip) has none, so the layout is per-frame only.
-    token_layouts = frozenset({"per_frame"})
+    token_layouts = frozenset({PER_FRAME})
+    layout_notes = {JOINT: "its temporal experts run over one CLS feature per frame (x + frame position embeddings), "
+                           "and a joint sequence has one CLS token per clip (docs/methods/mote.md)"}
 
     config: MoTEConfig
 

@@ -20,7 +20,13 @@ Loss: cross-entropy plus alpha * L_CC, where L_CC pulls each trainable class emb
 {cls}") towards the mean *frozen* embedding (same text weights, adapters bypassed) of N spatial and
 N temporal LLM descriptions of the class: L_CC = mean_c [2 - cos(w_c, D_s) - cos(w_c, D_t)].
 
-Trainable at ViT-B/16: 8,712,192 (d=256, layers 1-12) and 1,744,000 (d=128, layers 8-12).
+Trainable at ViT-B/16: 8,712,192 (d=256, layers 1-12) and 1,744,000 (d=128, layers 8-12); the
+same on ViCLIP-B/16, the paper's backbone (same widths and depths).
+
+Joint space-time backbones (ViCLIP), joint form "time series": the temporal conv runs over each
+spatial position's patch tokens along time (`TokenLayout.time_series`); the clip's one CLS token
+is a series of length one (only the conv's centre tap and bias act on it). `temporal_tokens`
+picks the same token kinds (docs/methods/msta.md).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext, layer_range
+from methods.layout import JOINT, LAYOUTS, PER_FRAME, TokenLayout
 from methods.registry import register_method
 
 TEMPORAL_TOKENS = ("all", "cls", "patch")
@@ -141,8 +148,19 @@ class TemporalConv(nn.Module):
         z = self.conv(z)
         return z.reshape(bt // frames, length, dim, frames).permute(0, 3, 1, 2).reshape(bt, length, dim)
 
-    def forward(self, u: torch.Tensor, frames: int) -> torch.Tensor:
+    def over_time(self, series: torch.Tensor) -> torch.Tensor:
+        """DWConv over time of (S, T, D) token sequences -> (S, T, D)."""
+        return self.conv(series.transpose(1, 2)).transpose(1, 2)
+
+    def forward(self, u: torch.Tensor, frames: int, layout: TokenLayout = LAYOUTS[PER_FRAME]) -> torch.Tensor:
         """`u + DWConv_T(u)` on the selected tokens, `u` elsewhere."""
+        if layout.joint:  # the clip's CLS series (length 1) and each position's patch series
+            cls, patches = layout.time_series(u, frames)
+            if self.tokens in ("all", "cls"):
+                cls = cls + self.over_time(cls)
+            if self.tokens in ("all", "patch"):
+                patches = patches + self.over_time(patches)
+            return layout.from_time_series([cls, patches], u, frames)
         if self.tokens == "all":
             return u + self.mix(u, frames)
         cls, patches = u[:, :1], u[:, 1:]
@@ -191,10 +209,10 @@ class MSTALayer(nn.Module):
         """A_text(h) = up_t(shared(down_t(h))) (ReLUs inside down and shared)."""
         return self.text_adapter.up(self.shared_adapter(self.text_adapter.down(h)))
 
-    def video(self, h: torch.Tensor, frames: int) -> torch.Tensor:
+    def video(self, h: torch.Tensor, frames: int, layout: TokenLayout = LAYOUTS[PER_FRAME]) -> torch.Tensor:
         """A_video(h) = u + DWConv_T(u), u = up_v(shared(down_v(h)))."""
         u = self.visual_adapter.up(self.shared_adapter(self.visual_adapter.down(h)))
-        return u if self.temporal is None else self.temporal(u, frames)
+        return u if self.temporal is None else self.temporal(u, frames, layout)
 
 
 # -- blocks ------------------------------------------------------------------------------------
@@ -217,7 +235,7 @@ class MSTABlock(AdaptedBlock):
     def branch(self, h: torch.Tensor) -> torch.Tensor:
         """The un-scaled adapter output A(h) for this tower."""
         if self.tower == "visual":
-            return self.adapter.video(h, self.num_frames)
+            return self.adapter.video(h, self.num_frames, self.ctx.layout)
         return self.adapter.text(h)
 
     def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,6 +264,7 @@ class MSTA(VideoTextModel):
 
     text_is_frozen = False
     models_frame_order = True  # temporal conv on the video side
+    token_layouts = frozenset({PER_FRAME, JOINT})  # joint: the conv over each position's patch series
     #: Adapter weights receive gradients 1/lambda (200x) larger than their true ones by design:
     #: clipping by global norm would distort them. The engine must not clip for this method.
     allows_grad_clip = False

@@ -34,6 +34,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
 SINKHORN_STOPS = ("each", "batch")
@@ -166,6 +167,13 @@ class OST(VideoTextModel):
 
     text_is_frozen = False
     models_frame_order = False  # the transport plan and the pool are invariant to frame order
+    #: Per frame only: the descriptor solver transports between the T frame features and the N
+    #: descriptors; a joint tower gives one feature per clip, for which the plan is uniform
+    #: (marginals 1 and 1/N) and OT(v, D) = pool(v, D): the method's solver would do nothing.
+    token_layouts = frozenset({PER_FRAME})
+    layout_notes = {JOINT: "its optimal transport matches each class's descriptors to the clip's per-frame features, "
+                           "and a joint sequence gives one feature per clip (the plan would be uniform, the solver "
+                           "inert; docs/methods/ost.md)"}
     #: Classes are scored through their descriptors: the engine gives those of every class set.
     requires = frozenset({"scored_descriptions"})
     #: The descriptor -> video term normalises over every video of the batch (docs/methods/ost.md).

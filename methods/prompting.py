@@ -59,10 +59,11 @@ def word_context(model: VideoTextModel, words: str, n_ctx: int) -> torch.Tensor 
     words = words.replace("_", " ").strip()
     if not words:
         return None
-    tokens = model.tokenize([words])[0]
-    n_words = int(tokens.argmax()) - 1  # tokens between <start_of_text> and <end_of_text>
+    ids = model.tokenizer([words])[0]  # on the CPU: counted without the model's device (meta-built models)
+    n_words = int(ids.argmax()) - 1  # tokens between <start_of_text> and <end_of_text>
     if n_ctx > n_words:
         return None
+    tokens = model.tokenize([words])[0]
     with torch.no_grad():
         return model.clip.token_embedding(tokens[1:1 + n_ctx]).detach().clone()
 

@@ -9,6 +9,8 @@ adding a method is adding one file here that calls `register_method`; no central
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Mapping, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.errors import HarnessError, unknown_name_error
-from harness.options import build_dataclass
+from harness.options import build_dataclass, field_default
 from methods.base import MethodConfig, VideoTextModel
 
 
@@ -94,18 +96,32 @@ def make_config(name: str, options: Mapping[str, Any] | None = None) -> MethodCo
     return config
 
 
+def default_options(name: str) -> dict[str, Any]:
+    """The method's option defaults, as its configuration's `to_dict()` would give them, read
+    from the dataclass fields: what report labels compare a job's options with, without
+    building (and validating) a configuration nobody runs."""
+    return {f.name: copy.deepcopy(field_default(f)) for f in dataclasses.fields(get_method(name).config_cls)}
+
+
 def build_method(
     name: str,
     clip: Any,
     tokenizer: Any,
     num_frames: int = 8,
-    options: Mapping[str, Any] | None = None,
+    options: MethodConfig | Mapping[str, Any] | None = None,
     classnames: Sequence[str] | None = None,
 ) -> VideoTextModel:
     """Apply method `name` to an open_clip CLIP (modified in place) and return the video model.
 
+    `options`: the method's configuration, already built (a job's `method_options`: built once
+    when the job was expanded, and used as is), or option values to build it from.
     `classnames` are the training classes, needed only by methods with per-class parameters
     (class-specific prompt contexts, linear heads)."""
     info = get_method(name)
-    config = make_config(name, options)
+    if isinstance(options, MethodConfig):
+        if type(options) is not info.config_cls:
+            raise HarnessError(f"method {name!r} takes a {info.config_cls.__name__}, not a {type(options).__name__}")
+        config = options
+    else:
+        config = make_config(name, options)
     return info.model_cls(clip, config, num_frames=num_frames, tokenizer=tokenizer, classnames=classnames)

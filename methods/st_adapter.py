@@ -7,7 +7,13 @@ the K400 model) or also before attention (`24x384`, the SSv2 model). The conv's 
 and both fc biases start at zero, so the model starts as frozen CLIP.
 
 Trainable at ViT-B/16: 7,110,144 (12x384) / 14,220,288 (24x384); with the official closed-set
-head (`head=linear`, 400 classes) 7,417,744 / 14,527,888.
+head (`head=linear`, 400 classes) 7,417,744 / 14,527,888. The same on ViCLIP-B/16.
+
+Joint space-time backbones (ViCLIP), joint form "patch grid": the official adapter reshapes the
+patch tokens of a clip into a (T, H, W) volume and convolves over T; a joint sequence's patch
+tokens are viewed as the same (B, T, N, C) grid (`BlockContext.patch_grid`) and get the same
+conv; the clip's one CLS token is untouched, as every frame's CLS is per frame
+(docs/methods/st_adapter.md).
 
 State-dict names follow the official ones under the open_clip prefix:
 `transformer.resblocks.{i}.adapter_pre_{mlp,attn}.{fc1,conv,fc2}.*` ->
@@ -27,6 +33,7 @@ from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext
 from methods.heads import LinearHeadMixin, head_dropout_option, head_option
 from methods.layers import TEMPORAL_CONV_IMPLS, TemporalDepthwiseConv
+from methods.layout import JOINT, LAYOUTS, PER_FRAME, TokenLayout
 from methods.registry import register_method
 
 #: Official K400 recipe: `--blr 1e-3` is the lr per 256 samples, scaled linearly to the global
@@ -95,11 +102,12 @@ class STAdapterModule(nn.Module):
         nn.init.zeros_(self.fc1.bias)
         nn.init.zeros_(self.fc2.bias)
 
-    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        """x: (B*T, 1 + N, D) frame tokens, CLS first -> same shape with the patch tokens adapted."""
+    def forward(self, x: torch.Tensor, frames: int, layout: TokenLayout = LAYOUTS[PER_FRAME]) -> torch.Tensor:
+        """x: visual tokens, CLS first ((B*T, 1 + N, D) per frame, (B, 1 + N*T, D) joint) -> the
+        same with the patch tokens adapted (conv over T on their (B, T, N, C) grid)."""
         hidden = self.fc1(x[:, 1:])
-        hidden = self.conv(hidden.view(hidden.shape[0] // frames, frames, *hidden.shape[1:]))
-        delta = self.fc2(hidden.flatten(0, 1))
+        hidden = self.conv(layout.patch_grid(hidden, frames))
+        delta = self.fc2(layout.from_patch_grid(hidden))
         return torch.cat([x[:, :1], x[:, 1:] + delta], dim=1)
 
 
@@ -114,10 +122,10 @@ class STAdapterBlock(AdaptedBlock):
 
     def adapted_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.adapter_pre_attn is not None:
-            x = self.adapter_pre_attn(x, self.num_frames)
+            x = self.adapter_pre_attn(x, self.num_frames, self.ctx.layout)
         x = x + self.attention(self.ln_1(x), attn_mask)
         if self.adapter_pre_mlp is not None:
-            x = self.adapter_pre_mlp(x, self.num_frames)
+            x = self.adapter_pre_mlp(x, self.num_frames, self.ctx.layout)
         return x + self.mlp_branch(x)
 
 
@@ -127,6 +135,7 @@ class STAdapter(LinearHeadMixin, VideoTextModel):
 
     head_init_std = 0.02  # official: nn.init.normal_(fc.weight, std=0.02)
     models_frame_order = True  # depthwise conv over time in every block
+    token_layouts = frozenset({PER_FRAME, JOINT})  # joint: the conv on the patch grid
 
     def build(self) -> None:
         cfg = self.config
@@ -147,5 +156,6 @@ class STAdapter(LinearHeadMixin, VideoTextModel):
         return ".bias" in name
 
     def head_features(self, x: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Official order: mean of the frames' CLS tokens, then the frozen `ln_post` (no proj)."""
-        return self.clip.visual.ln_post(x[:, 0].reshape(batch, frames, -1).mean(dim=1))
+        """Official order: mean of the frames' CLS tokens (joint: the clip's CLS), then the frozen
+        `ln_post` (no proj)."""
+        return self.clip.visual.ln_post(self.layout.pool_frames(x[:, 0], batch, frames))

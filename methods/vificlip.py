@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from methods.base import MethodConfig, VideoTextModel, option
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
 
@@ -25,6 +26,9 @@ class ViFiCLIPConfig(MethodConfig):
 @register_method("vificlip", ViFiCLIPConfig, "full fine-tune of both encoders, mean-pooled frames")
 class ViFiCLIP(VideoTextModel):
     text_is_frozen = False
+    #: Joint (ViCLIP): the whole space-time encoder is fine-tuned, its CLS is the clip feature.
+    token_layouts = frozenset({PER_FRAME, JOINT})
+    allows_token_mask = True  # no module regroups tokens: ViCLIP's pretraining masking applies as is
 
     def declare_trainable(self) -> Iterable[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if not n.startswith("clip.token_embedding.")]

@@ -23,6 +23,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
+from methods.layout import JOINT, PER_FRAME
 from methods.prompting import DeepPromptBlock, LearnedContext, normal_prompts, splice, word_context
 from methods.registry import register_method
 
@@ -50,6 +51,9 @@ class ViFiCLIPPromptConfig(MethodConfig):
 @register_method("vificlip_prompt", ViFiCLIPPromptConfig, "ViFi-CLIP bridge-and-prompt: deep vision + text prompts")
 class ViFiCLIPPrompt(VideoTextModel):
     text_is_frozen = False
+    #: Joint (ViCLIP): one set of n vision prompts per clip, after the clip's patch tokens.
+    token_layouts = frozenset({PER_FRAME, JOINT})
+    allows_token_mask = True  # prompts follow whatever patch tokens remain
 
     def build(self) -> None:
         config: ViFiCLIPPromptConfig = self.config
@@ -79,3 +83,6 @@ class ViFiCLIPPrompt(VideoTextModel):
 
     def class_text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         return self.prompt_learner.text_features(self, classnames)
+
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        return self.prompt_learner.texts(classnames)

@@ -29,6 +29,7 @@ from torch import nn
 from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext, multihead_attention
+from methods.layout import JOINT
 from methods.prompting import LearnedContext
 from methods.registry import register_method
 
@@ -160,6 +161,8 @@ class VitaBlock(AdaptedBlock):
 class VitaCLIP(VideoTextModel):
     text_is_frozen = False
     models_frame_order = True  # per-frame time embedding, frame-conditioned prompts, summary attention
+    layout_notes = {JOINT: "its local prompts and summary token are built from each frame's CLS token, and a "
+                           "joint sequence has one CLS per clip (docs/methods/vitaclip.md)"}
 
     def build(self) -> None:
         config: VitaCLIPConfig = self.config
@@ -194,6 +197,9 @@ class VitaCLIP(VideoTextModel):
 
     def class_text_features(self, classnames: Sequence[str]) -> torch.Tensor:
         return self.prompt_learner.text_features(self, classnames)
+
+    def prompt_texts(self, classnames: Sequence[str]) -> list[str]:
+        return self.prompt_learner.texts(classnames)
 
     def check_protocol(self, protocol_name: str, closed_set: bool) -> None:
         if self.prompt_learner.class_specific and not closed_set:

@@ -43,6 +43,7 @@ from harness.errors import HarnessError
 from methods.base import MethodConfig, VideoTextModel, option
 from methods.blocks import AdaptedBlock, BlockContext, multihead_attention
 from methods.layers import FRAMES_MISMATCH_CHOICES, drop_path, drop_path_rates, per_frame_embedding
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 from methods.sample_random import SampleRandomLayer, update_generator
 
@@ -274,6 +275,12 @@ class VideoSpecificPrompt(nn.Module):
                  "video-conditioned text prompts")
 class XCLIP(VideoTextModel):
     models_frame_order = True  # message attention across frames + the MIT's positional embedding
+    #: Per frame only: the cross-frame communication is X-CLIP's own way of joining per-frame
+    #: towers, built on one CLS token per frame, and the MIT integrates one feature per frame.
+    token_layouts = frozenset({PER_FRAME})
+    layout_notes = {JOINT: "its cross-frame communication makes a message token from each frame's CLS token and its "
+                           "multi-frame integration transformer runs over one feature per frame, and a joint sequence "
+                           "has one CLS token per clip (docs/methods/xclip.md)"}
 
     def build(self) -> None:
         cfg: XCLIPConfig = self.config

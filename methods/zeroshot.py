@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods.base import MethodConfig, VideoTextModel, option
+from methods.layout import JOINT, PER_FRAME
 from methods.registry import register_method
 
 
@@ -16,4 +17,7 @@ class ZeroShotConfig(MethodConfig):
 
 @register_method("zeroshot", ZeroShotConfig, "frozen CLIP, mean-pooled frames (0 trainable parameters)")
 class ZeroShotCLIP(VideoTextModel):
-    """The default hooks are exactly frozen CLIP."""
+    """The default hooks are exactly frozen CLIP (or ViCLIP: its CLS feature of the clip)."""
+
+    token_layouts = frozenset({PER_FRAME, JOINT})
+    allows_token_mask = True  # nothing is trained: masking never applies

@@ -79,7 +79,7 @@ else
   EAGER=(--iters 12 --warmup 4)
   COMPILE=(--iters 8 --warmup 3 --no-baseline)
   # Frozen-CLIP inference first (the 1,200 clips/s target), then the methods with reference numbers.
-  COMPILE_METHODS=${GPU_BENCH_COMPILE_METHODS-zeroshot,st_adapter,aim,vificlip,vitaclip,msta,vificlip_prompt,xclip,mote,ost}
+  COMPILE_METHODS=${GPU_BENCH_COMPILE_METHODS-zeroshot,st_adapter,aim,vificlip,vitaclip,msta,vificlip_prompt,xclip,mote,ost,froster}
 fi
 JSON="$OUT/gpu_bench.json"
 rm -f "$JSON"

@@ -65,9 +65,11 @@ def b16():
     return make_backbone("ViT-B-16")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def b16_meta():
-    """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy."""
+    """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy. One
+    for the whole session (every user builds on a deep copy: `method_helpers.build`); creating it
+    (a random ViT-B/16, then moved) costs about a second per module otherwise."""
     from method_helpers import make_backbone
 
     return make_backbone("ViT-B-16", meta=True)

@@ -13,7 +13,6 @@ model has drop path and dropout, and its loss depends on which labels share the 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sys
@@ -28,9 +27,9 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import harness.engine.runner as runner_mod
-from harness.jobs import JobSpec, ListSpec
+from harness.jobs.spec import JobSpec, ListSpec
 from harness.settings import DataOptions, Schedule
-from methods.base import ParamGroup
+from methods.base import MethodConfig, ParamGroup
 from methods.layers import DropPath, SampleDropout
 
 CLIPS, CLASSES, FRAMES, SIDE, CROP = 102, 12, 2, 6, 4
@@ -117,11 +116,10 @@ class BatchLabelToy(nn.Module):
 def toy_job(micro_batch: int, **schedule: Any) -> JobSpec:
     lst = ListSpec(name="train", dataset="embedded", ann_file="synthetic", class_file="synthetic",
                    classnames=[f"class {i}" for i in range(CLASSES)], video_root="synthetic")
-    return JobSpec(method="toy", method_options={"lr": LR, "weight_decay": 0.05}, protocol="few_shot",
+    return JobSpec(method="toy", method_options=MethodConfig(lr=LR, weight_decay=0.05), protocol="few_shot",
                    protocol_version=1, protocol_hash="toy", dataset="embedded", split=1, shots=2, seed=7,
-                   profile=None, schedule={**dataclasses.asdict(Schedule()), **SCHEDULE, **schedule,
-                                           "micro_batch": micro_batch},
-                   data=dataclasses.asdict(DataOptions()), backbone="toy", pretrained=None, train=lst, evals=[],
+                   profile=None, schedule=Schedule(**{**SCHEDULE, **schedule, "micro_batch": micro_batch}),
+                   data=DataOptions(), backbone="toy", pretrained=None, train=lst, evals=[],
                    select_on=None, closed_set=True, summary="toy")
 
 

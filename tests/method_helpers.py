@@ -3,7 +3,7 @@ test_vificlip_prompt): backbones to build methods on, deterministic videos, pert
 zero-initialised parameters, protocol class names and the official state-dict listings under
 ../shared/upstream.
 
-The module-scoped backbone fixtures (`tiny`, `b16`, `b16_meta`) are in conftest.py and made
+The backbone fixtures (`tiny`, `b16`: per module; `b16_meta`: per session) are in conftest.py and made
 with `make_backbone`. A test file binds its method (and its defaults) once:
 ``build = builder("vitaclip")``, or
 ``build, build_b16, video, perturb_zero_init = bind("aim", 4, perturb_scale=0.1)``.

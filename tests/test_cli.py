@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from parse_counting import counting_parses_and_builds
 
 from harness.cli import main
+from methods.msta import MSTAConfig
 
 
 def _run(args, capsys):
@@ -15,13 +17,33 @@ def _run(args, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, harness_cache):
+def counted_tiny_run(tmp_path_factory, harness_cache):
+    """The module's tiny run, with the `--set` value parses and `MSTAConfig` builds it made."""
     out = tmp_path_factory.mktemp("run")
     args = ["run", "--methods", "zeroshot,msta", "--protocol", "base2novel", "--profile", "tiny",
             "--cache", str(harness_cache), "--out", str(out), "--no-progress",
             "--set", "msta.rank=16", "--set", "msta.alpha=2.0"]
-    code = main(args)
-    return code, out, args
+    with counting_parses_and_builds(MSTAConfig) as (parses, builds):
+        code = main(args)
+    return code, out, args, parses, builds
+
+
+@pytest.fixture(scope="module")
+def tiny_run(counted_tiny_run):
+    return counted_tiny_run[:3]
+
+
+def test_a_run_parses_once_and_builds_once(counted_tiny_run):
+    """The whole `harness run` (request, plan and data check, three jobs in the engine, the
+    results store, the summary table): each `--set` value is parsed once and `MSTAConfig` built
+    once, shared by the three splits' jobs (issue 22: `--set msta.rank` was parsed three times and
+    the configuration built about five times per job); the summary still labels the row with
+    the options that differ from the defaults."""
+    code, out, _, parses, builds = counted_tiny_run
+    assert code == 0
+    assert parses == {"16": 1, "2.0": 1}
+    assert [(b.get("rank"), b.get("alpha")) for b in builds] == [(16, 2.0)]
+    assert "| msta[alpha=2.0,rank=16] |" in (out / "summary.md").read_text()
 
 
 def test_run_end_to_end_writes_results(tiny_run):

@@ -8,7 +8,7 @@ import pytest
 
 from harness.data import embedded
 from harness.errors import HarnessError
-from harness.jobs import RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
 from harness.metrics import accuracy_standard_error
 
 

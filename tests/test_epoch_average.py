@@ -15,6 +15,7 @@ import harness.engine.runner as runner_mod
 from harness.cli import main
 from harness.engine.hooks import EpochAverageHook
 from harness.errors import HarnessError
+from harness.settings import DataOptions, Schedule
 from harness.validate import job_option_problems
 from methods.base import EpochRange
 
@@ -103,11 +104,12 @@ class _Job:
     def __init__(self, method: str, options: dict, **schedule) -> None:
         from methods.registry import make_config
 
-        self.method, self.method_options = method, make_config(method, options).to_dict()
-        self.schedule = {"frames": 4, "epochs": 6, "warmup_epochs": 1, "batch_size": 8, "micro_batch": 0,
-                         "val_interval": 0, "views": [1, 1], "betas": [0.9, 0.98], "eps": 1e-8, "lr_min_ratio": 0.01,
-                         "label_smoothing": 0.0, "grad_clip": 0.0, "select": "last", **schedule}
-        self.data = {"max_missing": 0.05}
+        self.method, self.method_options = method, make_config(method, options)
+        self.schedule = Schedule(**{"frames": 4, "epochs": 6, "warmup_epochs": 1, "batch_size": 8, "micro_batch": 0,
+                                    "val_interval": 0, "views": [1, 1], "betas": [0.9, 0.98], "eps": 1e-8,
+                                    "lr_min_ratio": 0.01, "label_smoothing": 0.0, "grad_clip": 0.0, "select": "last",
+                                    **schedule})
+        self.data = DataOptions(max_missing=0.05)
         self.checkpoint: dict = {}
 
 

@@ -1,8 +1,11 @@
 """FLOPs: attention is counted on CPU too, the pinned ViT-B/16 numbers of docs/METHODS.md, and
 the counting modes (fake tensors vs real arithmetic, train vs eval) agree."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import make_backbone
 
 from harness.backbone import create_clip, get_tokenizer
 from harness.measure.flops import (
@@ -30,10 +33,15 @@ _CACHE: dict = {}
 
 
 def _vit_b16(name, options=()):
-    """ViT-B/16 models are slow to build: one per (method, options) for the whole module."""
+    """ViT-B/16 models for fake-tensor counts: shapes only, built on the meta device (no weights,
+    no initialisation), one per (method, options) for the whole module."""
     key = (name, tuple(options))
     if key not in _CACHE:
-        _CACHE[key] = _model(name, options=dict(options))
+        if "backbone" not in _CACHE:
+            _CACHE["backbone"] = make_backbone("ViT-B-16", meta=True)
+        clip, tokenizer = _CACHE["backbone"]
+        with torch.device("meta"):
+            _CACHE[key] = build_method(name, copy.deepcopy(clip), tokenizer, 8, dict(options))
     return _CACHE[key]
 
 

@@ -116,7 +116,7 @@ def test_a_run_records_before_and_after_and_the_tables_show_them(tiny_run, tmp_p
 def _job(root, job_id: str, split: int, method: str, vocabulary: tuple[float, float] | None) -> None:
     """A finished job as `harness run` records it (the fields the report reads), with a forgetting
     measurement (mean before, mean after) or none."""
-    from harness.jobs import RESULTS_FORMAT
+    from harness.jobs.identity import RESULTS_FORMAT
     from methods.registry import make_config
 
     job = {"method": method, "method_options": make_config(method).to_dict(), "split": split, "shots": None, "seed": 1,

@@ -159,7 +159,7 @@ def test_weight_decay_rule_is_zero_wd_1d_param(setup):
 def test_contract_declarations():
     cls = get_method("froster").model_cls
     assert cls.text_is_frozen is False and cls.models_frame_order is False
-    assert cls.token_layouts == frozenset({"per_frame"})
+    assert cls.token_layouts == frozenset({"per_frame", "joint"})  # joint form: docs/methods/froster.md
     assert cls.run_needs(make_config("froster")) == {"rephrased_classnames"}
     assert cls.run_needs(make_config("froster", {"rephrased": False})) == frozenset()
     assert cls.averaged_epochs(make_config("froster")) == EpochRange(2, None)

@@ -198,7 +198,8 @@ def test_device_pipeline_items_stack_and_augment(embedded_root, tmp_path):
 
 
 def test_augment_on_is_part_of_the_job_id(harness_cache):
-    from harness.jobs import EXECUTION_ONLY_DATA_KEYS, RunRequest, expand_jobs
+    from harness.jobs.expand import RunRequest, expand_jobs
+    from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS
 
     def job(**data):
         return expand_jobs(RunRequest(
@@ -208,8 +209,8 @@ def test_augment_on_is_part_of_the_job_id(harness_cache):
 
     default, cpu, device = job(), job(augment_on="cpu"), job(augment_on="device")
     assert "augment_on" not in EXECUTION_ONLY_DATA_KEYS
-    assert default.data["augment_on"] == "cpu" and default.job_id == cpu.job_id
-    assert device.job_id != cpu.job_id and device.data["augment_on"] == "device"
+    assert default.data.augment_on == "cpu" and default.job_id == cpu.job_id
+    assert device.job_id != cpu.job_id and device.data.augment_on == "device"
 
 
 def test_bench_line_states_the_saving():

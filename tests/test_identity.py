@@ -10,7 +10,9 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.jobs import EXECUTION_ONLY_KEYS, RESULTS_FORMAT, RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
+from harness.jobs.identity import EXECUTION_ONLY_KEYS, RESULTS_FORMAT
+from harness.jobs.spec import JobSpec
 from harness.store import RunStore
 
 
@@ -87,7 +89,24 @@ def test_execution_only_keys_do_not_change_the_id(harness_cache, key, value):
     base = expand_jobs(_req(harness_cache, splits=[1]))[0]
     job = expand_jobs(_req(harness_cache, splits=[1], schedule_overrides={key: value}))[0]
     assert job.job_id == base.job_id
-    assert job.schedule[key] == value  # recorded all the same
+    assert getattr(job.schedule, key) == value  # recorded all the same
+
+
+def test_a_job_record_reads_back_as_the_same_typed_job(harness_cache):
+    """`JobSpec.from_dict(job.to_dict())` (the launcher's worker reads its job so): the same id and
+    record, typed fields again typed; a record without a key of a later version takes its default."""
+    from harness.settings import DataOptions, Schedule
+    from methods.msta import MSTAConfig
+
+    job = expand_jobs(_req(harness_cache, ["msta"], splits=[1], method_options={"msta": {"rank": 64}}))[0]
+    back = JobSpec.from_dict(job.to_dict())
+    assert back.job_id == job.job_id and back.to_dict() == job.to_dict()
+    assert isinstance(back.method_options, MSTAConfig) and back.method_options.rank == 64
+    assert isinstance(back.schedule, Schedule) and isinstance(back.data, DataOptions)
+    record = job.to_dict()
+    del record["schedule"]["log_backend"], record["data"]["decode_threads"]  # an older record (execution-only keys)
+    old = JobSpec.from_dict(record)
+    assert (old.schedule.log_backend, old.data.decode_threads) == ("local", 1) and old.job_id == job.job_id
 
 
 def test_local_weights_swapped_in_place_are_a_new_job(harness_cache, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.jobs import EXECUTION_ONLY_KEYS
+from harness.jobs.identity import EXECUTION_ONLY_KEYS
 from harness.settings import parse_set_args
 
 

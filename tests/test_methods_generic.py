@@ -30,9 +30,36 @@ EXPECTED_DEFAULT_COUNTS = {
     "ost": 149_620_737,               # "Being added": OST @ 1810ae6, everything (USE: both; token_embedding too),
                                       # also counted on the official model built by trainers/OST.py returnCLIP
 }
+#: Exact trainable counts on ViCLIP-B/16 (joint space-time backbone), 8 frames, default options, for
+#: every method that lists the joint layout. Inserted modules have their ViT-B/16 sizes (ViCLIP has
+#: CLIP ViT-B/16's widths and depths: METHODS.md's counts, docs/methods/<m>.md for the joint forms);
+#: ViFi-CLIP trains ViCLIP's own parameters but the token embedding: 149,603,841 - 49,408 x 512, from
+#: the official state-dict listing (tests/data/viclip_b16_official_state_dict.tsv). A method that
+#: lists "joint" fails `test_viclip_counts_or_refusal` until its count is added here; one that does
+#: not must refuse ViCLIP in one line.
+EXPECTED_VICLIP_COUNTS = {
+    "zeroshot": 0,
+    "vificlip": 124_306_945,
+    "vificlip_prompt": 184_320,
+    "st_adapter": 7_110_144,
+    "aim": 10_659_072,
+    "msta": 8_712_192,                # the MSTA paper's "8.7M" on its own backbone (ViCLIP-B/16)
+    "froster": 150_652_417,           # every ViCLIP parameter (149,603,841) + two 512x512x2 projectors
+                                      # (1,048,576); the frozen teacher adds 149,603,841 frozen
+}
+#: Why each method that does not list the joint layout refuses ViCLIP: a phrase its one-line refusal
+#: must contain (its `layout_notes`), so that no method refuses with the generic default reason.
+EXPECTED_VICLIP_REFUSALS = {
+    "vitaclip": "each frame's CLS token",
+    "xclip": "message token from each frame's CLS token",
+    "mote": "one CLS feature per frame",
+    "ost": "per-frame features",
+}
 #: Every registered method (discovered from the files in methods/): the tests below cover a new
 #: method without being edited.
 METHODS = list_methods()
+#: The methods that run on a joint space-time backbone (ViCLIP), by their own declaration.
+JOINT_METHODS = [m for m in METHODS if "joint" in get_method(m).model_cls.token_layouts]
 CLASSES = [f"class {i}" for i in range(5)]
 #: harness-tiny has 4 layers: prompt depth must fit (the `embedded`/`tiny` profiles do the same).
 TINY_OPTIONS = {"vificlip_prompt": {"depth": 4}}
@@ -54,8 +81,8 @@ def test_frame_order_contract_of_the_reference_methods():
     assert claims == {m: m in temporal for m in EXPECTED_DEFAULT_COUNTS}
 
 
-def _tiny(method: str, frames: int = 4, seed: int = 0, options: dict | None = None):
-    clip, spec = create_clip("harness-tiny", seed=seed)
+def _tiny(method: str, frames: int = 4, seed: int = 0, options: dict | None = None, backbone: str = "harness-tiny"):
+    clip, spec = create_clip(backbone, seed=seed)
     options = {**TINY_OPTIONS.get(method, {}), **(options or {})}
     net = build_method(method, clip, get_tokenizer(spec), frames, options, classnames=CLASSES)
     if net.run_needs(net.config) & DESCRIPTION_NEEDS:
@@ -74,13 +101,25 @@ def _perturb_trainable(net: torch.nn.Module, seed: int = 1) -> None:
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
+#: Methods whose construction reads weight values (ViFi-CLIP prompting's context starts from the
+#: token embeddings of "a photo of a", found with `argmax` over the tokens): counted on a real build.
+BUILT_FROM_VALUES = frozenset({"vificlip_prompt"})
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_exact_trainable_counts_vit_b16(method):
+def test_exact_trainable_counts_vit_b16(method, b16_meta):
+    """Counts only: built on the meta device (the inserted modules too, no weights), except the
+    methods whose construction reads weight values."""
     assert method in EXPECTED_DEFAULT_COUNTS, (
         f"method {method!r} has no expected trainable count: add the count its reference states "
         "(../shared/docs/METHODS.md) to EXPECTED_DEFAULT_COUNTS")
-    clip, spec = create_clip("ViT-B-16")
-    net = build_method(method, clip, get_tokenizer(spec), 8, {}, classnames=CLASSES)
+    if method in BUILT_FROM_VALUES:
+        clip, spec = create_clip("ViT-B-16")
+        net = build_method(method, clip, get_tokenizer(spec), 8, {}, classnames=CLASSES)
+    else:
+        clip, tokenizer = b16_meta
+        with torch.device("meta"):
+            net = build_method(method, copy.deepcopy(clip), tokenizer, 8, {}, classnames=CLASSES)
     counts = net.parameter_counts()
     assert counts["trainable"] == EXPECTED_DEFAULT_COUNTS[method]
     assert counts["total"] >= 149_620_737
@@ -185,3 +224,76 @@ def test_frozen_text_features_are_cached_once_per_class_set():
     net(video, CLASSES)
     net(video, CLASSES)
     assert calls == [tuple(CLASSES)]
+
+
+# -- the joint space-time layout (ViCLIP) --------------------------------------------------------
+@pytest.fixture(scope="module")
+def viclip_meta():
+    with torch.device("meta"):
+        return create_clip("ViCLIP-B-16")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_viclip_counts_or_refusal(method, viclip_meta):
+    """Every method runs on ViCLIP-B/16 with its exact count, or refuses it in one line (before any
+    module is built) with the reason its class gives."""
+    from harness.errors import ConfigurationError
+
+    clip, spec = viclip_meta
+    if method not in JOINT_METHODS:
+        with pytest.raises(ConfigurationError) as err:
+            build_method(method, copy.deepcopy(clip), get_tokenizer(spec), 8, {}, classnames=CLASSES)
+        assert str(err.value).startswith(f"{method} does not run on a joint space-time backbone: ")
+        assert "\n" not in str(err.value)
+        assert method in EXPECTED_VICLIP_REFUSALS, (
+            f"method {method!r} refuses ViCLIP-B/16: state why in its layout_notes['joint'] and add the reason to "
+            "EXPECTED_VICLIP_REFUSALS (and to docs/methods/<method>.md)")
+        assert EXPECTED_VICLIP_REFUSALS[method] in str(err.value)
+        return
+    assert method not in EXPECTED_VICLIP_REFUSALS
+    assert method in EXPECTED_VICLIP_COUNTS, (
+        f"method {method!r} lists the joint layout but has no expected trainable count on ViCLIP-B/16: add it to "
+        "EXPECTED_VICLIP_COUNTS (and to docs/methods/<method>.md)")
+    # The backbone's weights are on the meta device; the method's own modules are small real tensors.
+    net = build_method(method, copy.deepcopy(clip), get_tokenizer(spec), 8, {}, classnames=CLASSES)
+    assert net.parameter_counts()["trainable"] == EXPECTED_VICLIP_COUNTS[method]
+    assert net.parameter_counts()["total"] >= 149_603_841
+
+
+@pytest.mark.parametrize("method", JOINT_METHODS)
+def test_joint_forward_shapes_and_only_declared_parameters_change(method):
+    """On the tiny joint backbone: finite (B, C) logits, unit features, and training moves exactly the
+    declared parameters (at least one)."""
+    torch.manual_seed(0)
+    net = _tiny(method, backbone="harness-tiny-joint")
+    video, labels = torch.randn(3, 4, 3, 64, 64), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        net.eval()
+        assert net(video, CLASSES).shape == (3, len(CLASSES))
+        assert torch.allclose(net.encode_video(video).norm(dim=-1), torch.ones(3), atol=1e-5)
+    net.train()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        return
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    for _ in range(2):
+        loss = sum(net.training_losses(video, labels, CLASSES).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= {n for n, p in net.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("method", [m for m in JOINT_METHODS if get_method(m).model_cls.models_frame_order])
+def test_joint_temporal_modules_use_frame_order(method):
+    """With the joint backbone's own temporal embedding at zero (order-blind, as harness-tiny-joint
+    starts), a method that claims to model frame order does so through its own modules."""
+    net = _tiny(method, backbone="harness-tiny-joint")
+    _perturb_trainable(net)
+    net.eval()
+    assert not net.clip.visual.temporal_positional_embedding.any()
+    video = torch.randn(2, 4, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(net.encode_video(video), net.encode_video(video.flip(1)), atol=1e-5)

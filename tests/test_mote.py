@@ -478,10 +478,11 @@ def test_engine_builds_the_two_learning_rates(b16_meta):
     from types import SimpleNamespace
 
     from harness.engine.runner import _optim_wrapper
+    from harness.settings import Schedule
 
     model = build_b16(b16_meta, {}, method="mote")
-    job = SimpleNamespace(method="mote", method_options={"lr": 5e-5, "weight_decay": 0.2},
-                          schedule={"betas": [0.9, 0.999], "eps": 1e-8, "grad_clip": 0.0})
+    job = SimpleNamespace(method="mote", method_options=make_config("mote", {"lr": 5e-5, "weight_decay": 0.2}),
+                          schedule=Schedule(betas=[0.9, 0.999], eps=1e-8, grad_clip=0.0))
     groups = {g["group"]: g for g in _optim_wrapper(model, job, amp=False).optimizer.param_groups}
     assert sorted(groups) == ["decay", "decay_lr_x0.07"]
     assert groups["decay_lr_x0.07"]["lr"] == pytest.approx(3.5e-6) and groups["decay"]["lr"] == 5e-5

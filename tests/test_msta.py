@@ -9,6 +9,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 import torch.nn.functional as F
+from method_helpers import build_b16
 
 from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
@@ -41,17 +42,15 @@ def perturb_temporal(model: MSTA, std: float = 0.5) -> None:
 
 
 # -- counts and configuration ------------------------------------------------------------------
-def test_counts_at_vit_b16() -> None:
-    clip, spec = create_clip("ViT-B-16")
-    model = build_method("msta", clip, get_tokenizer(spec), 8)
+def test_counts_at_vit_b16(b16_meta) -> None:
+    model = build_b16(b16_meta, {}, method="msta")
     assert model.parameter_counts()["trainable"] == 8_712_192
     assert all(n.startswith("adapters.") for n, p in model.named_parameters() if p.requires_grad)
     assert not model.clip.logit_scale.requires_grad
     layer = model.adapters["12"]
     assert sum(p.numel() for p in layer.temporal.parameters()) == 3_072
 
-    clip, spec = create_clip("ViT-B-16")
-    model = build_method("msta", clip, get_tokenizer(spec), 8, {"rank": 128, "start": 8})
+    model = build_b16(b16_meta, {"rank": 128, "start": 8}, method="msta")
     assert model.parameter_counts()["trainable"] == 1_744_000
     assert sorted(model.adapters, key=int) == ["8", "9", "10", "11", "12"]
 

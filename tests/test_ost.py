@@ -357,7 +357,7 @@ def test_an_older_embedded_cache_gets_the_descriptor_files(embedded_root, tmp_pa
 # -- a job's descriptor references ---------------------------------------------------------------------
 def _jobs(protocol: str, cache, dataset: str = "embedded", **kwargs):
     from harness.api import request
-    from harness.jobs import expand_jobs
+    from harness.jobs.expand import expand_jobs
 
     return expand_jobs(request("ost", protocol, dataset=dataset, cache_dir=str(cache), **kwargs))
 
@@ -387,7 +387,7 @@ def test_real_targets_use_the_published_files(upstream_root, tmp_path):
     base-to-novel: novel classes by name in the full list."""
     from harness.api import request
     from harness.data.descriptions import load_job_descriptions
-    from harness.jobs import _zero_shot_targets
+    from harness.jobs.expand import _zero_shot_targets
     from protocols import load_protocol
 
     roots = {"splits_root": str(upstream_root), "data_root": str(tmp_path), "cache_dir": str(tmp_path)}

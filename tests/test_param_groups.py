@@ -8,6 +8,8 @@ import pytest
 from method_helpers import build_b16
 
 from harness.engine.runner import _optim_wrapper
+from harness.settings import Schedule
+from methods.base import MethodConfig
 
 
 def _groups(b16_meta, method, options=None):
@@ -64,8 +66,8 @@ def test_aim_embeddings_and_layernorms_not_decayed(b16_meta):
 
 def test_engine_builds_adamw_from_the_groups(b16_meta):
     net, groups = _groups(b16_meta, "st_adapter")
-    job = SimpleNamespace(method="st_adapter", method_options={"lr": 7.5e-4, "weight_decay": 0.01},
-                          schedule={"betas": [0.9, 0.999], "eps": 1e-8, "grad_clip": 0.0})
+    job = SimpleNamespace(method="st_adapter", method_options=MethodConfig(lr=7.5e-4, weight_decay=0.01),
+                          schedule=Schedule(betas=[0.9, 0.999], eps=1e-8, grad_clip=0.0))
     optimizer = _optim_wrapper(net, job, amp=False).optimizer
     by_name = {g["group"]: g for g in optimizer.param_groups}
     assert by_name["decay"]["weight_decay"] == 0.01 and by_name["no_decay"]["weight_decay"] == 0.0

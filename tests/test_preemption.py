@@ -113,7 +113,7 @@ def test_a_launched_job_requeues_on_the_signal_and_resumes_exactly(straight, tmp
     final weights and metrics equal the uninterrupted run's."""
     import time
 
-    from harness.jobs import expand_jobs
+    from harness.jobs.expand import expand_jobs
     from harness.launch import records
     from harness.launch.config import LauncherConfig
     from harness.launch.submit import submit, wait_for

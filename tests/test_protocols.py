@@ -5,7 +5,7 @@ import pytest
 
 from harness.data.annotations import read_annotation_list, read_class_csv
 from harness.errors import HarnessError
-from harness.jobs import RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
 
 
 def _request(dataset, protocol="base2novel", **kw):
@@ -53,7 +53,7 @@ def test_protocol_hash_changes_with_files_and_profile(upstream_root, tmp_path):
 @pytest.mark.upstream
 def test_k600_zero_shot_targets(upstream_root, tmp_path):
     # zero_shot trains on K400 (its train list is not in the local copy), so check the targets only
-    from harness.jobs import RunRequest, _zero_shot_targets
+    from harness.jobs.expand import RunRequest, _zero_shot_targets
     from protocols import load_protocol
 
     req = _request("k400", protocol="zero_shot", splits_root=str(upstream_root), cache_dir=str(tmp_path))
@@ -71,7 +71,7 @@ def test_embedded_base2novel_lists(harness_cache):
     job = jobs[0]
     assert len(job.train.classnames) == 6 and len(job.evals[1].classnames) == 6
     assert not set(job.train.classnames) & set(job.evals[1].classnames)
-    assert job.schedule["epochs"] == 6  # the embedded profile's short schedule
+    assert job.schedule.epochs == 6  # the embedded profile's short schedule
     assert "embedded_recipe_hash" in next(iter(job.file_provenance.values()))
 
 
@@ -86,7 +86,7 @@ def test_unknown_protocol_and_dataset_errors():
 
 def test_k_shot_sampling_is_deterministic_and_per_class():
     from harness.data.annotations import AnnotationEntry
-    from harness.jobs import sample_k_shot
+    from harness.data.kshot import sample_k_shot
 
     entries = [AnnotationEntry(f"v{i}.mp4", i % 3, i + 1) for i in range(30)]  # 10 per class
     a = sample_k_shot(entries, 4, seed=7)

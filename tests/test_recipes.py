@@ -6,7 +6,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.jobs import RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
 from harness.recipes import resolve_recipe
 
 
@@ -58,11 +58,11 @@ def test_shared_schedule_takes_recipe_optimiser_only(harness_cache):
     # no profile: the `embedded` profile sets its own searched lrs (test_embedded_profile_lr_wins_over_recipe)
     req = _request("embedded", "zero_shot", ["vificlip", "st_adapter"], profile=None, cache_dir=str(harness_cache))
     vifi, sta = expand_jobs(req)
-    assert vifi.method_options["lr"] == 8e-6 and vifi.method_options["weight_decay"] == 0.001
-    assert sta.method_options["lr"] == 7.5e-4 and sta.method_options["weight_decay"] == 0.01
+    assert vifi.method_options.lr == 8e-6 and vifi.method_options.weight_decay == 0.001
+    assert sta.method_options.lr == 7.5e-4 and sta.method_options.weight_decay == 0.01
     # epochs, batch, frames, views, betas and label smoothing stay identical for both methods
     assert vifi.schedule == sta.schedule
-    assert vifi.schedule["label_smoothing"] == 0.0 and vifi.schedule["betas"] == [0.9, 0.98]
+    assert vifi.schedule.label_smoothing == 0.0 and vifi.schedule.betas == [0.9, 0.98]
     assert vifi.recipe["schedule_kind"] == "shared" and vifi.recipe["scope"] == "protocol default"
     assert vifi.recipe["not_applied"] == {} and "ViFi-CLIP" in vifi.recipe["source"]
 
@@ -71,12 +71,12 @@ def test_paper_schedule_applies_full_recipe_and_records_gaps(harness_cache):
     req = _request("embedded", "fully_supervised", ["vificlip", "aim"], cache_dir=str(harness_cache),
                    schedule_kind="paper")
     vifi, aim = expand_jobs(req)
-    assert vifi.method_options["lr"] == 2.2e-5
-    assert (vifi.schedule["epochs"], vifi.schedule["batch_size"], vifi.schedule["frames"]) == (30, 512, 16)
-    assert vifi.schedule["label_smoothing"] == 0.1 and vifi.schedule["views"] == [4, 3]
+    assert vifi.method_options.lr == 2.2e-5
+    assert (vifi.schedule.epochs, vifi.schedule.batch_size, vifi.schedule.frames) == (30, 512, 16)
+    assert vifi.schedule.label_smoothing == 0.1 and vifi.schedule.views == [4, 3]
     assert vifi.recipe["not_applied"] == {"mixup": 0.8, "cutmix": 1.0, "mixup_switch_prob": 0.5}
-    assert aim.schedule["warmup_epochs"] == 2.5 and aim.schedule["betas"] == [0.9, 0.999]
-    assert aim.schedule["lr_min_ratio"] == 0.0
+    assert aim.schedule.warmup_epochs == 2.5 and aim.schedule.betas == [0.9, 0.999]
+    assert aim.schedule.lr_min_ratio == 0.0
     assert vifi.job_id != expand_jobs(RunRequest(**{**req.__dict__, "schedule_kind": "shared"}))[0].job_id
 
 
@@ -85,11 +85,11 @@ def test_profile_and_set_win_over_recipe(harness_cache):
                    schedule_kind="paper", shots=[2],
                    method_options={"vificlip_prompt": {"lr": 0.5}}, schedule_overrides={"epochs": 3})
     job = expand_jobs(req)[0]
-    assert job.method_options["n_tokens"] == 10  # few-shot recipe
-    assert job.method_options["depth"] == 4  # profile (tiny backbone has 4 layers)
-    assert job.method_options["lr"] == 0.5  # --set
-    assert job.schedule["epochs"] == 3 and job.schedule["batch_size"] == 4  # --set, profile
-    assert job.schedule["label_smoothing"] == 0.1  # recipe, untouched by the profile
+    assert job.method_options.n_tokens == 10  # few-shot recipe
+    assert job.method_options.depth == 4  # profile (tiny backbone has 4 layers)
+    assert job.method_options.lr == 0.5  # --set
+    assert job.schedule.epochs == 3 and job.schedule.batch_size == 4  # --set, profile
+    assert job.schedule.label_smoothing == 0.1  # recipe, untouched by the profile
 
 
 def test_embedded_profile_lr_wins_over_recipe(harness_cache):
@@ -98,8 +98,8 @@ def test_embedded_profile_lr_wins_over_recipe(harness_cache):
     req = _request("embedded", "zero_shot", ["vificlip", "st_adapter"], profile="embedded", cache_dir=str(harness_cache),
                    method_options={"st_adapter": {"lr": 0.5}})
     vifi, sta = expand_jobs(req)
-    assert (vifi.method_options["lr"], vifi.method_options["weight_decay"]) == (3e-4, 0.001)  # profile, recipe
-    assert (sta.method_options["lr"], sta.method_options["weight_decay"]) == (0.5, 0.01)  # --set, recipe
+    assert (vifi.method_options.lr, vifi.method_options.weight_decay) == (3e-4, 0.001)  # profile, recipe
+    assert (sta.method_options.lr, sta.method_options.weight_decay) == (0.5, 0.01)  # --set, recipe
     assert vifi.recipe["method_options"]["lr"] == 8e-6  # the recipe record still says what was published
 
 
@@ -109,8 +109,8 @@ def test_published_recipe_on_real_dataset(upstream_root, tmp_path):
                    cache_dir=str(tmp_path), backbone="ViT-B-16")
     job = expand_jobs(req)[0]
     assert job.recipe["scope"] == "published"
-    assert (job.method_options["lr"], job.method_options["n_tokens"], job.method_options["depth"]) == (8e-3, 10, 12)
-    assert job.schedule["epochs"] == 50 and job.schedule["frames"] == 8  # shared schedule kept
+    assert (job.method_options.lr, job.method_options.n_tokens, job.method_options.depth) == (8e-3, 10, 12)
+    assert job.schedule.epochs == 50 and job.schedule.frames == 8  # shared schedule kept
 
 
 def test_bad_recipe_file_is_a_one_line_error(tmp_path, monkeypatch):

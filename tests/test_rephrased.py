@@ -14,7 +14,7 @@ from harness.data import rephrased
 from harness.data.embedded import MAIN_CLASSES, REPHRASED, ZS_CLASSES
 from harness.data.upstream import load_manifest
 from harness.errors import HarnessError
-from harness.jobs import RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
 from methods.froster import TEMPLATES
 
 COMMIT = "230ae8831b352bec80f5e8695691282198ca2ab2"

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.jobs import RESULTS_FORMAT, RunRequest, expand_jobs
+from harness.jobs.expand import RunRequest, expand_jobs
+from harness.jobs.identity import RESULTS_FORMAT
 from harness.report import config_id, config_key, varying_settings
 
 

@@ -17,7 +17,7 @@ import pytest
 
 import harness.reports
 from harness.cli import main
-from harness.jobs import RESULTS_FORMAT
+from harness.jobs.identity import RESULTS_FORMAT
 from harness.reports import latex, plots
 from harness.reports.aggregate import collect, eval_frame
 from harness.reports.build import write_report

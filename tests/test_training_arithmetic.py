@@ -19,6 +19,8 @@ from torch import nn
 from harness.engine.batches import UpdateShare
 from harness.engine.model import VideoClassifier
 from harness.engine.runner import _optim_wrapper, _schedulers
+from harness.settings import Schedule
+from methods.base import MethodConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,9 +51,9 @@ def test_views_are_softmaxed_then_averaged():
 
 
 def _job(lr=1.0, epochs=3, warmup=1, lr_min_ratio=0.01, weight_decay=0.0):
-    schedule = {"epochs": epochs, "warmup_epochs": warmup, "lr_min_ratio": lr_min_ratio, "betas": [0.9, 0.999],
-                "eps": 1e-8, "grad_clip": 0.0}
-    return SimpleNamespace(schedule=schedule, method_options={"lr": lr, "weight_decay": weight_decay}, method="toy")
+    schedule = Schedule(epochs=epochs, warmup_epochs=warmup, lr_min_ratio=lr_min_ratio, betas=[0.9, 0.999], eps=1e-8,
+                        grad_clip=0.0)
+    return SimpleNamespace(schedule=schedule, method_options=MethodConfig(lr=lr, weight_decay=weight_decay), method="toy")
 
 
 def _applied_lrs(epoch_length: int, iters: int, warmup: float = 1) -> list[float]:

@@ -19,7 +19,8 @@ from torch import nn
 
 from harness.engine.runner import _optim_wrapper, _schedulers
 from harness.errors import HarnessError
-from methods.base import ParamGroup
+from harness.settings import Schedule
+from methods.base import MethodConfig, ParamGroup
 from methods.registry import get_method, make_config
 from methods.xclip import CrossFrameBlock, official_key
 
@@ -347,9 +348,8 @@ def test_engine_schedules_the_scaled_group_from_its_own_lr():
     old, new = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
     net = SimpleNamespace(allows_grad_clip=True, param_groups=lambda: [
         ParamGroup("decay", ["old"], [old]), ParamGroup("decay_lr_x10", ["new"], [new], lr_scale=10.0)])
-    schedule = {"epochs": 3, "warmup_epochs": 1, "lr_min_ratio": 0.01, "betas": [0.9, 0.98], "eps": 1e-8,
-                "grad_clip": 0.0}
-    job = SimpleNamespace(schedule=schedule, method_options={"lr": 1.0, "weight_decay": 0.001}, method="xclip")
+    schedule = Schedule(epochs=3, warmup_epochs=1, lr_min_ratio=0.01, betas=[0.9, 0.98], eps=1e-8, grad_clip=0.0)
+    job = SimpleNamespace(schedule=schedule, method_options=MethodConfig(lr=1.0, weight_decay=0.001), method="xclip")
     wrapper = _optim_wrapper(net, job, amp=False)
     schedulers = [PARAM_SCHEDULERS.build({**cfg, "epoch_length": 4}, default_args={"optimizer": wrapper})
                   for cfg in _schedulers(job)]

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from harness.data.check import LIST_ROLES, check_list
+from harness.data.resolver import FileResolver
 from harness.errors import HarnessError
-from harness.jobs import FileResolver
 
 
 def dataset_lists(resolver: FileResolver) -> list[tuple[str, Path, int]]:

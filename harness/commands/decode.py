@@ -38,7 +38,7 @@ def _emit(rows: list[dict[str, Any]], args: argparse.Namespace) -> bool:
 def data_command(args: argparse.Namespace) -> int:
     """`harness bench --data`: per-worker decode+augment rate on a dataset's training list."""
     from harness.data.annotations import read_class_csv
-    from harness.jobs import FileResolver
+    from harness.data.resolver import FileResolver
     from harness.measure.data_bench import (
         DEFAULT_TARGETS,
         augment_cpu_ms,

@@ -33,7 +33,7 @@ def checkpoint_jobs(args: Any, profile: str | None, splits: list[int] | None = N
     jobs for its method, options, frames and backbone, marked with the checkpoint."""
     from harness.convert.checkpoint import load_checkpoint
     from harness.defaults import DEFAULT_SEED
-    from harness.jobs import RunRequest, expand_jobs
+    from harness.jobs.expand import RunRequest, expand_jobs
     from harness.settings import parse_set_args
 
     with torch.random.fork_rng(devices=[]):  # building seeds the global RNG: planning leaves it as it was

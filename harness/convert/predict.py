@@ -26,7 +26,7 @@ def load_for_predict(args: argparse.Namespace) -> Any:
     """The model to predict with: from --checkpoint, or built from --method/--backbone."""
     from harness.convert.checkpoint import LoadedModel, build_model, load_checkpoint
     from harness.convert.cli import method_sets
-    from harness.defaults import EMBEDDED_BACKBONE
+    from harness.defaults import EMBEDDED_BACKBONE, SYNTHETIC_BACKBONES
 
     if args.checkpoint:
         if args.sets:
@@ -34,7 +34,7 @@ def load_for_predict(args: argparse.Namespace) -> Any:
         return load_checkpoint(args.checkpoint, method=args.method, base=args.base, cache_dir=args.cache)
     method = args.method or "zeroshot"
     backbone = args.backbone or EMBEDDED_BACKBONE
-    pretrained = args.pretrained or ("synthetic" if backbone == EMBEDDED_BACKBONE else None)
+    pretrained = args.pretrained or ("synthetic" if backbone in SYNTHETIC_BACKBONES else None)
     pretrained = None if pretrained == "random" else pretrained  # as `harness run --pretrained random`
     net, spec = build_model(method, backbone, pretrained, args.frames or 8, method_sets(args.sets, method),
                             None, cache_dir=args.cache)
@@ -75,16 +75,17 @@ def stdout_to_stderr() -> Iterator[None]:
 
 
 def predict_videos(net: Any, videos: Sequence[str], classnames: Sequence[str], image_size: int,
-                   frames: int, top: int = 5) -> list[dict[str, Any]]:
-    """[{video, top: [(class, score), ...]}] for each video, scores = softmax over `classnames`."""
+                   frames: int, top: int = 5, backbone: Any = None) -> list[dict[str, Any]]:
+    """[{video, top: [(class, score), ...]}] for each video, scores = softmax over `classnames`;
+    frames normalised as `backbone` (its spec or the spec's dict; None: CLIP's) says."""
     from harness.data.pipeline import build_video_dataset, test_pipeline
-    from harness.engine.model import VideoClassifier
+    from harness.engine.model import VideoClassifier, pixel_normalization
 
     paths = [Path(v).expanduser().resolve() for v in videos]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise HarnessError(f"no such video file(s): {', '.join(missing)}")
-    model = VideoClassifier(net, classnames).eval()
+    model = VideoClassifier(net, classnames, *pixel_normalization(backbone or {})).eval()
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "videos.txt"
         listing.write_text("".join(f"{p} 0\n" for p in paths))
@@ -117,7 +118,7 @@ def predict_command(args: argparse.Namespace) -> int:
         print(model_line(loaded, args.checkpoint), file=sys.stderr)
         net = loaded.net
         rows = predict_videos(net, args.videos, classnames, int(loaded.backbone["image_size"]),
-                              args.frames or net.num_frames, args.top)
+                              args.frames or net.num_frames, args.top, backbone=loaded.backbone)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0

@@ -7,6 +7,9 @@ import statistics
 import time
 from pathlib import Path
 
+from harness.data.annotations import read_annotation_list
+from harness.data.probe import ProbeCache
+
 LIST_ROLES = ("b2n_train", "b2n_base_val", "b2n_novel_val", "fewshot_train", "fewshot_val", "train", "val", "zs_eval")
 
 
@@ -25,9 +28,6 @@ def check_list(ann_file: Path, video_root: Path, num_classes: int, sample: int, 
                cache_dir: str | None = None) -> dict:
     """Every present video of the list is header-probed (cheap, cached; harness.data.probe) and
     `sample` of them (every one with `decode_all`) decoded; `failed` names EVERY video found bad."""
-    from harness.data.annotations import read_annotation_list
-    from harness.data.probe import ProbeCache
-
     entries = read_annotation_list(ann_file, num_classes)
     present = [e for e in entries if (video_root / e.path).is_file()]
     probes = ProbeCache(cache_dir)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from harness.data.folder import FILES, PREFIX, SPLIT_RULE, folder_path, is_folder_dataset
 from harness.errors import HarnessError, unknown_name_error
 
 ROLES: tuple[str, ...] = (
@@ -200,8 +201,6 @@ DATASETS: dict[str, DatasetSpec] = _specs()
 
 def get_dataset(name: str) -> DatasetSpec:
     """The spec called `name` (or `folder:/path`), or a HarnessError listing the valid names."""
-    from harness.data.folder import FILES, PREFIX, SPLIT_RULE, folder_path, is_folder_dataset
-
     if is_folder_dataset(name):
         path = folder_path(name)
         return DatasetSpec(name=f"{PREFIX}{path}", title=f"videos in {path}", files=dict(FILES), video_subdir="",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from harness.data.upstream import UpstreamStore
 from harness.errors import HarnessError, unknown_name_error
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -352,7 +353,6 @@ def load_job_descriptions(ref: dict, n: int, cache_dir: str | None, splits_root:
     if ref["root"] is not None:
         return load_descriptions(ref["source"], Path(ref["root"]), ref["dataset_key"], n, ref["class_ids"],
                                  subset=ref["subset"], split=split)
-    from harness.data.upstream import UpstreamStore
 
     store = UpstreamStore(cache_dir=Path(cache_dir) / "upstream" if cache_dir else None,
                           splits_root=Path(splits_root) if splits_root else None)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.data.annotations import write_annotation_list, write_class_csv
 from harness.errors import HarnessError
 from harness.paths import cache_root
 
@@ -114,8 +115,6 @@ def scan_folder(root: Path) -> FolderSplit:
 def prepare_folder(spec: Any, cache_dir: str | None) -> tuple[Path, dict[str, Any]]:
     """Write the class CSV and lists of `spec`'s folder into the cache; return (lists root,
     fingerprint recorded with every file handed out: the folder, the rule, the counts)."""
-    from harness.data.annotations import write_annotation_list, write_class_csv
-
     root = Path(spec.folder)
     split = scan_folder(root)
     out = cache_root(cache_dir) / "folders" / hashlib.sha256(str(root).encode()).hexdigest()[:12]

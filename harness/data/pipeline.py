@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from harness.data import decoders, prepared
 from harness.data.annotations import MODALITIES, AnnotationEntry, read_annotation_list
+from harness.data.decoders import DECODERS, swap_decoder
+from harness.data.prepared import load_manifest, manifest_path
+from harness.data.prepared import usable_entries as usable_prepared_entries
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -185,13 +190,9 @@ class _CurrentStderr:
     test's or a caller's replacement of stderr may be closed by the next write)."""
 
     def write(self, text: str) -> int:
-        import sys
-
         return sys.stderr.write(text)
 
     def flush(self) -> None:
-        import sys
-
         sys.stderr.flush()
 
 
@@ -224,8 +225,6 @@ def register_transforms() -> None:
     init_default_scope("mmaction")
     import mmaction.datasets  # noqa: F401  (registers VideoDataset, RawframeDataset, transforms)
     from mmaction.registry import DATASETS, TRANSFORMS
-
-    from harness.data import decoders, prepared
 
     for cls in (HarnessSegmentsToViews, HarnessRandomGrayscale, _lazy_class("HarnessColorJitter"),
                 *decoders.TRANSFORMS, *prepared.TRANSFORMS):
@@ -337,9 +336,6 @@ def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path
     `auto` reads prepared frames where `harness data prepare` has written them (and says so in
     the log and the record), else decodes the videos with decord. Videos whose source changed
     since it was prepared are decoded from the video (`on_missing=skip`) or stop the run (`error`)."""
-    from harness.data.decoders import DECODERS, swap_decoder
-    from harness.data.prepared import load_manifest, manifest_path, usable_entries
-
     if decoder not in DECODERS:
         raise HarnessError(f"data.decoder={decoder!r}: use one of {', '.join(DECODERS)}")
     if threads < 1:
@@ -353,7 +349,7 @@ def _choose_decoder(pipeline: list[dict], decoder: str, threads: int, root: Path
     if manifest is None:
         raise HarnessError(f"data.decoder=frames: no prepared data at {manifest_path(root)}; run `harness data "
                            f"prepare` for this dataset, or use data.decoder=auto")
-    usable, stale, manifest = usable_entries(root, rels)
+    usable, stale, manifest = usable_prepared_entries(root, rels)
     if stale:
         what = (f"{len(stale)} of {len(rels)} videos have no current prepared frames in {manifest_path(root)} "
                 f"(changed since `harness data prepare` or never prepared; e.g. {root / stale[0]})")

@@ -20,6 +20,7 @@ the run (`error`, a HarnessError naming it).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from harness.atomic import atomic_write_json
+from harness.data.decoders import _set_images
 from harness.data.upstream import file_sha256
 from harness.errors import HarnessError
 
@@ -54,8 +56,6 @@ def manifest_path(video_root: str | os.PathLike) -> Path:
 
 def load_manifest(video_root: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest next to `video_root`, None when there is none; a HarnessError if unreadable."""
-    import json
-
     path = manifest_path(video_root)
     if not path.is_file():
         return None
@@ -263,8 +263,6 @@ class HarnessPreparedDecode:
     _decode = None
 
     def __call__(self, results: dict) -> dict:
-        from harness.data.decoders import _set_images
-
         if "frame_dir" not in results:  # not prepared: the reference decoder
             from mmaction.datasets.transforms import DecordDecode
 

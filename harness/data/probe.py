@@ -24,6 +24,7 @@ from pathlib import Path
 from harness.atomic import atomic_write_json
 from harness.errors import HarnessError
 from harness.locks import FileLock
+from harness.paths import cache_root
 
 _CACHE_NAME = "video-probe.json"
 _LOCK_NAME = ".video-probe.lock"
@@ -103,8 +104,6 @@ class ProbeCache:
     """Verdicts of `probe_video`, persisted under the harness cache (a damaged cache is ignored)."""
 
     def __init__(self, cache_dir: str | os.PathLike | None) -> None:
-        from harness.paths import cache_root
-
         self.path = cache_root(cache_dir) / _CACHE_NAME
         self.known: dict[str, str | None] = self._saved()
         self.dirty = False

@@ -28,6 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.data.datasets import get_dataset
+from harness.data.embedded import REPHRASED
+from harness.data.upstream import UpstreamStore
 from harness.errors import HarnessError
 
 SOURCE = "froster"
@@ -61,8 +64,6 @@ def relpaths(dataset: str) -> list[str]:
 
 
 def _generated(dataset: str) -> bool:
-    from harness.data.datasets import get_dataset
-
     return get_dataset(dataset).generated
 
 
@@ -71,8 +72,6 @@ def available(dataset: str) -> bool:
 
 
 def _store(cache_dir: str | None, splits_root: str | None):
-    from harness.data.upstream import UpstreamStore
-
     return UpstreamStore(cache_dir=Path(cache_dir) / "upstream" if cache_dir else None,
                          splits_root=Path(splits_root) if splits_root else None)
 
@@ -94,8 +93,6 @@ def parse_file(path: Path) -> list[str]:
 def _table(dataset: str, cache_dir: str | None, splits_root: str | None) -> tuple[dict[str, str], list[str]]:
     """name key -> text over all of the dataset's texts, and where they came from."""
     if _generated(dataset):
-        from harness.data.embedded import REPHRASED
-
         return {name_key(name): text for name, text in REPHRASED.items()}, ["harness.data.embedded.REPHRASED"]
     if dataset not in FILES:
         raise HarnessError(f"dataset {dataset!r} has no rephrased class names (FROSTER publishes them for "
@@ -136,8 +133,6 @@ def provenance(dataset: str, cache_dir: str | None = None, splits_root: str | No
     """What a job records about the rephrased texts of `dataset` (part of its identity): the
     pinned files' provenance, or the sha256 of the generated table."""
     if _generated(dataset):
-        from harness.data.embedded import REPHRASED
-
         return {"generated": "harness.data.embedded.REPHRASED",
                 "sha256": hashlib.sha256(json.dumps(REPHRASED, sort_keys=True).encode()).hexdigest()}
     if dataset not in FILES:

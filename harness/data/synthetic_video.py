@@ -14,6 +14,8 @@ one-line-per-video list (`list.txt`, label = video number) and reused.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,9 +139,6 @@ def _encode_in_subprocess(folder: Path, kind: str, indices: list[int], gop: int 
     """Encode in a fresh interpreter: once decord is imported its bundled FFmpeg shadows PyAV's
     and libvpx-vp9 refuses to open ("Invalid argument"), so encoding must not share a process
     with the decoders being measured."""
-    import subprocess
-    import sys
-
     cmd = [sys.executable, "-m", "harness.data.synthetic_video", kind, str(folder), str(gop or 0),
            *map(str, indices)]
     done = subprocess.run(cmd, capture_output=True, text=True)

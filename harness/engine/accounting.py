@@ -21,6 +21,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
+from harness.measure.hardware import _cpu_name
+
 
 @dataclass
 class StepTimes:
@@ -79,11 +83,8 @@ class EvalTimer(StepTimes):
 
 def device_name(device: Any) -> str:
     """The GPU's name, or `cpu: <model name> (<n> cores)` (as `harness bench` stamps its rows)."""
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.get_device_name(device)
-    from harness.measure.hardware import _cpu_name
 
     return f"cpu: {_cpu_name()}"
 
@@ -92,8 +93,6 @@ def peak_memory(device: Any) -> tuple[int | None, str]:
     """(bytes, what was measured): CUDA's max allocated on `device` since the job started, or on
     CPU this process's max resident set size (its whole life: a second job in the same process
     reports the larger of both; DataLoader workers are other processes, not counted)."""
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     try:
@@ -108,8 +107,6 @@ class JobAccounting:
     """Started when a job starts; `finish` gives the record stored as `metrics.accounting`."""
 
     def __init__(self, device: Any, processes: int = 1) -> None:
-        import torch
-
         self.device = device
         self.processes = processes
         if getattr(device, "type", str(device)) == "cuda":

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
 
 from harness import preemption
 from harness.atomic import atomic_write, atomic_write_text
@@ -63,8 +65,6 @@ def to_plain(obj: Any, where: str = "checkpoint") -> Any:
     """`obj` as tensors and plain data, which `torch.load(weights_only=True)` reads: numpy arrays
     and mmengine `HistoryBuffer`s become tagged dicts (`from_plain` restores them), numpy
     scalars Python numbers. Anything else that is not plain data is an error, found when saving."""
-    from mmengine.logging import HistoryBuffer
-
     if isinstance(obj, np.generic):  # before the plain types: np.float64 is a float subclass
         return obj.item()
     if obj is None or isinstance(obj, (torch.Tensor, str, bytes, bool, int, float, torch.dtype, torch.device)):
@@ -94,8 +94,6 @@ def from_plain(obj: Any) -> Any:
         if kind == "ndarray":
             return obj["data"].numpy().astype(np.dtype(obj["dtype"]))
         if kind == "HistoryBuffer":
-            from mmengine.logging import HistoryBuffer
-
             return HistoryBuffer(from_plain(obj["log_history"]), from_plain(obj["count_history"]), obj["max_length"])
         out = {k: from_plain(v) for k, v in obj.items()}
         return OrderedDict(out) if isinstance(obj, OrderedDict) else out
@@ -127,8 +125,6 @@ def _safe_loader(filename: str, map_location: Any = None) -> dict[str, Any]:
 def safe_uri(path: str | Path) -> str:
     """`path` as a location mmengine's Runner loads (resume, `load_checkpoint`) with
     `load_run_checkpoint` instead of its own unrestricted `torch.load`."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-
     CheckpointLoader.register_scheme(SAFE_SCHEME, _safe_loader, force=True)
     return SAFE_SCHEME + str(path)
 

@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.engine.model import VideoPreprocessor, pixel_normalization
+from harness.pretrain.probe import PROBES, held_out_frames
+
 #: The tasks measured: every attribute once (color9 subsumes probe_zero_shot's color4).
 TASKS: tuple[str, ...] = ("color9", "position3", "vertical3", "size3", "shape6")
 #: Frames per task: 72 is a multiple of every task's k (9, 3, 6), so classes are balanced; 360
@@ -44,8 +47,6 @@ def _frames(image_size: int, per_task: int, seed: int, tasks: tuple[str, ...]
             ) -> tuple[tuple[str, np.ndarray, np.ndarray], ...]:
     """The held-out frames of every task (rendered once per process: before and after training,
     and every job of a run, reuse them)."""
-    from harness.pretrain.probe import held_out_frames
-
     return tuple(held_out_frames(image_size, per_task, seed, tasks))
 
 
@@ -58,12 +59,11 @@ def static_clips(frames: np.ndarray, num_frames: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def task_accuracy(net: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, classnames: Sequence[str],
-                  num_frames: int, batch: int = BATCH) -> float:
-    """Top-1 accuracy (percent) of `net` on `frames` as static clips, scored against `classnames`."""
-    from harness.engine.model import VideoPreprocessor
-
+                  num_frames: int, batch: int = BATCH, normalization: Any = None) -> float:
+    """Top-1 accuracy (percent) of `net` on `frames` as static clips, scored against `classnames`;
+    `normalization`: the backbone's spec (its mean / std; None: CLIP's)."""
     device = next(net.parameters()).device
-    preprocess = VideoPreprocessor().to(device)
+    preprocess = VideoPreprocessor(*pixel_normalization(normalization or {})).to(device)
     items = static_clips(frames, num_frames)
     hits = 0
     for start in range(0, len(items), batch):
@@ -74,12 +74,10 @@ def task_accuracy(net: torch.nn.Module, frames: np.ndarray, labels: np.ndarray, 
 
 
 def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, per_task: int = PER_TASK,
-                       seed: int = SEED, tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+                       seed: int = SEED, tasks: Sequence[str] = TASKS, normalization: Any = None) -> dict[str, Any]:
     """Zero-shot top-1 (percent) of a method's model on the held-out pretraining vocabulary:
     {"tasks": {task: accuracy}, "mean": mean over tasks, "n": frames in all, "per_task": frames
     per task}. The model's train/eval mode and the torch random state are left as they were."""
-    from harness.pretrain.probe import PROBES
-
     was_training = net.training
     device = next(net.parameters()).device
     net.eval()
@@ -88,7 +86,8 @@ def measure_vocabulary(net: torch.nn.Module, num_frames: int, image_size: int, p
         for task, frames, labels in _frames(image_size, per_task, seed, tuple(tasks)):
             classnames = PROBES[task].classnames()
             _name_as_descriptions(net, classnames)
-            accuracy[task] = round(task_accuracy(net, frames, labels, classnames, num_frames), 2)
+            accuracy[task] = round(task_accuracy(net, frames, labels, classnames, num_frames,
+                                                 normalization=normalization), 2)
     net.train(was_training)
     return {"tasks": accuracy, "mean": round(float(np.mean(list(accuracy.values()))), 2),
             "n": per_task * len(accuracy), "per_task": per_task}
@@ -106,8 +105,6 @@ def _name_as_descriptions(net: torch.nn.Module, classnames: Sequence[str]) -> No
 
 def chance(tasks: Sequence[str] = TASKS) -> float:
     """Chance level (percent) of the mean over `tasks`: the mean of 100 / k."""
-    from harness.pretrain.probe import PROBES
-
     return float(np.mean([100.0 / len(PROBES[t].values) for t in tasks]))
 
 
@@ -118,14 +115,14 @@ def measures_vocabulary(job: Any) -> bool:
     return (job.weights or {}).get("kind") == "synthetic" and not job.checkpoint
 
 
-def job_vocabulary(net: torch.nn.Module, job: Any, image_size: int) -> dict[str, Any] | None:
+def job_vocabulary(net: torch.nn.Module, job: Any, image_size: int, normalization: Any = None) -> dict[str, Any] | None:
     """`measure_vocabulary` at the job's frame count, or None when the job does not measure it
     (`measures_vocabulary`); a failure is recorded as {"error": ...}: a measurement never fails
     a training job."""
     if not measures_vocabulary(job):
         return None
     try:
-        return measure_vocabulary(net, int(job.schedule["frames"]), image_size)
+        return measure_vocabulary(net, job.schedule.frames, image_size, normalization=normalization)
     except Exception as err:  # recorded in metrics.json: a measurement never fails a training job
         return {"error": f"{type(err).__name__}: {err}"}
 

@@ -1,11 +1,15 @@
 """mmengine hooks of this project: adapter-sized checkpoints and a per-job progress bar."""
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
+import torch
 from mmengine.hooks import Hook
+from tqdm import tqdm
 
+from harness.engine.accounting import StepTimes, batch_size
 from harness.errors import HarnessError
 
 
@@ -68,7 +72,6 @@ class ProgressBarHook(Hook):
     def before_train(self, runner) -> None:
         if not self.enabled or runner.rank != 0:
             return
-        from tqdm import tqdm
 
         # In a log file (no TTY) a redraw per step is noise: update about every 10%.
         every = 0.1 if sys.stderr.isatty() else 30.0
@@ -97,8 +100,6 @@ class NonFiniteLossHook(Hook):
     priority = "HIGH"
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        import math
-
         for key, value in (outputs or {}).items():
             value = value.detach() if hasattr(value, "detach") else value
             if "loss" in key and not math.isfinite(float(value)):
@@ -125,13 +126,9 @@ class StepTimerHook(Hook):
     priority = "BELOW_NORMAL"  # after IterTimerHook (NORMAL) has written this step's times
 
     def __init__(self) -> None:
-        from harness.engine.accounting import StepTimes
-
         self.times = StepTimes()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
-        from harness.engine.accounting import batch_size
-
         hub = runner.message_hub
         share = data_batch.get("update") if isinstance(data_batch, dict) else None
         clips = share.global_size if share is not None else batch_size(data_batch)
@@ -169,8 +166,6 @@ class EpochAverageHook(Hook):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def _add(self, runner, epoch: int) -> None:
-        import torch
-
         params = self._trainable(runner)
         if self.sum is None:
             self.sum = {n: torch.zeros(p.shape, dtype=torch.float64) for n, p in params.items()}
@@ -188,8 +183,6 @@ class EpochAverageHook(Hook):
             self._add(runner, epoch)
 
     def after_train(self, runner) -> None:
-        import torch
-
         if not self.averaged:
             raise HarnessError(f"weight averaging over epochs {self.range}: none of the {runner.max_epochs} trained "
                                f"epochs is in that range; change the method's averaged epochs (e.g. 'none')")

@@ -3,7 +3,7 @@ to device) and the BaseModel whose `loss` / `predict` modes the Runner calls; it
 is one optimiser update over a global batch (`harness.engine.update`)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,9 +12,18 @@ from mmengine.model import BaseDataPreprocessor, BaseModel
 from harness.engine.update import optimiser_update
 from methods.sample_random import name_random_layers
 
-#: CLIP's normalisation, in 0-255 pixel units.
+#: CLIP's normalisation, in 0-255 pixel units (the default; a backbone's own comes from its spec).
 CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
 CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
+
+
+def pixel_normalization(backbone: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) in 0-255 pixel units of a backbone (its `BackboneSpec` or the spec's dict, as
+    results and checkpoints record it): CLIP's for open_clip backbones, ImageNet's for ViCLIP."""
+    spec = backbone if isinstance(backbone, Mapping) else vars(backbone)
+    if "mean" not in spec:  # a record written before backbones carried their normalisation: CLIP's
+        return CLIP_MEAN, CLIP_STD
+    return tuple(m * 255 for m in spec["mean"]), tuple(s * 255 for s in spec["std"])
 
 
 class VideoPreprocessor(BaseDataPreprocessor):
@@ -55,8 +64,9 @@ class VideoClassifier(BaseModel):
     #: process's whole share of an update in one pass). Execution only: see `train_step`.
     micro_batch: int = 0
 
-    def __init__(self, net: torch.nn.Module, classnames: Sequence[str]) -> None:
-        super().__init__(data_preprocessor=VideoPreprocessor())
+    def __init__(self, net: torch.nn.Module, classnames: Sequence[str], mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD) -> None:
+        super().__init__(data_preprocessor=VideoPreprocessor(mean, std))
         self.net = net
         self.classnames = list(classnames)
         name_random_layers(net)  # per-sample drop path / dropout streams (methods.sample_random)

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +24,49 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from mmengine.dataset import DefaultSampler, pseudo_collate
+from mmengine.dist import collect_results, get_dist_info
+from mmengine.logging import MMLogger
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import init_default_scope
+from mmengine.runner import Runner, set_random_seed
 
 from harness import preemption
+from harness.backbone import count_truncated, get_tokenizer
+from harness.data.datasets import get_dataset
+from harness.data.descriptions import load_job_descriptions
+from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
+from harness.data.rephrased import load_rephrased
 from harness.distributed import broadcast_from_rank0, init_distributed, rank, rank0, world_size
+from harness.engine.accounting import EvalTimer, JobAccounting
+from harness.engine.batches import dataset_labels, train_loader
+from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
+from harness.engine.device_augment import DeviceAugment
+from harness.engine.forgetting import job_vocabulary, vocabulary_record
+from harness.engine.hooks import (
+    EpochAverageHook,
+    GlobalBatchEpochHook,
+    NonFiniteLossHook,
+    ProgressBarHook,
+    StepTimerHook,
+    TrainableCheckpointHook,
+)
+from harness.engine.metric import SelectionMetric
+from harness.engine.model import VideoClassifier, pixel_normalization
 from harness.errors import ConfigurationError, HarnessError
-from harness.jobs import JobSpec, ListSpec
+from harness.jobs.spec import JobSpec, ListSpec
+from harness.measure.flops import count_flops
+from harness.metrics import topk_accuracy
+from harness.settings import Schedule
+from harness.weights import create_backbone
+from methods.base import DESCRIPTION_NEEDS
+from methods.registry import build_method
 
 
 def _init_mm() -> None:
     """Default scope for MMAction2's registries, and mmengine's console chatter (deprecation
     notices from its file backends, resume notes) down to errors: the job's own progress bar
     and metrics.json are the interface; the full log stays in the job's work dir."""
-    from mmengine.logging import MMLogger
-    from mmengine.registry import init_default_scope
-
     init_default_scope("mmaction")
     MMLogger.get_instance("mmengine").setLevel(logging.ERROR)
 
@@ -57,19 +87,19 @@ def _device() -> torch.device:
     return torch.device("cpu")
 
 
-def num_workers(schedule: dict[str, Any]) -> int:
-    workers = int(schedule["num_workers"])
+def num_workers(schedule: Schedule) -> int:
+    workers = schedule.num_workers
     if workers >= 0:
         return workers
     return min(8, max(1, (os.cpu_count() or 2) // max(1, world_size()))) if torch.cuda.is_available() else 0
 
 
-def configure_cpu_threads(schedule: dict[str, Any]) -> int:
+def configure_cpu_threads(schedule: Schedule) -> int:
     """On CPU, leave a core for the OS and the data workers: measured on a 2-core host with light
     background load, 2 OpenMP threads made the embedded default 7x slower than 1."""
     if torch.cuda.is_available():
         return torch.get_num_threads()
-    threads = int(schedule.get("cpu_threads", 0)) or max(1, (os.cpu_count() or 1) - 1 - num_workers(schedule))
+    threads = schedule.cpu_threads or max(1, (os.cpu_count() or 1) - 1 - num_workers(schedule))
     threads = max(1, threads // max(1, world_size()))
     torch.set_num_threads(threads)
     return threads
@@ -95,10 +125,6 @@ class FreshModel:
     method the same random backbone)."""
 
     def build(self, job: JobSpec) -> tuple[Any, Any]:
-        from harness.backbone import get_tokenizer
-        from harness.weights import create_backbone
-        from methods.registry import build_method
-
         if job.checkpoint:
             raise HarnessError(f"job {job.job_id} evaluates checkpoint {job.checkpoint.get('path')}: run it with its "
                                "model source (harness.api runs evaluation jobs with harness.convert.evaluate."
@@ -106,7 +132,7 @@ class FreshModel:
         clip, spec = create_backbone(job.backbone, job.pretrained, seed=job.seed, cache_dir=job.cache_dir)
         backbone_params = sum(p.numel() for p in clip.parameters())
         classnames = job.train.classnames if job.train else None
-        net = build_method(job.method, clip, get_tokenizer(spec), job.schedule["frames"], job.method_options, classnames)
+        net = build_method(job.method, clip, get_tokenizer(spec), job.schedule.frames, job.method_options, classnames)
         net.backbone_params = backbone_params
         return net, spec
 
@@ -115,12 +141,23 @@ def build_net(job: JobSpec, source: ModelSource | None = None):
     """The job's network from `source` (default `FreshModel`), checked against its protocol."""
     net, spec = (source or FreshModel()).build(job)
     check_protocol(net, job)
-    net.label_smoothing = float(job.schedule.get("label_smoothing", 0.0))
+    net.label_smoothing = float(job.schedule.label_smoothing)
+    set_token_mask(net, job, spec.token_layout)
     return net, spec
 
 
+def set_token_mask(net, job: JobSpec, layout: str) -> None:
+    """`schedule.token_mask` (ViCLIP-style patch-token masking in training) where the backbone and
+    the method allow it; elsewhere a ConfigurationError (validation says so before any job)."""
+    mask = float(job.schedule.token_mask)
+    if mask and (layout != "joint" or not net.allows_token_mask):
+        raise ConfigurationError(f"schedule.token_mask={mask}: needs a joint space-time backbone and a method that "
+                                 f"allows it ({job.method} on {job.backbone} does not)")
+    net.token_mask = mask
+
+
 @contextlib.contextmanager
-def job_process_state(schedule: dict[str, Any]) -> Iterator[int]:
+def job_process_state(schedule: Schedule) -> Iterator[int]:
     """The process-wide settings a job's numbers depend on, set for the job and restored after it:
     torch's intra-op threads (`configure_cpu_threads`; the reduction order of CPU kernels can
     follow the thread count), OpenCV's threads (0, what mmengine's Runner sets for training, so a
@@ -162,46 +199,40 @@ def check_protocol(net, job: JobSpec) -> None:
 
 
 def _dataset(lst: ListSpec, job: JobSpec, image_size: int, train: bool):
-    from harness.data.datasets import get_dataset
-    from harness.data.pipeline import build_video_dataset, test_pipeline, train_pipeline
-
-    frames = job.schedule["frames"]
-    augment_on = job.data.get("augment_on", "cpu") if train else "cpu"
-    if augment_on != "cpu" and not job.data.get("train_augment", True):
+    frames = job.schedule.frames
+    augment_on = job.data.augment_on if train else "cpu"
+    if augment_on != "cpu" and not job.data.train_augment:
         raise HarnessError(f"data.augment_on={augment_on} needs data.train_augment=true (there is nothing random "
                            f"to move to the device otherwise)")
-    if train and not job.data.get("train_augment", True):
+    if train and not job.data.train_augment:
         pipeline = test_pipeline(frames, image_size, clips=1, crops=1, modality=lst.modality)
     elif train:
         flip = get_dataset(lst.dataset).flip_ok
         pipeline = train_pipeline(frames, image_size, modality=lst.modality,
-                                  color_jitter=job.data["color_jitter"], flip=flip, augment_on=augment_on)
+                                  color_jitter=job.data.color_jitter, flip=flip, augment_on=augment_on)
     else:
         clips, crops = lst.views
         pipeline = test_pipeline(frames, image_size, clips=clips, crops=crops, modality=lst.modality)
     dataset, info = build_video_dataset(lst.ann_file, lst.video_root, pipeline, num_classes=len(lst.classnames),
-                                        modality=lst.modality, on_missing=job.data["on_missing"],
-                                        max_missing=job.data["max_missing"], test_mode=not train,
-                                        decoder=job.data.get("decoder", "auto"),
-                                        decode_threads=job.data.get("decode_threads", 1))
+                                        modality=lst.modality, on_missing=job.data.on_missing,
+                                        max_missing=job.data.max_missing, test_mode=not train,
+                                        decoder=job.data.decoder, decode_threads=job.data.decode_threads)
     info["augment_on"] = augment_on
     return dataset, info
 
 
 def _device_augment(job: JobSpec, image_size: int):
     """The batch augmentation of `data.augment_on=device` for the training list, else None."""
-    if job.data.get("augment_on", "cpu") != "device":
+    if job.data.augment_on != "device":
         return None
-    from harness.data.datasets import get_dataset
-    from harness.engine.device_augment import DeviceAugment
 
     return DeviceAugment(image_size, flip=get_dataset(job.train.dataset).flip_ok)
 
 
-def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
+def _attach_descriptions(net, job: JobSpec, context_length: int) -> dict[str, Any] | None:
     """Give a method that needs them (`run_needs(config)` has "descriptions" or "scored_descriptions":
-    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes."""
-    from methods.base import DESCRIPTION_NEEDS
+    MSTA's consistency loss, OST's descriptors) the LLM descriptions of the training classes; the
+    record counts the sentences the backbone's text context (`context_length` tokens) truncates."""
 
     if not net.run_needs(net.config) & DESCRIPTION_NEEDS:
         return None
@@ -211,28 +242,51 @@ def _attach_descriptions(net, job: JobSpec) -> dict[str, Any] | None:
                            f"off what uses them (see docs/methods/{job.method}.md, e.g. msta.use_consistency=false)")
     if job.train is None:
         return None
-    return _give_descriptions(net, job, ref, job.train.classnames)
+    return _give_descriptions(net, job, ref, job.train.classnames, context_length)
 
 
-def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec) -> dict[str, Any] | None:
+def _attach_list_descriptions(net, job: JobSpec, lst: ListSpec, context_length: int) -> dict[str, Any] | None:
     """Before an evaluation list is scored, a method that scores classes through their descriptions
-    ("scored_descriptions": OST) gets that list's (its own dataset's files)."""
+    ("scored_descriptions": OST) gets that list's (its own dataset's files), truncations counted."""
     if "scored_descriptions" not in net.run_needs(net.config):
         return None
     ref = (job.descriptions or {}).get("evals", {}).get(lst.name)
     if ref is None:
         raise HarnessError(f"{job.method} scores classes through their descriptions, and evaluation list "
                            f"{lst.name!r} of dataset {lst.dataset!r} has none")
-    return _give_descriptions(net, job, ref, lst.classnames)
+    return _give_descriptions(net, job, ref, lst.classnames, context_length)
 
 
-def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str]) -> dict[str, Any]:
-    from harness.data.descriptions import load_job_descriptions
-
+def _give_descriptions(net, job: JobSpec, ref: dict[str, Any], classnames: list[str],
+                       context_length: int) -> dict[str, Any]:
     n = net.descriptions_per_class(net.config)
     descs = load_job_descriptions(ref, n, job.cache_dir, job.splits_root)
     net.set_descriptions(classnames, descs.spatial, descs.temporal)
-    return {"sources": descs.sources, "notes": descs.notes, "n": n}
+    used = [s for per_class in (*descs.spatial, *descs.temporal) for s in per_class[:n]]
+    return {"sources": descs.sources, "notes": descs.notes, "n": n,
+            "truncated": count_truncated(used, context_length), "sentences": len(used), "context_length": context_length}
+
+
+def text_truncation(net, job: JobSpec, context_length: int) -> dict[str, Any]:
+    """How many class prompts of the job's class sets the backbone's text context truncates (ViCLIP
+    reads 32 tokens): {"context_length", "prompts", "truncated_prompts"}."""
+    # Per class list: a method's texts may depend on the list (FROSTER's rephrased names per dataset).
+    texts = list(dict.fromkeys(text for lst in [job.train, *job.evals] if lst is not None
+                               for text in net.prompt_texts(lst.classnames)))
+    return {"context_length": context_length, "prompts": len(texts),
+            "truncated_prompts": count_truncated(texts, context_length)}
+
+
+def _warn_truncation(job: JobSpec, spec, text: dict[str, Any], descriptions: dict[str, Any] | None) -> None:
+    """One stderr line when the backbone's text context cuts prompts or descriptions (recorded too)."""
+    parts = []
+    if text["truncated_prompts"]:
+        parts.append(f"{text['truncated_prompts']} of {text['prompts']} class prompts")
+    if descriptions and descriptions["truncated"]:
+        parts.append(f"{descriptions['truncated']} of {descriptions['sentences']} descriptions")
+    if parts and rank0():
+        print(f"  note: {' and '.join(parts)} exceed {spec.name}'s {spec.context_length}-token text context and are "
+              "truncated (metrics.json: text, descriptions)", file=sys.stderr)
 
 
 def _attach_rephrased(net, job: JobSpec) -> list[dict[str, Any]] | None:
@@ -240,7 +294,6 @@ def _attach_rephrased(net, job: JobSpec) -> list[dict[str, Any]] | None:
     rephrased class names of every class list the job scores: training and each evaluated list."""
     if "rephrased_classnames" not in net.run_needs(net.config):
         return None
-    from harness.data.rephrased import load_rephrased
 
     records = []
     for lst in [job.train, *job.evals]:
@@ -261,19 +314,16 @@ def optimizer_groups(net, weight_decay: float, lr: float) -> list[dict[str, Any]
 
 
 def _optim_wrapper(net, job: JobSpec, amp: bool):
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper
-
     sched = job.schedule
-    lr = float(job.method_options["lr"])
-    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options["weight_decay"]), lr),
-                                  lr=lr, betas=tuple(sched["betas"]),
-                                  eps=float(sched["eps"]))
+    lr = float(job.method_options.lr)
+    optimizer = torch.optim.AdamW(optimizer_groups(net, float(job.method_options.weight_decay), lr),
+                                  lr=lr, betas=tuple(sched.betas), eps=float(sched.eps))
     clip_grad = None
-    if sched["grad_clip"] > 0:
+    if sched.grad_clip > 0:
         if not net.allows_grad_clip:
             raise HarnessError(f"schedule.grad_clip: {job.method} does not allow clipping gradients by norm (it would "
                                f"distort its training; see docs/methods/{job.method}.md); leave schedule.grad_clip=0")
-        clip_grad = dict(max_norm=float(sched["grad_clip"]))
+        clip_grad = dict(max_norm=float(sched.grad_clip))
     # No accumulative_counts: one train step is one whole update (harness.engine.update).
     if amp:
         return AmpOptimWrapper(optimizer=optimizer, clip_grad=clip_grad, dtype="bfloat16")
@@ -284,7 +334,7 @@ def _schedulers(job: JobSpec, floor_per_group: bool = False) -> list[dict[str, A
     """Linear warm-up then cosine, stepped per optimiser update; `floor_per_group`: the method's
     `cosine_floor_per_group` (how groups with their own lr end)."""
     sched = job.schedule
-    epochs, warmup = sched["epochs"], min(sched["warmup_epochs"], sched["epochs"])
+    epochs, warmup = sched.epochs, min(sched.warmup_epochs, sched.epochs)
     out: list[dict[str, Any]] = []
     if warmup > 0:
         out.append(dict(type="LinearLR", start_factor=1e-3, by_epoch=True, begin=0, end=warmup,
@@ -292,21 +342,21 @@ def _schedulers(job: JobSpec, floor_per_group: bool = False) -> list[dict[str, A
     if epochs > warmup:
         # timm's CosineLRScheduler(lr_min=LR x ratio) (X-CLIP, ViFi-CLIP): one absolute floor for
         # every group; MoTE's scheduler: a factor, each group ends at its own lr x ratio.
-        ratio = float(sched["lr_min_ratio"])
-        floor = dict(eta_min_ratio=ratio) if floor_per_group else dict(eta_min=float(job.method_options["lr"]) * ratio)
+        ratio = float(sched.lr_min_ratio)
+        floor = dict(eta_min_ratio=ratio) if floor_per_group else dict(eta_min=float(job.method_options.lr) * ratio)
         out.append(dict(type="CosineAnnealingLR", T_max=epochs - warmup, **floor,
                         by_epoch=True, begin=warmup, end=epochs, convert_to_iter_based=True))
     return out
 
 
-def micro_batch_and_accumulation(schedule: dict[str, Any], world: int) -> tuple[int, int]:
+def micro_batch_and_accumulation(schedule: Schedule, world: int) -> tuple[int, int]:
     """(clips per forward pass per process, forward passes per update of the largest share).
 
     A process loads ceil(batch_size / processes) clips of each update at most;
     `schedule.micro_batch` (0: that whole share) splits it into forward passes. Any split gives
     the same updates (harness.engine.update), so neither needs to divide the other."""
-    share = math.ceil(int(schedule["batch_size"]) / world)
-    micro = min(int(schedule["micro_batch"]) or share, share)
+    share = math.ceil(schedule.batch_size / world)
+    micro = min(schedule.micro_batch or share, share)
     return micro, math.ceil(share / micro)
 
 
@@ -332,24 +382,10 @@ def _loader(dataset, batch: int, workers: int, shuffle: bool) -> dict[str, Any]:
 
 def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str, Any]:
     """Train `model` (a VideoClassifier) in place with an mmengine Runner; return statistics."""
-    from mmengine.runner import Runner
-
-    from harness.engine.batches import dataset_labels, train_loader
-    from harness.engine.checkpoints import SafeCheckpointHook, choose_resume_checkpoint, load_best, safe_uri
-    from harness.engine.hooks import (
-        EpochAverageHook,
-        GlobalBatchEpochHook,
-        NonFiniteLossHook,
-        ProgressBarHook,
-        StepTimerHook,
-        TrainableCheckpointHook,
-    )
-    from harness.engine.metric import SelectionMetric
-
     net = model.net
     device = _device()
-    amp = _amp_enabled(job.schedule["amp"], device)
-    batch = int(job.schedule["batch_size"])
+    amp = _amp_enabled(job.schedule.amp, device)
+    batch = job.schedule.batch_size
     if batch < world_size():
         raise HarnessError(f"schedule.batch_size={batch} is smaller than the {world_size()} processes: some would "
                            "never have a clip to train on; raise schedule.batch_size or start fewer processes")
@@ -360,14 +396,14 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
     model.micro_batch = micro
     loader = train_loader(train_set, dataset_labels(train_set), batch, job.seed, num_workers(job.schedule), rank(),
                           world_size())
-    if job.schedule["grad_checkpointing"]:
+    if job.schedule.grad_checkpointing:
         net.set_grad_checkpointing(True)
-    epochs = int(job.schedule["epochs"])
-    select_best = job.schedule["select"] == "best" and job.select_on not in (None, "none")
+    epochs = job.schedule.epochs
+    select_best = job.schedule.select == "best" and job.select_on not in (None, "none")
     sel = next((e for e in job.evals if e.name == job.select_on), None) if select_best else None
     if select_best and sel is None:
         raise HarnessError(f"schedule.select=best: protocol {job.protocol!r} has no selection set")
-    interval = int(job.schedule["val_interval"]) or epochs
+    interval = job.schedule.val_interval or epochs
     # The method's declaration (FROSTER evaluates the mean of its epochs' weights): one hook, no
     # method names here. Selecting a best checkpoint would contradict it.
     averaged = net.averaged_epochs(net.config)
@@ -406,7 +442,7 @@ def train(model, spec, job: JobSpec, work_dir: Path, progress: bool) -> dict[str
         resume=resume_from is not None, load_from=safe_uri(resume_from) if resume_from else None,
         default_scope="mmengine",  # "mmaction" would import mmaction.models (broken in 1.2.0) to find the wrapper
         log_level="ERROR",
-        visualizer=visualizer_config(job.schedule.get("log_backend", "local")),
+        visualizer=visualizer_config(job.schedule.log_backend),
         **kwargs,
     )
     logging.getLogger("mmengine").setLevel(logging.WARNING)
@@ -443,13 +479,8 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
              save_to: Path | None = None) -> dict[str, Any]:
     """Multi-view evaluation on one list with its own class names; shards over processes.
     With `save_to`, the per-video scores and labels are kept (`<eval>.npz`) for later analysis."""
-    from mmengine.dataset import DefaultSampler, pseudo_collate
-    from mmengine.dist import collect_results, get_dist_info
-
-    from harness.engine.accounting import EvalTimer
-
     device = next(model.parameters()).device
-    amp = _amp_enabled(job.schedule["amp"], device)
+    amp = _amp_enabled(job.schedule.amp, device)
     dataset, info = _dataset(lst, job, image_size, train=False)
     sampler = DefaultSampler(dataset, shuffle=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, collate_fn=pseudo_collate,
@@ -466,7 +497,6 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
         results = collect_results(results, len(dataset), device="cpu")
     if results is None:  # non-zero rank
         return {}
-    from harness.metrics import topk_accuracy
 
     scores = np.stack([r["scores"].numpy() for r in results]) if results else np.zeros((0, len(lst.classnames)))
     labels = [r["label"] for r in results]
@@ -481,13 +511,15 @@ def evaluate(model, lst: ListSpec, job: JobSpec, image_size: int, batch: int,
     return out
 
 
-def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = None) -> dict[str, dict[str, Any]]:
-    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch."""
+def evaluate_lists(model, job: JobSpec, image_size: int, context_length: int,
+                   save_to: Path | None = None) -> dict[str, dict[str, Any]]:
+    """`evaluate` on every evaluation list of the job, each view batched to the training micro-batch
+    (`context_length`: the backbone's text context, for the description records)."""
     micro, _ = micro_batch_and_accumulation(job.schedule, world_size())
     evals = {}
     for lst in job.evals:
         views = max(1, lst.views[0] * lst.views[1])
-        described = _attach_list_descriptions(model.net, job, lst)
+        described = _attach_list_descriptions(model.net, job, lst, context_length)
         evals[lst.name] = evaluate(model, lst, job, image_size, max(1, math.ceil(micro / views)), save_to=save_to)
         if described is not None and evals[lst.name]:
             evals[lst.name]["descriptions"] = described
@@ -497,8 +529,6 @@ def evaluate_lists(model, job: JobSpec, image_size: int, save_to: Path | None = 
 def _flops_per_view(net, frames: int, image_size: int) -> dict[str, Any] | None:
     """GFLOPs (multiply-add = 2) and GMACs (the papers' "GFLOPs") of one view, counted on fake
     tensors (no compute); None, with the reason logged, if the counter cannot trace the method."""
-    from harness.measure.flops import count_flops
-
     try:
         out = count_flops(net, frames=frames, image_size=image_size)
     except Exception as err:  # measurement must never fail a training job
@@ -516,31 +546,28 @@ def run_job(job: JobSpec, job_dir: Path, progress: bool = True, source: ModelSou
 
 
 def _run_job(job: JobSpec, job_dir: Path, progress: bool, source: ModelSource | None, threads: int) -> dict[str, Any]:
-    from mmengine.runner import set_random_seed
-
-    from harness.engine.accounting import JobAccounting
-    from harness.engine.forgetting import job_vocabulary, vocabulary_record
-    from harness.engine.model import VideoClassifier
-
     set_random_seed(job.seed)
     accounting = JobAccounting(_device(), world_size())
     net, spec = build_net(job, source)
     counts = net.parameter_counts()
     counts["backbone"] = net.backbone_params
     counts["pct_of_backbone"] = round(100.0 * counts["trainable"] / net.backbone_params, 4)
-    descriptions = _attach_descriptions(net, job)
+    descriptions = _attach_descriptions(net, job, spec.context_length)
     rephrased = _attach_rephrased(net, job)
-    flops = _flops_per_view(net, job.schedule["frames"], spec.image_size)
-    vocabulary_before = job_vocabulary(net, job, spec.image_size)  # forgetting: None unless synthetic weights
+    text = text_truncation(net, job, spec.context_length)
+    _warn_truncation(job, spec, text, descriptions)
+    flops = _flops_per_view(net, job.schedule.frames, spec.image_size)
+    vocabulary_before = job_vocabulary(net, job, spec.image_size, spec)  # forgetting: None unless synthetic weights
     train_stats: dict[str, Any] = {"iters": 0, "skipped": "evaluated checkpoint" if job.checkpoint else "nothing to train"}
-    model = VideoClassifier(net, job.train.classnames if job.train else [])
-    if counts["trainable"] > 0 and job.schedule["epochs"] > 0 and job.train is not None:
+    model = VideoClassifier(net, job.train.classnames if job.train else [], *pixel_normalization(spec))
+    if counts["trainable"] > 0 and job.schedule.epochs > 0 and job.train is not None:
         train_stats = train(model, spec, job, job_dir / "work", progress)
     model.to(_device())
     net.prepare_evaluation()
-    evals = evaluate_lists(model, job, spec.image_size, save_to=job_dir / "predictions")
-    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size))
-    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "train": train_stats, "evals": evals,
+    evals = evaluate_lists(model, job, spec.image_size, spec.context_length, save_to=job_dir / "predictions")
+    vocabulary = vocabulary_record(vocabulary_before, job_vocabulary(net, job, spec.image_size, spec))
+    return {"params": counts, "flops_per_view": flops, "torch_threads": threads, "backbone": spec.to_dict(), "text": text,
+            "train": train_stats, "evals": evals,
             "descriptions": descriptions, **({"rephrased": rephrased} if rephrased is not None else {}),
             "targeted": net.targeted[:50], "n_targeted": len(net.targeted),
             "accounting": accounting.finish(train_stats.get("timing"), [ev.get("timing") for ev in evals.values()]),

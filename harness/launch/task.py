@@ -51,7 +51,7 @@ class JobTask(submitit.helpers.Checkpointable):
     # submitit calls checkpoint() (inherited: the same task again) from its signal handler.
 
     def __call__(self) -> dict[str, Any]:
-        from harness.jobs import JobSpec
+        from harness.jobs.spec import JobSpec
         from harness.locks import LAUNCHER_JOB_ENV, FileLock, describe_holder
         from harness.store import RunStore
 

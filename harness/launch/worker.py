@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness import api
     from harness.atomic import atomic_write_text
     from harness.distributed import rank0
-    from harness.jobs import JobSpec
+    from harness.jobs.spec import JobSpec
     from harness.store import RunStore
 
     spec_path = Path((argv if argv is not None else sys.argv[1:])[0])

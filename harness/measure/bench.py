@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.backbone import get_tokenizer
+from harness.errors import ConfigurationError
 from harness.measure.bench_format import format_bench, stamp
 from harness.measure.flops import (
     GIGA,
@@ -44,6 +46,9 @@ from harness.measure.flops import (
     give_placeholder_descriptions,
 )
 from harness.measure.hardware import _PeakMemory, datasheet_peak, environment, measure_matmul_peak, time_steps
+from harness.weights import create_backbone
+from methods.layout import layout_of
+from methods.registry import build_method
 
 __all__ = ["BASELINE", "MODES", "BenchSettings", "PlainVisual", "datasheet_peak", "format_bench",
            "measure_matmul_peak", "run_bench", "stamp"]
@@ -91,11 +96,12 @@ class PlainVisual(nn.Module):
     Training keeps the tower frozen; a learnable per-channel shift of the input frames (zero, so
     the function is unchanged) makes the backward pass run through every block down to the
     pixels, as an adapter in the first block would: activation gradients everywhere, no weight
-    gradients for the tower.
+    gradients for the tower. A joint space-time tower (ViCLIP) takes the whole clip at once.
     """
 
     def __init__(self, clip: nn.Module, num_classes: int) -> None:
         super().__init__()
+        self.joint = layout_of(clip).joint
         self.visual = clip.visual
         self.visual.requires_grad_(False)
         self.input_shift = nn.Parameter(torch.zeros(3, 1, 1))
@@ -103,6 +109,8 @@ class PlainVisual(nn.Module):
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         batch, frames = video.shape[:2]
+        if self.joint:
+            return self.visual(video + self.input_shift)
         return self.visual(video.flatten(0, 1) + self.input_shift).view(batch, frames, -1).mean(dim=1)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
@@ -167,13 +175,11 @@ def _measure_mode(mode: str, step: Callable[[], Any], step_flops: int, settings:
     }
 
 
-def _build_model(method: str, settings: BenchSettings, options: Mapping[str, Any] | None, clip: nn.Module,
+def _build_model(method: str, settings: BenchSettings, options: Any, clip: nn.Module,
                  spec: Any, classnames: Sequence[str]) -> tuple[nn.Module, float, list[str]]:
     """The model under test, its learning rate, and the encoders `--compile` compiles."""
     if method == BASELINE:
         return PlainVisual(clip, settings.num_classes), 1e-3, ["encode_video"]
-    from harness.backbone import get_tokenizer
-    from methods.registry import build_method
 
     model = build_method(method, clip, get_tokenizer(spec), settings.frames, options, classnames)
     give_placeholder_descriptions(model, classnames)
@@ -197,10 +203,8 @@ def _step_flops(method: str, model: nn.Module, settings: BenchSettings, image_si
 
 
 def _bench_one(method: str, settings: BenchSettings, env: Mapping[str, Any], peak_flops: float,
-               options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
+               options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     """Build one method (or the plain baseline), count its FLOPs, time each mode."""
-    from harness.weights import create_backbone
-
     device = torch.device(settings.device)
     clip, spec = create_backbone(settings.backbone, settings.pretrained)
     image_size = settings.image_size or spec.image_size
@@ -339,7 +343,7 @@ def run_bench(
     num_classes: int = 400,
     modes: Sequence[str] = MODES,
     baseline: bool = True,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    overrides: Mapping[str, Any] | None = None,
     frozen_bf16: bool = False,
     deadline: float | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -348,7 +352,8 @@ def run_bench(
     """Benchmark `methods` (plus the plain open_clip baseline first when `baseline`).
 
     Returns one row per (method, mode) with throughput, memory, FLOPs, MFU, the settings and the
-    environment. `overrides` maps a method to option values (as `--set method.option=value`).
+    environment. `overrides` maps a method to its configuration (built once: `harness.api.bench`) or to
+    option values (as `--set method.option=value`).
     `deadline` (a `time.time()` value) skips methods not yet started by then, so a
     lent GPU's time limit is never overrun; `on_row` sees each row as soon as it exists (the CLI
     writes partial results with it); `progress` gets a line as each model starts. A method that fails gives an ``error: ...`` row, and with
@@ -386,9 +391,11 @@ def run_bench(
 
 
 def _bench_with_retry(name: str, settings: BenchSettings, env: Mapping[str, Any], peak: float,
-                      options: Mapping[str, Any] | None, modes: Sequence[str]) -> list[dict[str, Any]]:
+                      options: Any, modes: Sequence[str]) -> list[dict[str, Any]]:
     try:
         rows = _bench_one(name, settings, env, peak, options, modes)
+    except ConfigurationError as err:  # the method refuses the backbone (e.g. its token layout): one line
+        rows = [dict(_row_base(name, settings, env), mode=mode, status=f"refused: {err}") for mode in modes]
     except Exception as err:  # noqa: BLE001 - building or counting failed: report, go on
         rows = [dict(_row_base(name, settings, env), mode=mode, status=_error_status(err),
                      traceback=traceback.format_exc(limit=6)) for mode in modes]

@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from harness.atomic import atomic_write_json
+from harness.backbone import create_clip, get_tokenizer
 from harness.errors import HarnessError
+from harness.measure.flops import count_flops, count_step_flops, give_placeholder_descriptions
+from methods.registry import build_method
 
 #: Effective training / inference rate assumed without a bench file: 100 TFLOP/s per GPU (bf16;
 #: about 32% of an A100's 312 TFLOP/s dense peak, 10% of an H100's 989). An assumption, stated
@@ -105,43 +111,43 @@ class CostModel:
         whose construction reads values (a prompt initialised from tokenised words), real."""
         key = f"{name}/real" if real else name
         if key not in self._backbones:
-            from harness.backbone import create_clip
-
             clip, spec = create_clip(name, pretrained=None)
             self._backbones[key] = (clip if real else clip.to("meta"), spec)
         return self._backbones[key]
 
     def _count(self, method: str, options: dict[str, Any], backbone: str, frames: int, size: int) -> StepCost:
-        import torch
-
-        from harness.backbone import get_tokenizer
-        from harness.measure.flops import count_flops, count_step_flops
-        from methods.registry import build_method
-
         names = [f"class {i}" for i in range(2 * COUNT_CLASSES)]
 
-        def build(classes: list[str]) -> Any:
-            clip, spec = self._backbone(backbone)
-            try:
+        def build(classes: list[str], real: bool) -> Any:
+            clip, spec = self._backbone(backbone, real=real)
+            if real:
+                model = build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
+            else:
                 with torch.device("meta"):
-                    return build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
-            except (RuntimeError, NotImplementedError):  # construction reads values: build for real
-                clip, spec = self._backbone(backbone, real=True)
-                return build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
+                    model = build_method(method, copy.deepcopy(clip), get_tokenizer(spec), frames, options, classes)
+            give_placeholder_descriptions(model, classes)  # MSTA's L_CC, OST's descriptors: the cost, not the words
+            return model
 
-        small = build(names[:COUNT_CLASSES])
-        one = count_step_flops(small, 1, frames, size, names[:COUNT_CLASSES])["flops"]
-        two = count_step_flops(small, 2, frames, size, names[:COUNT_CLASSES])["flops"]
-        wide = count_step_flops(build(names), 1, frames, size, names)["flops"]
-        view = count_flops(small, frames, size)
-        return StepCost(per_clip=float(two - one), per_class_step=max(0.0, float(wide - one) / COUNT_CLASSES),
-                        per_view=float(view["flops"]),
-                        text_per_class=float((view["text_gflops_per_class"] or 0.0) * 1e9))
+        def count(real: bool) -> StepCost:
+            small = build(names[:COUNT_CLASSES], real)
+            one = count_step_flops(small, 1, frames, size, names[:COUNT_CLASSES])["flops"]
+            two = count_step_flops(small, 2, frames, size, names[:COUNT_CLASSES])["flops"]
+            wide = count_step_flops(build(names, real), 1, frames, size, names)["flops"]
+            view = count_flops(small, frames, size)
+            return StepCost(per_clip=float(two - one), per_class_step=max(0.0, float(wide - one) / COUNT_CLASSES),
+                            per_view=float(view["flops"]),
+                            text_per_class=float((view["text_gflops_per_class"] or 0.0) * 1e9))
+
+        try:
+            return count(real=False)
+        except (RuntimeError, NotImplementedError):
+            # Construction or the step reads values (a prompt initialised from tokenised words,
+            # MSTA's description features, OST's unique labels): count on a real random backbone.
+            return count(real=True)
 
     def _save(self) -> None:
         if self.cache_file is None:
             return
-        from harness.atomic import atomic_write_json
 
         atomic_write_json(self.cache_file, {k: asdict(v) for k, v in self._memo.items()})
 

@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+import torch.utils.data as tud
+
+from harness.data.pipeline import AUGMENT_ON, build_video_dataset, train_pipeline
 
 #: GPU training rates (clips/s at batch 32 x 8 x 224) the data pipeline must keep up with: the
 #: official H200 rates quoted in the issue, and the rate at which ST-Adapter's training step
@@ -45,8 +51,6 @@ def _time_dataset(dataset: Any, samples: int, warmup: int) -> float:
 
 def _time_loader(dataset: Any, samples: int, workers: int, batch_size: int) -> float:
     """Seconds per sample through a DataLoader with `workers` processes (start-up excluded)."""
-    import torch.utils.data as tud
-
     indices = [i % len(dataset) for i in range(samples + batch_size * max(1, workers))]
     loader = tud.DataLoader(tud.Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                             collate_fn=_count, persistent_workers=False, prefetch_factor=2 if workers else None)
@@ -84,8 +88,6 @@ def bench_data(
     `decoder` is `data.decoder` (auto: prepared frames where `harness data prepare` ran).
     Returns one row per `workers` entry.
     """
-    from harness.data.pipeline import build_video_dataset, train_pipeline
-
     pipeline = train_pipeline(num_frames, image_size, **dict(pipeline_options or {}))
     dataset, info = build_video_dataset(ann_file, data_root, pipeline, num_classes, decoder=decoder)
     per_worker: float | None = None
@@ -125,12 +127,6 @@ def augment_cpu_ms(ann_file: str | os.PathLike, data_root: str | os.PathLike, nu
     the same seeds for both) with `data.augment_on=cpu` and `device`: what moving the random
     crop / flip / resize to the batch saves the DataLoader workers. The device side's own cost
     (one batched crop + resize on the accelerator) is not in these numbers."""
-    import statistics
-
-    import numpy as np
-
-    from harness.data.pipeline import AUGMENT_ON, build_video_dataset, train_pipeline
-
     out: dict[str, float] = {}
     for where in AUGMENT_ON:
         pipeline = train_pipeline(num_frames, image_size, flip=flip, augment_on=where)

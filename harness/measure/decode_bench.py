@@ -17,12 +17,17 @@ samples, and on a shared machine wall time swings too much to compare paths. So,
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from harness.data.pipeline import _choose_decoder, _loading, register_transforms, train_pipeline
+from harness.data.prepared import load_manifest, prepare_videos
+from harness.data.synthetic_video import PROFILES, ensure_synthetic_videos, read_frame_index
 
 #: name -> (data.decoder, decode threads, mmaction DecordDecode mode)
 PATHS: dict[str, tuple[str, int, str]] = {
@@ -46,8 +51,6 @@ def _gpu_available() -> bool:
 
 
 def _pipeline(path: str, base: list[dict], root: Path, rels: list[str]) -> list[dict]:
-    from harness.data.pipeline import _choose_decoder
-
     decoder, threads, mode = PATHS[path]
     pipeline, _ = _choose_decoder(base, decoder, threads, root, rels, "error")
     if mode != "accurate":
@@ -58,8 +61,6 @@ def _pipeline(path: str, base: list[dict], root: Path, rels: list[str]) -> list[
 def _compose(pipeline: list[dict]) -> Any:
     from mmengine.dataset import Compose
     from mmengine.registry import DefaultScope
-
-    from harness.data.pipeline import register_transforms
 
     register_transforms()
     with DefaultScope.overwrite_default_scope("mmaction"):
@@ -77,9 +78,6 @@ def check_exact(path: str, root: Path, rels: list[str], frames: int, seeds: int 
     video) and the pixel difference to the reference path's frames. `reference` maps
     (video, seed, test mode) to (indices, frames) of the first path checked with it (the
     reference decoder); later paths must ask for the same indices and return those frames."""
-    from harness.data.pipeline import _loading
-    from harness.data.synthetic_video import read_frame_index
-
     checked = wrong = 0
     diffs: list[float] = []
     for test_mode in (False, True):
@@ -104,8 +102,6 @@ def check_exact(path: str, root: Path, rels: list[str], frames: int, seeds: int 
 def time_path(path: str, root: Path, rels: list[str], frames: int, image_size: int, samples: int,
               runs: int, flip: bool) -> dict[str, Any]:
     """Median CPU and wall seconds per training clip over `runs` runs of `samples` clips."""
-    from harness.data.pipeline import train_pipeline
-
     compose = _compose(_pipeline(path, train_pipeline(frames, image_size, flip=flip), root, rels))
     _load(compose, str(root / rels[0]), 0)  # warm-up: imports, first-call set-up
     cpu, wall = [], []
@@ -124,11 +120,6 @@ def bench_synthetic(kind: str, cache_dir: str | None = None, paths: list[str] | 
                     image_size: int = 224, samples: int = 24, runs: int = 5, count: int = 3,
                     gop: int | None = None, subsampling: str = "420") -> list[dict[str, Any]]:
     """One row per decode path on `count` generated `kind` videos (see the module doc)."""
-    import os
-
-    from harness.data.prepared import load_manifest, prepare_videos
-    from harness.data.synthetic_video import PROFILES, ensure_synthetic_videos
-
     data = ensure_synthetic_videos(kind, cache_dir, count=count, gop=gop)
     root = data / "videos"
     rels = [line.split()[0] for line in (data / "list.txt").read_text().splitlines() if line.strip()]

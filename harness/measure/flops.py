@@ -29,6 +29,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses import fake_tensor
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 GIGA = 1e9
 
@@ -40,15 +49,11 @@ _FUSED_SDPA_OPS = (
 
 
 def _sdpa_forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
-
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
                          **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_backward_flop_count
-
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -58,8 +63,6 @@ def register_cpu_sdpa_flops() -> list[str]:
     Registration is process-wide on purpose: every `FlopCounterMode` in the process (the
     engine's, a notebook's) then counts attention on CPU too. Returns the ops registered now.
     """
-    from torch.utils.flop_counter import flop_registry, register_flop_formula
-
     added = []
     for fwd_name, bwd_name in _FUSED_SDPA_OPS:
         for name, formula in ((fwd_name, _sdpa_forward_flops), (bwd_name, _sdpa_backward_flops)):
@@ -73,8 +76,6 @@ def register_cpu_sdpa_flops() -> list[str]:
 
 def flop_counter() -> Any:
     """A silent `FlopCounterMode` that also counts CPU fused attention."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     register_cpu_sdpa_flops()
     return FlopCounterMode(display=False)
 
@@ -111,8 +112,6 @@ class _RealTensorTokenizer:
         self._tokenizer = tokenizer
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from torch._subclasses import fake_tensor
-
         unset = getattr(fake_tensor, "unset_fake_temporarily", None)
         with unset() if unset is not None else contextlib.nullcontext():
             return self._tokenizer(*args, **kwargs)
@@ -143,8 +142,6 @@ def _use_reference_formulations(model: nn.Module) -> dict[nn.Module, str]:
 def _fake_mode() -> Any:
     """Tensors with shapes, devices and autograd but no data: ops run their meta kernels, so a
     batch-32 ViT-B/16 training step is counted in about a second with no memory, on any device."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 

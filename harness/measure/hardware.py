@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import open_clip
 import torch
 
 #: Datasheet dense (no sparsity) bf16 tensor-core peaks, FLOP/s, matched on the CUDA device name.
@@ -51,8 +52,6 @@ def _cpu_name() -> str:
 
 def environment(device: str) -> dict[str, Any]:
     """Card, driver and library versions, stamped on every row."""
-    import open_clip
-
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     return {

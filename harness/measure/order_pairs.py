@@ -16,6 +16,7 @@ noise (`summarize_seeds`, `order_verdicts`).
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from harness.data.embedded import ORDER_PAIRS
 from harness.metrics import (
     accuracy_standard_error,
     mean_standard_error,
     run_average_standard_error,
     within_noise,
 )
+from methods.registry import list_methods
 
 #: The issue's criterion: every temporal method ahead of every order-blind one by this many points.
 MARGIN = 15.0
@@ -60,10 +63,6 @@ def pair_accuracy(scores: np.ndarray, labels: np.ndarray, classnames: list[str],
 def score_run(run_dir: Path, job_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Pair accuracy of every finished job of a fully supervised embedded run (only `job_ids`
     when given: the jobs of this invocation, not older ones in the same folder)."""
-    import json
-
-    from harness.data.embedded import ORDER_PAIRS
-
     rows = []
     for metrics_file in sorted(run_dir.glob("jobs/*/metrics.json")):
         if job_ids is not None and metrics_file.parent.name not in job_ids:
@@ -161,8 +160,6 @@ def _fmt(value: float) -> str:
 def order_pairs_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the bench prints and saves: per-run rows, the per-method summary over seeds,
     the verdicts (temporal / order-blind split from each method's contract), and the Markdown."""
-    from methods.registry import list_methods
-
     summary = summarize_seeds(rows)
     verdicts = order_verdicts(summary, list_methods(True), list_methods(False))
     markdown = format_rows(rows) + "\n\n" + format_summary(summary, verdicts) + "\n"

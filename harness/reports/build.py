@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_write_text
 from harness.errors import HarnessError
-from harness.jobs import short_hash
+from harness.jobs.identity import short_hash
 from harness.reports import aggregate, latex, noise, plots, published, render, rows, tables
 
 FORMATS = ("md", "csv", "latex")

@@ -118,9 +118,9 @@ def _default_for(method: str, key: str, settings: dict[str, Any]) -> Any:
     if name in recipe:
         return recipe[name]
     try:
-        from methods.registry import make_config
+        from methods.registry import default_options  # the method files (torch) only for a plot's axis
 
-        return make_config(method).to_dict().get(name)
+        return default_options(method).get(name)
     except Exception:  # a method removed since the run
         return None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.jobs import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
+from harness.jobs.identity import EXECUTION_ONLY_DATA_KEYS, EXECUTION_ONLY_KEYS, short_hash
 
 PER_METHOD_RECIPE = "per-method recipe"
 EVALUATED_CHECKPOINT = "evaluated checkpoint"  # `harness eval` rows: no training in this run
@@ -78,13 +78,13 @@ def _profile_method_options(job: dict[str, Any]) -> dict[str, Any]:
 def method_label(job: dict[str, Any]) -> str:
     """`msta` or `msta[rank=64,alpha=2.0]`: the method plus the options that differ from its
     defaults and from its recipe; ` (per-method recipe)` when the run used `--schedule paper`."""
-    from methods.registry import make_config
+    from methods.registry import default_options  # the method files (torch) only when rows are labelled
 
     recipe = job.get("recipe") or {}
     suffix = f" ({PER_METHOD_RECIPE})" if recipe.get("schedule_kind") == "paper" else ""
     suffix += f" ({EVALUATED_CHECKPOINT})" if job.get("checkpoint") else ""
     try:
-        defaults = make_config(job["method"]).to_dict()
+        defaults = default_options(job["method"])
     except Exception:  # a method removed since the run: show the raw name
         return job["method"] + suffix
     defaults.update(recipe.get("method_options") or {})
@@ -99,10 +99,10 @@ def job_rows(records: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for rec in records:
         job, metrics = rec["job"], rec["metrics"]
-        key = config_key(job)
+        key, label = config_key(job), method_label(job)
         for eval_name, ev in metrics["evals"].items():
             rows.append({
-                "config": config_id(job), "settings": key, "method": method_label(job), "split": job["split"], "shots": job.get("shots"), "seed": job["seed"],
+                "config": config_id(job), "settings": key, "method": label, "split": job["split"], "shots": job.get("shots"), "seed": job["seed"],
                 "eval": eval_name, "eval_set": _eval_set(job, eval_name), "top1": ev.get("top1"), "top5": ev.get("top5"),
                 "n": ev.get("n"),
                 "classes": ev.get("classes"), "views": "x".join(map(str, ev.get("views", [1, 1]))),

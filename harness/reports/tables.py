@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.jobs import short_hash
+from harness.jobs.identity import short_hash
 from harness.metrics import harmonic_mean, harmonic_mean_standard_error, mean_std
 from harness.reports import noise
 from harness.reports.rows import (

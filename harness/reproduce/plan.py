@@ -102,7 +102,7 @@ def _split_hint(problem: str) -> tuple[str, str | None]:
 
 
 def _expand(request: Any) -> list:
-    from harness.jobs import expand_jobs
+    from harness.jobs.expand import expand_jobs
 
     return expand_jobs(request)
 
@@ -215,27 +215,27 @@ def estimate(plan: SuitePlan, throughput: Any, cache: str | None = None) -> list
     for group in plan.groups:
         for job in group.jobs:
             train, evals = list_lengths(job)
-            options = {k: v for k, v in job.method_options.items() if k not in ("lr", "weight_decay")}
+            options = {k: v for k, v in job.method_options.to_dict().items() if k not in ("lr", "weight_decay")}
             try:
-                cost = model.step_cost(job.method, options, job.backbone, int(job.schedule["frames"]))
+                cost = model.step_cost(job.method, options, job.backbone, job.schedule.frames)
             except Exception as err:  # noqa: BLE001 - an estimate must never stop the plan
                 rows.append({"dataset": job.dataset, "method": job.method, "split": job.split, "shots": job.shots,
-                             "frames": job.schedule["frames"], "views": "?", "epochs": job.schedule["epochs"],
+                             "frames": job.schedule.frames, "views": "?", "epochs": job.schedule.epochs,
                              "train_clips": 0, "eval_videos": 0, "train_pflops": 0.0, "eval_pflops": 0.0,
                              "gpu_hours": float("nan"), "measured_rate": False, "job_id": job.job_id,
                              "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
                 continue
-            trained = job.train is not None and int(job.schedule["epochs"]) > 0 and (
+            trained = job.train is not None and job.schedule.epochs > 0 and (
                 cost.per_clip > 0 or cost.per_class_step > 0)
             flops = job_flops(cost, train_clips=train if trained else 0,
                               classes=len(job.train.classnames) if job.train else 0,
-                              epochs=int(job.schedule["epochs"]), batch_size=int(job.schedule["batch_size"]),
+                              epochs=job.schedule.epochs, batch_size=job.schedule.batch_size,
                               evals=evals)
             hours, measured = gpu_hours(flops, job.method, throughput)
             views = job.evals[0].views if job.evals else [1, 1]
             rows.append({"dataset": job.dataset, "method": job.method, "split": job.split, "shots": job.shots,
-                         "frames": job.schedule["frames"], "views": f"{views[0]}x{views[1]}",
-                         "epochs": job.schedule["epochs"], "train_clips": train if trained else 0,
+                         "frames": job.schedule.frames, "views": f"{views[0]}x{views[1]}",
+                         "epochs": job.schedule.epochs, "train_clips": train if trained else 0,
                          "eval_videos": sum(v for v, _, _ in evals), "train_pflops": flops["train"] / 1e15,
                          "eval_pflops": flops["eval"] / 1e15, "gpu_hours": hours, "measured_rate": measured,
                          "job_id": job.job_id})

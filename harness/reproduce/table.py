@@ -108,7 +108,7 @@ def _published(plan: SuitePlan, group: Any, metric: str,
                      f"{group.method}, {metric}" + (f", source {source!r}" if source else "") + ")"
     job = group.jobs[0] if group.jobs else None
     runs = {"backbone": suite.published_backbone or suite.backbone, "pretrained": _weights_name(group.request, suite),
-            "frames": int(job.schedule["frames"]) if job else suite.frames_for(group.method, group.dataset)}
+            "frames": job.schedule.frames if job else suite.frames_for(group.method, group.dataset)}
     best = next((p for p in rows if p["backbone"] == runs["backbone"] and p["pretrained"] == runs["pretrained"]
                  and p["frames"] == runs["frames"]), rows[0])
     if best["backbone"] != runs["backbone"]:
