@@ -13,8 +13,9 @@ Noise, the convention of the order-pair tables (docs/embedded-benchmark.md secti
 * SE = sqrt(SE (runs)^2 + SE (eval set)^2); a difference is outside noise when
   |a - b| > 2 sqrt(SE_a^2 + SE_b^2) (`harness.metrics.within_noise`).
 
-Usage: python docs/embedded-benchmark-tools/forgetting_table.py results/embedded/base2novel [A,B,C]
-(the optional list: the methods compared pairwise; default msta,froster,mote).
+Usage: python docs/embedded-benchmark-tools/forgetting_table.py RESULTS_DIR [RESULTS_DIR ...] [A,B,C]
+(the optional list: the rows compared pairwise, default msta,froster,mote; a method that appears at
+more than one lr is labelled `method[lr=x]`, e.g. `msta[lr=0.003]`).
 """
 from __future__ import annotations
 
@@ -35,16 +36,22 @@ def measurement_se(measurement: dict) -> float:
     return 100.0 * math.sqrt(var) / len(tasks)
 
 
-def runs(run_dir: Path) -> dict[str, list[dict]]:
-    """method -> its runs' {before, after, change, se_before, se_after, split}."""
+def runs(run_dirs: list[Path]) -> dict[str, list[dict]]:
+    """row label -> its runs' {before, after, change, se_before, se_after, split}. The label is the
+    method, or `method[lr=x]` when the folders hold the method at more than one lr (an lr sweep)."""
+    records = [json.loads(f.read_text()) for d in run_dirs for f in sorted(d.glob("jobs/*/metrics.json"))]
+    lrs: dict[str, set] = {}
+    for record in records:
+        lrs.setdefault(record["job"]["method"], set()).add(record["job"]["method_options"].get("lr"))
     out: dict[str, list[dict]] = {}
-    for metrics_file in sorted(run_dir.glob("jobs/*/metrics.json")):
-        record = json.loads(metrics_file.read_text())
+    for record in records:
         vocab = record["metrics"].get("vocabulary")
         if not vocab:
             continue
         before, after = vocab["before"], vocab["after"]
-        out.setdefault(record["job"]["method"], []).append({
+        method, lr = record["job"]["method"], record["job"]["method_options"].get("lr")
+        label = method if len(lrs[method]) == 1 else f"{method}[lr={lr:g}]"
+        out.setdefault(label, []).append({
             "split": record["job"].get("split"), "before": before["mean"], "after": after["mean"],
             "change": after["mean"] - before["mean"],
             "se_before": measurement_se(before), "se_after": measurement_se(after)})
@@ -63,8 +70,8 @@ def summary(rs: list[dict], key: str) -> tuple[float, float, float, float]:
     return mean, se_runs, se_eval, math.hypot(se_runs, se_eval)
 
 
-def main(run_dir: str, compared: list[str]) -> None:
-    table = runs(Path(run_dir))
+def main(run_dirs: list[str], compared: list[str]) -> None:
+    table = runs([Path(d) for d in run_dirs])
     print("| method | runs | before | after (per run) | after | change (per run) | change | SE (runs) | SE (eval set) | SE |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for method, rs in sorted(table.items()):
@@ -90,4 +97,6 @@ def main(run_dir: str, compared: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "msta,froster,mote").split(","))
+    folders = [a for a in sys.argv[1:] if Path(a).is_dir()]
+    rows = [a for a in sys.argv[1:] if not Path(a).is_dir()]
+    main(folders, (rows[0] if rows else "msta,froster,mote").split(","))
