@@ -59,7 +59,8 @@ def word_context(model: VideoTextModel, words: str, n_ctx: int) -> torch.Tensor 
     words = words.replace("_", " ").strip()
     if not words:
         return None
-    ids = model.tokenizer([words])[0]  # on the CPU: counted without the model's device (meta-built models)
+    with torch.device("cpu"):  # token ids are counted on the CPU, also while a model is built on the meta device
+        ids = model.tokenizer([words])[0]
     n_words = int(ids.argmax()) - 1  # tokens between <start_of_text> and <end_of_text>
     if n_ctx > n_words:
         return None

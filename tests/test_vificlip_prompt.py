@@ -25,22 +25,29 @@ from methods.registry import get_method, make_config
 
 OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "vificlip_prompt_b2n.tsv"
 
-# Fixtures `tiny` and `b16` (random ViT-B/16, real tensors): conftest.py.
+# Fixtures `tiny` and `b16_meta` (ViT-B/16 on the meta device: counts and shapes): conftest.py.
 build = builder("vificlip_prompt", classnames=None)
 
 
+def build_meta(backbone, options=None):
+    """Counts and shapes only: the prompts too on the meta device (the word-init rule counts
+    token ids on the CPU)."""
+    with torch.device("meta"):
+        return build(backbone, options)
+
+
 @pytest.fixture(scope="module")
-def b16_b2n(b16):
+def b16_b2n(b16_meta):
     """The base-to-novel configuration (the defaults: 16 tokens, depth 9) at ViT-B/16."""
-    return build(b16)
+    return build_meta(b16_meta)
 
 
 def test_trainable_count_base_to_novel(b16_b2n):
     assert b16_b2n.parameter_counts()["trainable"] == 184_320
 
 
-def test_trainable_count_few_shot(b16):
-    assert build(b16, {"n_tokens": 10, "depth": 12}).parameter_counts()["trainable"] == 153_600
+def test_trainable_count_few_shot(b16_meta):
+    assert build_meta(b16_meta, {"n_tokens": 10, "depth": 12}).parameter_counts()["trainable"] == 153_600
 
 
 def official_to_ours(key: str) -> str | None:
