@@ -57,14 +57,6 @@ def tiny():
     return make_backbone("harness-tiny")
 
 
-@pytest.fixture(scope="module")
-def b16():
-    """A random ViT-B/16 CLIP and its tokenizer, created once per test module."""
-    from method_helpers import make_backbone
-
-    return make_backbone("ViT-B-16")
-
-
 @pytest.fixture(scope="session")
 def b16_meta():
     """ViT-B/16 with its weights on the meta device: counts and shapes only, cheap to copy. One

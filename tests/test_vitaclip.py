@@ -25,7 +25,7 @@ from methods.registry import get_method, make_config
 
 OFFICIAL_TSV = OFFICIAL_STATE_DICTS / "vitaclip_k400_csc.tsv"
 
-# Fixtures `tiny` and `b16` (random ViT-B/16, real tensors): conftest.py.
+# Fixtures `tiny` and `b16_meta` (ViT-B/16 on the meta device: counts and shapes): conftest.py.
 build = builder("vitaclip")
 
 
