@@ -239,6 +239,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"harness: shard {index}/{count} is empty: the invocation has {planned.expanded} job(s), so only "
               f"shards 0..{planned.expanded - 1} of {count} run any; nothing to do", file=sys.stderr)
         return 0
+    return _dispatch(planned, args, launcher)
+
+
+def _dispatch(planned: Any, args: argparse.Namespace, launcher: Any) -> int:
+    """What `run` and `eval` do with a plan: print it (`--dry-run`), submit it (`--launcher`), or
+    run it here and print the table."""
     if args.dry_run:
         return _print_dry_run(planned.jobs)
     if launcher is not None:
@@ -485,11 +491,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     launcher = launcher_config(args)
     planned = _planned(args, make_plan)
-    if args.dry_run:
-        return _print_dry_run(planned.jobs)
-    if launcher is not None:
-        return launch(planned, launcher, args.wait)
-    return _execute(planned, progress=not args.no_progress)
+    return _dispatch(planned, args, launcher)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:

@@ -38,6 +38,7 @@ helper is the exact tensor expression the methods used.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, ClassVar
 
 import torch
@@ -90,7 +91,7 @@ def mask_tokens(x: torch.Tensor, ratio: float) -> torch.Tensor:
     return x[~masked].reshape(batch, length - dropped, dim)
 
 
-class TokenLayout:
+class TokenLayout(abc.ABC):
     """How one kind of image tower lays out a clip's tokens (stateless; one instance per kind)."""
 
     name: ClassVar[str]
@@ -101,40 +102,42 @@ class TokenLayout:
     def title(self) -> str:
         return LAYOUT_TITLES[self.name]
 
+    @abc.abstractmethod
     def embed(self, visual: nn.Module, video: torch.Tensor, mask_ratio: float = 0.0) -> torch.Tensor:
         """(B, T, 3, H, W) normalised frames -> the tokens the first block's `ln_pre` gets
         (positional embeddings included)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def pool_frames(self, feats: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
         """One feature per sequence -> one per clip (B, E)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def per_clip(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """A view with the clip as dim 0."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def from_per_clip(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The inverse of `per_clip`."""
 
+    @abc.abstractmethod
     def patch_grid(self, patches: torch.Tensor, frames: int) -> torch.Tensor:
         """Patch tokens (no CLS) of a sequence batch -> (B, T, N, C)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def from_patch_grid(self, grid: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The inverse of `patch_grid`."""
 
+    @abc.abstractmethod
     def time_series(self, x: torch.Tensor, frames: int) -> list[torch.Tensor]:
         """Every token position's sequence over time: a list of (S, T', D) tensors."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def from_time_series(self, series: list[torch.Tensor], x: torch.Tensor, frames: int) -> torch.Tensor:
         """The inverse of `time_series` (`x`: the tokens they came from, for the shapes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def add_frame_embedding(self, x: torch.Tensor, embedding: torch.Tensor, frames: int) -> torch.Tensor:
         """Add row t of `embedding` (1, T, D) to the tokens of frame t."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -141,8 +141,8 @@ class CostModel:
         try:
             return count(real=False)
         except (RuntimeError, NotImplementedError):
-            # Construction or the step reads values (a prompt initialised from tokenised words,
-            # MSTA's description features, OST's unique labels): count on a real random backbone.
+            # The training step reads values (MSTA's description features, OST's unique labels):
+            # count on a real random backbone.
             return count(real=True)
 
     def _save(self) -> None:
